@@ -1,0 +1,190 @@
+//! The NATS JetStream wiring every service shares.
+//!
+//! # Layout
+//! - [`subjects`]: subject, stream, consumer and bucket names, all derived
+//!   from one prefix so several installations (or tests) share one NATS.
+//! - [`Bus`]: connect, make sure the stream and object store exist, publish
+//!   events with `Nats-Msg-Id` dedupe and trace headers.
+//! - [`payload`]: large payloads (snapshots, workbooks) in the JetStream
+//!   object store, age-encrypted; the snapshot record codec.
+//! - [`worker`]: the consume loop: durable pull consumer, explicit ack,
+//!   in-progress acks while working, bounded redelivery, dead letters.
+//!
+//! Stage libraries (collect, render, storage) never see this crate; the
+//! service binaries bind a stage to it.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod payload;
+pub mod subjects;
+pub mod worker;
+
+pub use error::BusError;
+pub use subjects::Subjects;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use breakglass_core::Secret;
+use std::time::Duration;
+
+/// How long the stream remembers message ids for deduplication: one day, so
+/// a trigger re-published hours later (or by a second scheduler replica)
+/// still starts no second run.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// How long events stay in the stream.
+pub const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How the services use the bus.
+#[derive(Clone, Debug)]
+pub struct BusOptions {
+    /// NATS URL(s), comma separated.
+    pub url: String,
+    /// Subject prefix (`breakglass`).
+    pub prefix: String,
+    /// Redelivery after this long without an ack or progress.
+    pub ack_wait: Duration,
+    /// Deliveries before a message is dead-lettered.
+    pub max_deliver: i64,
+    /// Object-store payload lifetime.
+    pub payload_ttl: Duration,
+    /// age identity that encrypts and decrypts payloads.
+    pub payload_key: Option<Secret>,
+}
+
+/// A connected bus with its stream and object store in place.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    subjects: Subjects,
+    options: BusOptions,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("subjects", &self.subjects)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Connects (failing fast when NATS is unreachable) and makes sure the
+    /// stream exists.
+    pub async fn connect(options: BusOptions) -> Result<Self, BusError> {
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            async_nats::ConnectOptions::new()
+                .name("breakglass")
+                .connection_timeout(Duration::from_secs(5))
+                .connect(options.url.as_str()),
+        )
+        .await
+        .map_err(|_| BusError::Connect {
+            url: options.url.clone(),
+            reason: "timed out after 10s".into(),
+        })?
+        .map_err(|err| BusError::Connect {
+            url: options.url.clone(),
+            reason: err.to_string(),
+        })?;
+        let jetstream = jetstream::new(client.clone());
+        let subjects = Subjects::new(&options.prefix);
+        let bus = Self {
+            client,
+            jetstream,
+            subjects,
+            options,
+        };
+        bus.ensure_stream().await?;
+        bus.ensure_consumers().await?;
+        Ok(bus)
+    }
+
+    /// Names of this installation's subjects.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// The options the bus was connected with.
+    pub fn options(&self) -> &BusOptions {
+        &self.options
+    }
+
+    /// The core NATS client (for plain subscriptions, e.g. waiting for a
+    /// run to finish).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
+        self.jetstream
+            .get_or_create_stream(stream::Config {
+                name: self.subjects.stream(),
+                subjects: vec![self.subjects.all()],
+                retention: stream::RetentionPolicy::Limits,
+                max_age: EVENT_RETENTION,
+                duplicate_window: DUPLICATE_WINDOW,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| BusError::Setup {
+                what: format!("stream {}", self.subjects.stream()),
+                reason: err.to_string(),
+            })
+    }
+
+    /// Publishes one event and waits for JetStream's ack. `msg_id` is the
+    /// dedupe key. Returns true when the stream already had that id (the
+    /// publish was a duplicate and no new message exists).
+    pub async fn publish(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        event: &impl prost::Message,
+    ) -> Result<bool, BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        for (name, value) in breakglass_telemetry::inject_current() {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        let ack = self
+            .jetstream
+            .publish_with_headers(subject.to_owned(), headers, event.encode_to_vec().into())
+            .await
+            .map_err(|err| BusError::Publish {
+                subject: subject.into(),
+                reason: err.to_string(),
+            })?
+            .await
+            .map_err(|err| BusError::Publish {
+                subject: subject.into(),
+                reason: err.to_string(),
+            })?;
+        Ok(ack.duplicate)
+    }
+
+    /// Flushes pending publishes and closes the connection.
+    pub async fn close(self) {
+        let _ = self.client.flush().await;
+        let _ = self.client.drain().await;
+    }
+}
+
+/// The trace-context pairs carried by a received message's headers.
+pub fn trace_headers(headers: Option<&HeaderMap>) -> Vec<(&str, &str)> {
+    let Some(headers) = headers else {
+        return Vec::new();
+    };
+    breakglass_telemetry::TRACE_HEADERS
+        .iter()
+        .filter_map(|name| headers.get(*name).map(|value| (*name, value.as_str())))
+        .collect()
+}

@@ -1,0 +1,408 @@
+//! Large payloads in the JetStream object store, encrypted.
+//!
+//! Snapshots and workbooks never ride in a message (DESIGN.md: over 1 MiB
+//! never, and they hold passwords always). A payload is age-encrypted to the
+//! services' X25519 key ([`PayloadKey`]) while it is written to a private
+//! temp file, stored under the run id with the bucket's TTL, and referenced
+//! from the event by name, size and SHA-256 of the stored bytes. The reader
+//! verifies size and hash before decrypting. No plaintext payload ever
+//! reaches NATS or a shared disk location.
+
+use crate::{Bus, BusError};
+use async_nats::jetstream::object_store::{self, ObjectStore};
+use breakglass_core::{DeviceRow, Secret, SortedInventory};
+use breakglass_proto::v1;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+use tokio::io::AsyncWriteExt;
+
+/// The services' payload key: an age X25519 identity. Payloads are
+/// encrypted to its public half and decrypted with it.
+#[derive(Clone)]
+pub struct PayloadKey {
+    identity: age::x25519::Identity,
+}
+
+impl std::fmt::Debug for PayloadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PayloadKey({})", self.identity.to_public())
+    }
+}
+
+impl PayloadKey {
+    /// Parses an `AGE-SECRET-KEY-1...` identity.
+    pub fn parse(secret: &Secret) -> Result<Self, BusError> {
+        age::x25519::Identity::from_str(secret.expose().trim())
+            .map(|identity| Self { identity })
+            .map_err(|_| BusError::Payload {
+                name: "payload_key".into(),
+                reason: "payload_key is not a valid age X25519 identity (AGE-SECRET-KEY-1...)"
+                    .into(),
+            })
+    }
+
+    /// A fresh key, as the secret text to put in the service config.
+    pub fn generate() -> Secret {
+        use age::secrecy::ExposeSecret;
+        Secret::new(
+            age::x25519::Identity::generate()
+                .to_string()
+                .expose_secret()
+                .to_owned(),
+        )
+    }
+
+    /// The public key (`age1...`), safe to log: it identifies the key.
+    pub fn public(&self) -> String {
+        self.identity.to_public().to_string()
+    }
+
+    /// Creates `dest` (mode 0600), lets `fill` write plaintext into it
+    /// through the age encryptor, and finishes the age stream.
+    pub fn encrypt_to_file(
+        &self,
+        dest: &Path,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let file = private_create(dest)?;
+        let recipient = self.identity.to_public();
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                .map_err(std::io::Error::other)?;
+        let mut writer = encryptor.wrap_output(std::io::BufWriter::with_capacity(1 << 16, file))?;
+        fill(&mut writer)?;
+        let mut inner = writer.finish()?;
+        inner.flush()?;
+        inner.get_ref().sync_all()
+    }
+
+    /// Opens an encrypted file for reading its plaintext.
+    pub fn decrypt_file(&self, src: &Path) -> std::io::Result<impl Read + use<>> {
+        let file = BufReader::with_capacity(1 << 16, std::fs::File::open(src)?);
+        let decryptor = age::Decryptor::new_buffered(file).map_err(std::io::Error::other)?;
+        decryptor
+            .decrypt(std::iter::once(&self.identity as &dyn age::Identity))
+            .map_err(|err| std::io::Error::other(format!("cannot decrypt payload: {err}")))
+    }
+}
+
+impl Bus {
+    /// The payload bucket, created with the configured TTL when missing.
+    pub async fn payload_store(&self) -> Result<ObjectStore, BusError> {
+        let bucket = self.subjects().payload_bucket();
+        match self.jetstream().get_object_store(&bucket).await {
+            Ok(store) => Ok(store),
+            Err(_) => self
+                .jetstream()
+                .create_object_store(object_store::Config {
+                    bucket: bucket.clone(),
+                    description: Some("breakglass payloads (age-encrypted)".into()),
+                    max_age: self.options().payload_ttl,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| BusError::Setup {
+                    what: format!("object store {bucket}"),
+                    reason: err.to_string(),
+                }),
+        }
+    }
+
+    /// Stores an already encrypted file under `name`.
+    pub async fn store_payload(
+        &self,
+        name: &str,
+        encrypted: &Path,
+    ) -> Result<v1::PayloadRef, BusError> {
+        let fail = |reason: String| BusError::Payload {
+            name: name.into(),
+            reason,
+        };
+        let (size, sha256) =
+            hash_file(encrypted).map_err(|err| fail(format!("cannot read: {err}")))?;
+        let store = self.payload_store().await?;
+        let mut file = tokio::fs::File::open(encrypted)
+            .await
+            .map_err(|err| fail(format!("cannot open: {err}")))?;
+        store
+            .put(name, &mut file)
+            .await
+            .map_err(|err| fail(format!("cannot store: {err}")))?;
+        Ok(v1::PayloadRef {
+            bucket: self.subjects().payload_bucket(),
+            name: name.into(),
+            size,
+            sha256,
+        })
+    }
+
+    /// Downloads a payload into `dest` (still encrypted) and checks its size
+    /// and SHA-256 against the reference.
+    pub async fn fetch_payload(
+        &self,
+        reference: &v1::PayloadRef,
+        dest: &Path,
+    ) -> Result<(), BusError> {
+        let fail = |reason: String| BusError::Payload {
+            name: reference.name.clone(),
+            reason,
+        };
+        let store = self.payload_store().await?;
+        let mut object = store
+            .get(&reference.name)
+            .await
+            .map_err(|err| fail(format!("cannot fetch: {err}")))?;
+        let mut file = tokio::fs::File::from_std(
+            private_create(dest).map_err(|err| fail(format!("cannot create temp file: {err}")))?,
+        );
+        tokio::io::copy(&mut object, &mut file)
+            .await
+            .map_err(|err| fail(format!("download interrupted: {err}")))?;
+        file.flush().await.map_err(|err| fail(err.to_string()))?;
+        drop(file);
+        let (size, sha256) = hash_file(dest).map_err(|err| fail(err.to_string()))?;
+        if size != reference.size || sha256 != reference.sha256 {
+            return Err(fail(format!(
+                "integrity check failed: expected {} bytes with SHA-256 {}, got {size} bytes with SHA-256 {sha256}",
+                reference.size, reference.sha256
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Writes an inventory as a snapshot stream: for each project a
+/// `ProjectStart`, then its rows, each a length-delimited `SnapshotRecord`.
+pub fn write_snapshot(inventory: &SortedInventory, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut buffer = Vec::with_capacity(512);
+    let mut emit = |record: v1::SnapshotRecord, out: &mut dyn Write| -> std::io::Result<()> {
+        buffer.clear();
+        record
+            .encode_length_delimited(&mut buffer)
+            .map_err(std::io::Error::other)?;
+        out.write_all(&buffer)
+    };
+    for project in &inventory.projects {
+        emit(
+            v1::SnapshotRecord {
+                record: Some(v1::snapshot_record::Record::Project(v1::ProjectStart {
+                    name: project.name.clone(),
+                    rows: project.rows.len() as u64,
+                })),
+            },
+            out,
+        )?;
+        for row in &project.rows {
+            emit(
+                v1::SnapshotRecord {
+                    record: Some(v1::snapshot_record::Record::Row(row_to_proto(row))),
+                },
+                out,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One item of a snapshot stream.
+#[derive(Debug)]
+pub enum SnapshotItem {
+    /// A project starts; `rows` rows follow.
+    Project {
+        /// Project name.
+        name: String,
+        /// Number of rows that follow.
+        rows: u64,
+    },
+    /// The next row of the current project.
+    Row(DeviceRow),
+}
+
+/// Reads a snapshot stream record by record (bounded memory).
+pub struct SnapshotReader<R: Read> {
+    input: BufReader<R>,
+    buffer: Vec<u8>,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Reads records from `input`.
+    pub fn new(input: R) -> Self {
+        Self {
+            input: BufReader::with_capacity(1 << 16, input),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next item, or `None` at the end of the stream.
+    pub fn next_item(&mut self) -> std::io::Result<Option<SnapshotItem>> {
+        let Some(length) = self.read_varint()? else {
+            return Ok(None);
+        };
+        let length = usize::try_from(length).map_err(std::io::Error::other)?;
+        if length > 64 << 20 {
+            return Err(std::io::Error::other("snapshot record larger than 64 MiB"));
+        }
+        self.buffer.resize(length, 0);
+        self.input.read_exact(&mut self.buffer)?;
+        let record =
+            v1::SnapshotRecord::decode(self.buffer.as_slice()).map_err(std::io::Error::other)?;
+        match record.record {
+            Some(v1::snapshot_record::Record::Project(project)) => {
+                Ok(Some(SnapshotItem::Project {
+                    name: project.name,
+                    rows: project.rows,
+                }))
+            }
+            Some(v1::snapshot_record::Record::Row(row)) => {
+                Ok(Some(SnapshotItem::Row(row_from_proto(row))))
+            }
+            None => Err(std::io::Error::other("empty snapshot record")),
+        }
+    }
+
+    fn read_varint(&mut self) -> std::io::Result<Option<u64>> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = match self.input.fill_buf()?.first() {
+                Some(&byte) => byte,
+                None if shift == 0 => return Ok(None),
+                None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            };
+            self.input.consume(1);
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(Some(value));
+            }
+        }
+        Err(std::io::Error::other("snapshot length prefix too long"))
+    }
+}
+
+fn row_to_proto(row: &DeviceRow) -> v1::DeviceRow {
+    v1::DeviceRow {
+        provider: row.provider.clone(),
+        device_name: row.device_name.clone(),
+        protocol: row.protocol.clone(),
+        public_ip: row.public_ip.clone(),
+        private_ip: row.private_ip.clone(),
+        url: row.url.clone(),
+        port: row.port.clone(),
+        access_type: row.access_type.clone(),
+        account: row.account.clone(),
+        password: row.password.expose().to_owned(),
+        pem_file_name: row.pem_file_name.clone(),
+        extra_credential: row.extra_credential.expose().to_owned(),
+    }
+}
+
+fn row_from_proto(row: v1::DeviceRow) -> DeviceRow {
+    DeviceRow {
+        provider: row.provider,
+        device_name: row.device_name,
+        protocol: row.protocol,
+        public_ip: row.public_ip,
+        private_ip: row.private_ip,
+        url: row.url,
+        port: row.port,
+        access_type: row.access_type,
+        account: row.account,
+        password: Secret::new(row.password),
+        pem_file_name: row.pem_file_name,
+        extra_credential: Secret::new(row.extra_credential),
+    }
+}
+
+/// Size and lowercase hex SHA-256 of a file.
+pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn private_create(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use breakglass_core::Inventory;
+
+    #[test]
+    fn snapshot_round_trips_through_encryption_without_plaintext_on_disk() {
+        let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();
+        let mut inventory = Inventory::new();
+        for (project, device, password) in [
+            ("b", "web-10", "canary-pw-1"),
+            ("b", "web-2", "x"),
+            ("a", "db", "=1+1"),
+        ] {
+            inventory.push(
+                project,
+                DeviceRow {
+                    device_name: device.into(),
+                    password: Secret::new(password),
+                    ..DeviceRow::default()
+                },
+            );
+        }
+        let sorted = inventory.into_sorted();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap.age");
+        key.encrypt_to_file(&path, |out| write_snapshot(&sorted, out))
+            .unwrap();
+        let stored = std::fs::read(&path).unwrap();
+        assert!(
+            !stored.windows(11).any(|w| w == b"canary-pw-1"),
+            "plaintext found in the encrypted file"
+        );
+
+        let mut reader = SnapshotReader::new(key.decrypt_file(&path).unwrap());
+        let mut seen = Vec::new();
+        while let Some(item) = reader.next_item().unwrap() {
+            seen.push(match item {
+                SnapshotItem::Project { name, rows } => format!("P {name} {rows}"),
+                SnapshotItem::Row(row) => {
+                    format!("R {} {}", row.device_name, row.password.expose())
+                }
+            });
+        }
+        assert_eq!(
+            seen,
+            [
+                "P a 1",
+                "R db =1+1",
+                "P b 2",
+                "R web-2 x",
+                "R web-10 canary-pw-1"
+            ]
+        );
+
+        let other = PayloadKey::parse(&PayloadKey::generate()).unwrap();
+        let err = other
+            .decrypt_file(&path)
+            .err()
+            .expect("a wrong key must fail");
+        assert!(err.to_string().contains("cannot decrypt"), "{err}");
+    }
+}

@@ -1,0 +1,324 @@
+//! The consume loop every service runs.
+//!
+//! Each stage has one durable pull consumer (shared by all replicas of the
+//! service) with explicit acks. While a message is being worked on, the
+//! loop sends in-progress acks every third of `ack_wait`, so long work is
+//! not redelivered, while a crashed worker's message is redelivered after
+//! `ack_wait`. A retryable failure is nak'ed with exponential back-off; a
+//! permanent one, or the `max_deliver`-th failure, goes to
+//! `<prefix>.dead.<stage>` with the error, the stage reports the run as
+//! failed, and the message is terminated.
+//!
+//! Shutdown cancels only the wait for the next message, never the work on
+//! one: a message in hand is finished and acked (or nak'ed) first.
+
+use crate::{Bus, BusError, trace_headers};
+use async_nats::jetstream::{self, AckKind, consumer};
+use breakglass_proto::v1;
+use futures::StreamExt;
+use std::future::Future;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Why a stage could not handle a message.
+#[derive(Debug, Clone)]
+pub struct StageFailure {
+    /// True when a later attempt may succeed (a database down, NATS busy);
+    /// false when the input itself is wrong (a bad CSV header).
+    pub retryable: bool,
+    /// What went wrong, in plain words, without secrets.
+    pub message: String,
+}
+
+impl StageFailure {
+    /// A failure worth retrying.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            message: message.into(),
+        }
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for StageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// One pipeline stage bound to the bus.
+pub trait Stage: Send + Sync {
+    /// The stage name: the durable consumer and dead-letter subject use it.
+    fn name(&self) -> &'static str;
+
+    /// Handles one message. Must be idempotent: a message can be delivered
+    /// again after a crash.
+    fn handle(
+        &self,
+        bus: &Bus,
+        message: &jetstream::Message,
+    ) -> impl Future<Output = Result<(), StageFailure>> + Send;
+
+    /// Called once when a message is given up on, after the dead letter is
+    /// published: report the run as failed.
+    fn give_up(
+        &self,
+        bus: &Bus,
+        message: &jetstream::Message,
+        failure: &StageFailure,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// The stages and the subjects their consumers read.
+pub fn stage_subjects(bus: &Bus) -> [(&'static str, String); 3] {
+    let subjects = bus.subjects();
+    [
+        ("collector", subjects.trigger()),
+        ("renderer", subjects.snapshot_ready()),
+        ("uploader", subjects.workbook_ready()),
+    ]
+}
+
+impl Bus {
+    /// Creates every stage's durable consumer if missing. Called on connect,
+    /// so a trigger published by any breakglass process is never missed,
+    /// even before the service that consumes it first starts. New consumers
+    /// start at new messages: a re-created consumer never replays old runs.
+    pub async fn ensure_consumers(&self) -> Result<(), BusError> {
+        for (name, _) in stage_subjects(self) {
+            self.consumer(name).await?;
+        }
+        Ok(())
+    }
+
+    /// The durable consumer of stage `name`.
+    pub async fn consumer(&self, name: &str) -> Result<consumer::PullConsumer, BusError> {
+        let Some((_, subject)) = stage_subjects(self)
+            .into_iter()
+            .find(|(stage, _)| *stage == name)
+        else {
+            return Err(BusError::Setup {
+                what: format!("consumer {name}"),
+                reason: "no such stage".into(),
+            });
+        };
+        let stream = self
+            .jetstream()
+            .get_stream(self.subjects().stream())
+            .await
+            .map_err(|err| BusError::Setup {
+                what: format!("stream {}", self.subjects().stream()),
+                reason: err.to_string(),
+            })?;
+        stream
+            .get_or_create_consumer(
+                name,
+                consumer::pull::Config {
+                    durable_name: Some(name.into()),
+                    description: Some(format!("breakglass {name}")),
+                    filter_subject: subject,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.options().ack_wait,
+                    max_deliver: self.options().max_deliver,
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| BusError::Setup {
+                what: format!("consumer {name}"),
+                reason: err.to_string(),
+            })
+    }
+}
+
+/// Runs `stage` until `shutdown` is cancelled.
+pub async fn run(bus: Bus, stage: impl Stage, shutdown: CancellationToken) -> Result<(), BusError> {
+    let consumer = bus.consumer(stage.name()).await?;
+    let consume_error = |err: &dyn std::fmt::Display| BusError::Consume {
+        consumer: stage.name().into(),
+        reason: err.to_string(),
+    };
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(1)
+        .messages()
+        .await
+        .map_err(|err| consume_error(&err))?;
+    tracing::info!(stage = stage.name(), stream = %bus.subjects().stream(), "waiting for messages");
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = messages.next() => next,
+        };
+        match next {
+            None => return Err(consume_error(&"the message stream ended")),
+            Some(Err(err)) => {
+                tracing::warn!(stage = stage.name(), error = %err, "pull failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Some(Ok(message)) => process(&bus, &stage, &message).await,
+        }
+    }
+    tracing::info!(stage = stage.name(), "stopped pulling; shutting down");
+    Ok(())
+}
+
+async fn process(bus: &Bus, stage: &impl Stage, message: &jetstream::Message) {
+    let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+    let stream_sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+    let span = tracing::info_span!(
+        "stage",
+        otel.name = stage.name(),
+        stage = stage.name(),
+        run_id = tracing::field::Empty,
+        delivery = delivered,
+    );
+    breakglass_telemetry::set_parent(&span, trace_headers(message.headers.as_ref()));
+    async {
+        tracing::info!(delivery = delivered, "message received");
+        let result = with_progress_acks(message, bus.options().ack_wait, stage.handle(bus, message)).await;
+        let max_deliver = bus.options().max_deliver;
+        match result {
+            Ok(()) => {
+                if let Err(err) = message.double_ack().await {
+                    tracing::warn!(error = %err, "ack failed; the message may be handled again");
+                }
+            }
+            Err(failure) if !failure.retryable || delivered >= max_deliver => {
+                tracing::error!(error = %failure.message, delivery = delivered, retryable = failure.retryable, "giving up: dead-lettering");
+                let dead = v1::DeadLetter {
+                    stage: stage.name().into(),
+                    original_subject: message.subject.to_string(),
+                    original_payload: message.payload.to_vec(),
+                    error: failure.message.clone(),
+                    deliveries: delivered as u64,
+                    run_id: String::new(),
+                };
+                let subject = bus.subjects().dead_letter(stage.name());
+                if let Err(err) = bus.publish(&subject, &format!("dead-{}-{stream_sequence}", stage.name()), &dead).await {
+                    tracing::error!(error = %err, "dead letter not published; leaving the message for redelivery");
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+                    return;
+                }
+                stage.give_up(bus, message, &failure).await;
+                if let Err(err) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %err, "terminating the message failed");
+                }
+            }
+            Err(failure) => {
+                let delay = backoff(delivered);
+                tracing::warn!(error = %failure.message, delivery = delivered, retry_in_ms = delay.as_millis() as u64, "failed; will retry");
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Drives `work` to completion while telling JetStream the message is still
+/// being worked on.
+async fn with_progress_acks<T>(
+    message: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut ticker = tokio::time::interval((ack_wait / 3).max(Duration::from_millis(200)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = ticker.tick() => {
+                if let Err(err) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %err, "in-progress ack failed");
+                }
+            }
+        }
+    }
+}
+
+/// Exponential back-off for redelivery: 1 s, 2 s, 4 s ... capped at 64 s.
+fn backoff(delivered: i64) -> Duration {
+    let exponent = u32::try_from(delivered.saturating_sub(1))
+        .unwrap_or(0)
+        .min(6);
+    Duration::from_secs(1u64 << exponent)
+}
+
+/// Decodes a message body as the event `T`.
+pub fn decode<T: prost::Message + Default>(
+    message: &jetstream::Message,
+    expected: &'static str,
+) -> Result<T, StageFailure> {
+    T::decode(message.payload.as_ref()).map_err(|err| {
+        StageFailure::permanent(
+            BusError::Decode {
+                subject: message.subject.to_string(),
+                expected,
+                reason: err.to_string(),
+            }
+            .to_string(),
+        )
+    })
+}
+
+/// Publishes the failed `RunFinished` event for a run that a stage gave up on.
+pub async fn report_failed_run(
+    bus: &Bus,
+    trigger: Option<v1::TriggerRequested>,
+    stage: &str,
+    failure: &StageFailure,
+) {
+    let Some(trigger) = trigger else {
+        tracing::error!("cannot report the failed run: the message names no run");
+        return;
+    };
+    let finished = v1::RunFinished {
+        run_id: trigger.run_id.clone(),
+        status: v1::RunStatus::Failed as i32,
+        failed_stage: stage.into(),
+        error: failure.message.clone(),
+        finished_at_unix_ms: chrono_now_ms(),
+        trigger: Some(trigger.clone()),
+        ..Default::default()
+    };
+    let subject = bus.subjects().run_finished();
+    if let Err(err) = bus
+        .publish(&subject, &format!("finished-{}", trigger.run_id), &finished)
+        .await
+    {
+        tracing::error!(error = %err, "failed run could not be reported");
+    }
+}
+
+/// Now, as Unix epoch milliseconds.
+pub fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(50), Duration::from_secs(64));
+    }
+}

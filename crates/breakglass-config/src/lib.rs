@@ -1,0 +1,20 @@
+//! The breakglass configuration: one `key: value` file shared by the K3s
+//! secret (option 1), the settings page (option 2), `breakglass run-once
+//! --config FILE` and the docs (DESIGN.md §7 names the keys).
+//!
+//! # Layout
+//! - [`file`]: the `key: value` text format: comments, quotes, line numbers,
+//!   unknown keys with a "did you mean" hint. Values stay strings.
+//! - [`settings`]: typed, validated [`Settings`] built from those strings;
+//!   every problem is collected, so `config check` can print them all.
+//! - [`problem`]: [`Problem`] and [`ConfigError`]: field, value (masked when
+//!   secret) and rule, the one error shape every bad input gets.
+#![warn(missing_docs)]
+
+pub mod file;
+pub mod problem;
+pub mod settings;
+
+pub use file::{KNOWN_KEYS, RawConfig, SECRET_KEYS};
+pub use problem::{ConfigError, Problem};
+pub use settings::{DailyTime, InventoryLocation, Rotation, Settings, StorageKind};

@@ -1,0 +1,26 @@
+//! Domain types shared by every breakglass crate.
+//!
+//! # Layout
+//! - [`secret`]: [`Secret`], the wrapper every credential travels in; its
+//!   `Debug` and `Display` print a mask, so a stray `{:?}` cannot leak.
+//! - [`device`]: [`DeviceRow`], one device account with the 12 workbook
+//!   columns, and the column headers in their fixed order.
+//! - [`order`]: the workbook's row order (natural, case-insensitive device
+//!   name, then account).
+//! - [`inventory`]: an inventory grouped by project and sorted, plus the
+//!   per-row warnings collected on the way.
+//! - [`run`]: run ids.
+//!
+//! This crate knows nothing of NATS, databases, files or Excel.
+#![warn(missing_docs)]
+
+pub mod device;
+pub mod inventory;
+pub mod order;
+pub mod run;
+pub mod secret;
+
+pub use device::{COLUMNS, DeviceRow};
+pub use inventory::{Inventory, ProjectRows, RowWarning, SortedInventory};
+pub use run::{RunId, RunIdError};
+pub use secret::Secret;

@@ -1,0 +1,135 @@
+//! The workbook's row order: device name in natural, case-insensitive order
+//! (`web-2` before `web-10`, `DB` next to `db`), then account.
+//!
+//! The order is total and deterministic: names equal under those rules are
+//! finally ordered by their raw text, so two runs over the same inventory
+//! give byte-identical sheets.
+
+use crate::device::DeviceRow;
+use std::cmp::Ordering;
+
+/// Compares two strings naturally: runs of ASCII digits compare by numeric
+/// value (any length, no overflow), other text case-insensitively.
+pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (mut a, mut b) = (a, b);
+    loop {
+        match (a.is_empty(), b.is_empty()) {
+            (true, true) => return Ordering::Equal,
+            (true, false) => return Ordering::Less,
+            (false, true) => return Ordering::Greater,
+            _ => {}
+        }
+        let a_digits = a.starts_with(|c: char| c.is_ascii_digit());
+        let b_digits = b.starts_with(|c: char| c.is_ascii_digit());
+        let (a_run, a_rest) = split_run(a, a_digits);
+        let (b_run, b_rest) = split_run(b, b_digits);
+        let ordering = match (a_digits, b_digits) {
+            (true, true) => cmp_numeric(a_run, b_run),
+            // Digits sort before letters, as in file managers.
+            (true, false) => Ordering::Less,
+            (false, true) => Ordering::Greater,
+            (false, false) => cmp_caseless(a_run, b_run),
+        };
+        if ordering != Ordering::Equal {
+            return ordering;
+        }
+        a = a_rest;
+        b = b_rest;
+    }
+}
+
+/// The workbook order of two rows: device name naturally, then account
+/// naturally, then raw text of both for a total order.
+pub fn device_order(a: &DeviceRow, b: &DeviceRow) -> Ordering {
+    natural_cmp(&a.device_name, &b.device_name)
+        .then_with(|| natural_cmp(&a.account, &b.account))
+        .then_with(|| a.device_name.cmp(&b.device_name))
+        .then_with(|| a.account.cmp(&b.account))
+        .then_with(|| a.protocol.cmp(&b.protocol))
+        .then_with(|| a.port.cmp(&b.port))
+}
+
+/// The order of project tabs: natural, then raw text.
+pub fn project_order(a: &str, b: &str) -> Ordering {
+    natural_cmp(a, b).then_with(|| a.cmp(b))
+}
+
+fn split_run(s: &str, digits: bool) -> (&str, &str) {
+    let end = s
+        .find(|c: char| c.is_ascii_digit() != digits)
+        .unwrap_or(s.len());
+    s.split_at(end)
+}
+
+fn cmp_numeric(a: &str, b: &str) -> Ordering {
+    let a_trim = a.trim_start_matches('0');
+    let b_trim = b.trim_start_matches('0');
+    a_trim
+        .len()
+        .cmp(&b_trim.len())
+        .then_with(|| a_trim.cmp(b_trim))
+        // `007` after `7`: fewer leading zeros first, so the order is total.
+        .then_with(|| a.len().cmp(&b.len()))
+}
+
+fn cmp_caseless(a: &str, b: &str) -> Ordering {
+    a.chars()
+        .flat_map(char::to_lowercase)
+        .cmp(b.chars().flat_map(char::to_lowercase))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(mut names: Vec<&str>) -> Vec<&str> {
+        names.sort_by(|a, b| natural_cmp(a, b).then_with(|| a.cmp(b)));
+        names
+    }
+
+    #[test]
+    fn numbers_in_names_sort_by_value() {
+        assert_eq!(
+            sorted(vec!["web-10", "web-2", "web-1", "Web-3", "db", "DB-01"]),
+            vec!["db", "DB-01", "web-1", "web-2", "Web-3", "web-10"]
+        );
+    }
+
+    #[test]
+    fn case_is_ignored_but_order_stays_total() {
+        assert_eq!(natural_cmp("ALPHA", "alpha"), Ordering::Equal);
+        assert_eq!(sorted(vec!["b", "B", "a"]), vec!["a", "B", "b"]);
+    }
+
+    #[test]
+    fn huge_numbers_do_not_overflow() {
+        assert_eq!(
+            natural_cmp("n99999999999999999999999", "n100000000000000000000000"),
+            Ordering::Less
+        );
+        assert_eq!(natural_cmp("x7", "x007"), Ordering::Less);
+    }
+
+    #[test]
+    fn rows_tie_break_on_account() {
+        let row = |device: &str, account: &str| DeviceRow {
+            device_name: device.into(),
+            account: account.into(),
+            ..DeviceRow::default()
+        };
+        let mut rows = vec![
+            row("web-10", "a"),
+            row("web-2", "root"),
+            row("web-2", "admin"),
+        ];
+        rows.sort_by(device_order);
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.device_name.as_str(), r.account.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("web-2", "admin"), ("web-2", "root"), ("web-10", "a")]
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! Generated code for the protobuf messages in `proto/`, and nothing else.
+//!
+//! Every other crate depends on this one for the wire types; nobody else
+//! runs protoc. The messages are documented in the `.proto` files and in the
+//! README's "Bus contract" section.
+
+/// Version 1 of the breakglass events and APIs.
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/breakglass.v1.rs"));
+}

@@ -1,0 +1,143 @@
+//! Where the workbook ends up: the [`Destination`] trait and its backends.
+//!
+//! # Layout
+//! - [`Destination`]: upload one finished file, verified by size and
+//!   SHA-256, under the configured rotation; never disturb the previous
+//!   good copy unless the new one is verified (invariant 1).
+//! - [`naming`]: object names for each rotation mode, shared by backends so
+//!   `fetch` finds the newest copy everywhere.
+//! - [`local`]: a folder (atomic temp-file + fsync + rename).
+//!
+//! S3 and Azure Blob backends come next (issue "Real destinations"). This
+//! crate knows nothing of NATS.
+#![warn(missing_docs)]
+
+pub mod local;
+pub mod naming;
+
+use breakglass_config::{Rotation, Settings, StorageKind};
+use chrono::{DateTime, Utc};
+use std::path::Path;
+
+/// One file to store, with the facts that verify it.
+#[derive(Clone, Debug)]
+pub struct Upload<'a> {
+    /// The finished file (a private temp file).
+    pub file: &'a Path,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of its content.
+    pub sha256: &'a str,
+    /// The run that made it; part of unique names.
+    pub run_id: &'a str,
+    /// When the run made it; part of unique names.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where a verified upload went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// Path or object key of the stored file.
+    pub location: String,
+    /// Stored size, as verified.
+    pub size: u64,
+    /// Stored SHA-256, as verified.
+    pub sha256: String,
+    /// Older copies removed by `prune` rotation.
+    pub pruned: Vec<String>,
+}
+
+/// Why an upload failed. The previous good copy is untouched in every case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The destination could not be written.
+    #[error("{destination}: {action} failed: {reason}")]
+    Io {
+        /// The destination, described without secrets.
+        destination: String,
+        /// What was being done.
+        action: &'static str,
+        /// The reason.
+        reason: String,
+    },
+    /// What was stored does not match what was sent.
+    #[error("{destination}: verification failed: {reason}; the previous copy was kept")]
+    Verification {
+        /// The destination.
+        destination: String,
+        /// Expected versus found.
+        reason: String,
+    },
+    /// `unique` rotation found its name taken: never overwrite.
+    #[error("{destination}: {name} already exists; unique rotation never overwrites")]
+    Exists {
+        /// The destination.
+        destination: String,
+        /// The name that was taken.
+        name: String,
+    },
+}
+
+impl StorageError {
+    /// True when trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Io { .. })
+    }
+}
+
+/// A place that keeps the latest workbook.
+pub trait Destination {
+    /// A description without secrets, e.g. `local:/var/backups/breakglass`.
+    fn describe(&self) -> String;
+
+    /// Stores `upload` under the rotation mode, verifies it, and only then
+    /// retires older copies.
+    fn upload(
+        &self,
+        upload: &Upload<'_>,
+    ) -> impl std::future::Future<Output = Result<Receipt, StorageError>> + Send;
+}
+
+/// Any configured destination.
+#[derive(Debug)]
+pub enum AnyDestination {
+    /// A local folder.
+    Local(local::LocalFolder),
+}
+
+impl Destination for AnyDestination {
+    fn describe(&self) -> String {
+        match self {
+            Self::Local(folder) => folder.describe(),
+        }
+    }
+
+    async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
+        match self {
+            Self::Local(folder) => folder.upload(upload).await,
+        }
+    }
+}
+
+/// Every destination the settings name, in order.
+pub fn destinations(settings: &Settings) -> Vec<AnyDestination> {
+    settings
+        .storage
+        .iter()
+        .filter_map(|kind| match kind {
+            StorageKind::Local => Some(AnyDestination::Local(local::LocalFolder::new(
+                settings.local_dir.clone(),
+                &settings.path_prefix,
+                settings.rotation,
+            ))),
+            // Rejected by config validation until their backends land.
+            StorageKind::S3 | StorageKind::Blob => None,
+        })
+        .collect()
+}
+
+/// Convenience for callers that build one local destination directly.
+pub fn local_destination(dir: &Path, rotation: Rotation) -> AnyDestination {
+    AnyDestination::Local(local::LocalFolder::new(dir.to_path_buf(), "", rotation))
+}

@@ -1,0 +1,185 @@
+//! Logging and tracing for every breakglass binary, set up in one call.
+//!
+//! - Logs: `tracing` to stderr, human-readable on a terminal and JSON lines
+//!   otherwise; `BREAKGLASS_LOG_FORMAT=json|text` forces one; `RUST_LOG`
+//!   filters (default `info`).
+//! - Traces: OpenTelemetry over OTLP/gRPC when the standard
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set (other `OTEL_*` variables apply
+//!   as usual); otherwise none. The exporter's own transport (tonic, h2,
+//!   hyper) is filtered out so it cannot trace itself into a loop.
+//! - Propagation: W3C trace context, so the bus can carry a run's trace
+//!   across processes ([`inject_current`], [`set_parent`]).
+//!
+//! [`Telemetry`] is the handle that flushes spans on exit: keep it alive in
+//! `main` and call [`Telemetry::shutdown`] last.
+#![warn(missing_docs)]
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built (bad endpoint...).
+    #[error("OpenTelemetry exporter: {0}")]
+    Exporter(String),
+    /// A global subscriber was already installed.
+    #[error("tracing subscriber: {0}")]
+    Subscriber(String),
+}
+
+/// Keeps the trace exporter alive; flushes it on [`Telemetry::shutdown`] or
+/// drop.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// True when spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes and stops the exporter.
+    pub fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs logging and (when configured) trace export for `service`.
+/// Call once, inside the Tokio runtime, at the start of `main`.
+pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let env_filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    let json = match std::env::var("BREAKGLASS_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let fmt_layer = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed()
+    };
+    let exporting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty());
+    let provider = if exporting {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name(service)
+                        .build(),
+                )
+                .build(),
+        )
+    } else {
+        None
+    };
+    let otel_layer = provider.as_ref().map(|provider| {
+        let quiet_transport = Targets::new()
+            .with_default(LevelFilter::INFO)
+            .with_target("h2", LevelFilter::OFF)
+            .with_target("hyper", LevelFilter::OFF)
+            .with_target("hyper_util", LevelFilter::OFF)
+            .with_target("tonic", LevelFilter::OFF)
+            .with_target("tower", LevelFilter::OFF)
+            .with_target("opentelemetry", LevelFilter::OFF)
+            .with_target("opentelemetry_sdk", LevelFilter::OFF)
+            .with_target("opentelemetry_otlp", LevelFilter::OFF);
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service))
+            .with_filter(quiet_transport)
+    });
+    tracing_subscriber::registry()
+        .with(env_filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .map_err(|err| TelemetryError::Subscriber(err.to_string()))?;
+    Ok(Telemetry { provider })
+}
+
+/// The W3C trace-context headers (`traceparent`, `tracestate`) of the
+/// current span, to send along with a message.
+pub fn inject_current() -> Vec<(String, String)> {
+    let context = tracing::Span::current().context();
+    let mut headers = HeaderPairs(Vec::new());
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut headers);
+    });
+    headers.0
+}
+
+/// Makes `span` a child of the trace described by received headers. A
+/// message without trace headers leaves the span a new root.
+pub fn set_parent<'a>(span: &tracing::Span, headers: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    let pairs = HeaderPairs(
+        headers
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    );
+    let context =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&pairs));
+    // An error only means the span was already started with a parent.
+    let _ = span.set_parent(context);
+}
+
+/// Trace-context header names the bus must carry.
+pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+struct HeaderPairs(Vec<(String, String)>);
+
+impl Injector for HeaderPairs {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
+    }
+}
+
+impl Extractor for HeaderPairs {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
