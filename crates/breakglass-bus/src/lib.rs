@@ -188,3 +188,59 @@ pub fn trace_headers(headers: Option<&HeaderMap>) -> Vec<(&str, &str)> {
         .filter_map(|name| headers.get(*name).map(|value| (*name, value.as_str())))
         .collect()
 }
+
+impl Bus {
+    /// Publishes an on-demand trigger the way the Mavis core does. Returns
+    /// true when the run id was already in the stream's duplicate window
+    /// (no second run starts).
+    pub async fn trigger(
+        &self,
+        trigger: &breakglass_proto::v1::TriggerRequested,
+    ) -> Result<bool, BusError> {
+        self.publish(&self.subjects().trigger(), &trigger.run_id, trigger)
+            .await
+    }
+
+    /// Waits until run `run_id` has finished and returns its outcome, or
+    /// `None` after `timeout`. Finds runs that finished before the call too.
+    pub async fn wait_for_run(
+        &self,
+        run_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<breakglass_proto::v1::RunFinished>, BusError> {
+        use futures::StreamExt;
+        use prost::Message;
+        let subject = self.subjects().run_finished(run_id);
+        let decode = |payload: &[u8]| {
+            breakglass_proto::v1::RunFinished::decode(payload).map_err(|err| BusError::Decode {
+                subject: subject.clone(),
+                expected: "RunFinished",
+                reason: err.to_string(),
+            })
+        };
+        // Subscribe first, then look back: no window where the event is missed.
+        let mut live = self
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|err| BusError::Consume {
+                consumer: subject.clone(),
+                reason: err.to_string(),
+            })?;
+        let stream = self
+            .jetstream
+            .get_stream(self.subjects().stream())
+            .await
+            .map_err(|err| BusError::Setup {
+                what: self.subjects().stream(),
+                reason: err.to_string(),
+            })?;
+        if let Ok(stored) = stream.get_last_raw_message_by_subject(&subject).await {
+            return decode(&stored.payload).map(Some);
+        }
+        match tokio::time::timeout(timeout, live.next()).await {
+            Ok(Some(message)) => decode(&message.payload).map(Some),
+            Ok(None) | Err(_) => Ok(None),
+        }
+    }
+}

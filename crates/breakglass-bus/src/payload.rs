@@ -13,7 +13,6 @@ use async_nats::jetstream::object_store::{self, ObjectStore};
 use breakglass_core::{DeviceRow, Secret, SortedInventory};
 use breakglass_proto::v1;
 use prost::Message;
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::str::FromStr;
@@ -315,33 +314,28 @@ fn row_from_proto(row: v1::DeviceRow) -> DeviceRow {
     }
 }
 
-/// Size and lowercase hex SHA-256 of a file.
-pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
+/// A core warning as the wire type.
+pub fn warning_to_proto(warning: &breakglass_core::RowWarning) -> v1::Warning {
+    v1::Warning {
+        project: warning.project.clone(),
+        device: warning.device.clone(),
+        field: warning.field.clone(),
+        message: warning.message.clone(),
     }
-    Ok((size, hex::encode(hasher.finalize())))
 }
 
-fn private_create(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+/// A wire warning as the core type.
+pub fn warning_from_proto(warning: &v1::Warning) -> breakglass_core::RowWarning {
+    breakglass_core::RowWarning {
+        project: warning.project.clone(),
+        device: warning.device.clone(),
+        field: warning.field.clone(),
+        message: warning.message.clone(),
     }
-    options.open(path)
 }
+
+use breakglass_core::private_fs::create_or_truncate as private_create;
+pub use breakglass_core::private_fs::hash_file;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@
 //! | `breakglass.trigger` | `TriggerRequested` (the Mavis core publishes this too) |
 //! | `breakglass.snapshot.ready` | `SnapshotReady` |
 //! | `breakglass.workbook.ready` | `WorkbookReady` |
-//! | `breakglass.run.finished` | `RunFinished` |
+//! | `breakglass.run.finished.<run id>` | `RunFinished` |
 //! | `breakglass.dead.<stage>` | `DeadLetter` |
 
 /// Names derived from one prefix.
@@ -57,9 +57,16 @@ impl Subjects {
         format!("{}.workbook.ready", self.prefix)
     }
 
-    /// A run ended.
-    pub fn run_finished(&self) -> String {
-        format!("{}.run.finished", self.prefix)
+    /// Run `run_id` ended: one subject per run, so "has run X finished?"
+    /// is a last-message-by-subject lookup.
+    pub fn run_finished(&self, run_id: &str) -> String {
+        format!("{}.run.finished.{run_id}", self.prefix)
+    }
+
+    /// Every run's end (`<prefix>.run.finished.>`), for subscribers such as
+    /// the Mavis core.
+    pub fn run_finished_all(&self) -> String {
+        format!("{}.run.finished.>", self.prefix)
     }
 
     /// Where `stage`'s poison messages go.

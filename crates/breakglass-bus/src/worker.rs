@@ -294,7 +294,7 @@ pub async fn report_failed_run(
         trigger: Some(trigger.clone()),
         ..Default::default()
     };
-    let subject = bus.subjects().run_finished();
+    let subject = bus.subjects().run_finished(&trigger.run_id);
     if let Err(err) = bus
         .publish(&subject, &format!("finished-{}", trigger.run_id), &finished)
         .await

@@ -1,1 +1,155 @@
-fn main() {}
+//! `breakglass`: the command an admin or an on-call person types.
+//!
+//! - `run-once`: the whole job in this process, no servers needed.
+//! - `trigger`: ask the running services for a run, as the Mavis core does.
+//! - `generate`: a synthetic inventory for benchmarks.
+//! - `keygen`: a payload key for the services' config.
+//! - `config check`: validate a config file offline.
+//!
+//! Errors print as one line on stderr and exit non-zero.
+
+mod progress;
+mod run_once;
+mod trigger;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The emergency-access backup of Mavis: snapshot every device's logins
+/// into one workbook and keep the latest copy safe.
+#[derive(Debug, Parser)]
+#[command(name = "breakglass", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Collect, render and store one workbook in this process (no NATS, no
+    /// PostgreSQL). Defaults: the bundled sample inventory, ./breakglass-out/.
+    RunOnce(run_once::Args),
+    /// Publish an on-demand trigger to the running services, optionally
+    /// waiting for the run to finish.
+    Trigger(trigger::Args),
+    /// Write a synthetic inventory CSV (deterministic) for benchmarks.
+    Generate {
+        /// Rows to write.
+        #[arg(long)]
+        rows: u64,
+        /// Projects to spread them over.
+        #[arg(long, default_value_t = 1000)]
+        projects: u64,
+        /// Seed; the same seed gives the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a new payload key (an age X25519 identity) for the services'
+    /// `payload_key` setting.
+    Keygen,
+    /// Configuration file tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a `key: value` file and print every problem at once.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("breakglass: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::RunOnce(args) => run_once::run(args).await,
+            Command::Trigger(args) => trigger::run(args).await,
+            Command::Generate {
+                rows,
+                projects,
+                seed,
+                out,
+            } => generate(rows, projects, seed, &out),
+            Command::Keygen => {
+                let secret = breakglass_bus::payload::PayloadKey::generate();
+                let key = breakglass_bus::payload::PayloadKey::parse(&secret)?;
+                println!("# public key: {}", key.public());
+                println!("payload_key: {}", secret.expose());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Config {
+                command: ConfigCommand::Check { file },
+            } => config_check(&file),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!(
+                "breakglass: {}",
+                format!("{err:#}").replace('\n', "\nbreakglass: ")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate(
+    rows: u64,
+    projects: u64,
+    seed: u64,
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    breakglass_collect::synthetic::write_csv(
+        std::io::BufWriter::with_capacity(1 << 20, file),
+        rows,
+        projects,
+        seed,
+    )
+    .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "wrote {rows} rows over {projects} projects to {}",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let result = breakglass_config::RawConfig::from_file(file)
+        .and_then(|raw| breakglass_config::Settings::from_raw(&raw));
+    match result {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            for problem in &err.problems {
+                eprintln!("{problem}");
+            }
+            eprintln!("{} problem(s) found", err.problems.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,1 +1,120 @@
-//! stub
+//! The collector service: on `breakglass.trigger`, reads the inventory and
+//! stores an encrypted snapshot for the renderer.
+//!
+//! The stage work (reading, grouping, sorting) is `breakglass-collect`;
+//! this crate only binds it to the bus: decode the trigger, collect, write
+//! the snapshot through the payload key into a private temp file, store it
+//! in the object store, publish `snapshot.ready` with `Nats-Msg-Id =
+//! snapshot-<run id>` so a redelivered trigger adds no second snapshot event.
+
+use async_nats::jetstream;
+use breakglass_bus::payload::{PayloadKey, warning_to_proto, write_snapshot};
+use breakglass_bus::worker::{Stage, StageFailure, decode, report_failed_run};
+use breakglass_bus::{Bus, worker};
+use breakglass_collect::{AnySource, RowCounter, Source};
+use breakglass_config::Settings;
+use breakglass_core::RunId;
+use breakglass_proto::v1;
+use tracing::Instrument;
+
+/// The collect stage bound to the bus.
+pub struct Collector {
+    settings: Settings,
+    key: PayloadKey,
+}
+
+impl Collector {
+    /// A collector reading the inventory the settings name.
+    pub fn new(settings: Settings, key: PayloadKey) -> Self {
+        Self { settings, key }
+    }
+}
+
+impl Stage for Collector {
+    fn name(&self) -> &'static str {
+        "collector"
+    }
+
+    async fn handle(&self, bus: &Bus, message: &jetstream::Message) -> Result<(), StageFailure> {
+        let trigger: v1::TriggerRequested = decode(message, "TriggerRequested")?;
+        let run_id = RunId::parse(&trigger.run_id)
+            .map_err(|err| StageFailure::permanent(err.to_string()))?;
+        tracing::Span::current().record("run_id", run_id.as_str());
+        let source =
+            AnySource::for_location(&self.settings.inventory, &self.settings.inventory_view);
+        let described = source.describe();
+        let collected = async { source.collect(&RowCounter::new()).await }
+            .instrument(tracing::info_span!("inventory query", source = %described))
+            .await
+            .map_err(|err| {
+                if err.is_transient() {
+                    StageFailure::retry(err.to_string())
+                } else {
+                    StageFailure::permanent(err.to_string())
+                }
+            })?;
+        let sorted = collected.into_sorted();
+        tracing::info!(
+            rows = sorted.rows,
+            projects = sorted.projects.len(),
+            warnings = sorted.warning_count,
+            "inventory read"
+        );
+        let temp = private_temp_dir()?;
+        let path = temp.path().join("snapshot.age");
+        let key = self.key.clone();
+        let (sorted, path) = tokio::task::spawn_blocking(move || {
+            key.encrypt_to_file(&path, |out| write_snapshot(&sorted, out))
+                .map(|()| (sorted, path))
+        })
+        .await
+        .map_err(|err| StageFailure::retry(format!("snapshot task failed: {err}")))?
+        .map_err(|err| StageFailure::retry(format!("writing the snapshot failed: {err}")))?;
+        let reference = bus
+            .store_payload(&format!("{run_id}.snapshot.age"), &path)
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))?;
+        let ready = v1::SnapshotReady {
+            snapshot: Some(reference),
+            source: described,
+            rows: sorted.rows,
+            projects: sorted
+                .projects
+                .iter()
+                .map(|p| v1::ProjectCount {
+                    project: p.name.clone(),
+                    sheets: Vec::new(),
+                    rows: p.rows.len() as u64,
+                })
+                .collect(),
+            warnings: sorted.warnings.iter().map(warning_to_proto).collect(),
+            warning_count: sorted.warning_count,
+            collected_at_unix_ms: worker::chrono_now_ms(),
+            trigger: Some(trigger),
+        };
+        bus.publish(
+            &bus.subjects().snapshot_ready(),
+            &format!("snapshot-{run_id}"),
+            &ready,
+        )
+        .await
+        .map_err(|err| StageFailure::retry(err.to_string()))?;
+        tracing::info!(rows = ready.rows, "snapshot stored");
+        Ok(())
+    }
+
+    async fn give_up(&self, bus: &Bus, message: &jetstream::Message, failure: &StageFailure) {
+        let trigger = decode::<v1::TriggerRequested>(message, "TriggerRequested").ok();
+        report_failed_run(bus, trigger, "collect", failure).await;
+    }
+}
+
+/// A fresh 0700 temp directory, removed when dropped (also on panic).
+fn private_temp_dir() -> Result<tempfile::TempDir, StageFailure> {
+    tempfile::Builder::new()
+        .prefix("breakglass-collector-")
+        .tempdir()
+        .map_err(|err| {
+            StageFailure::retry(format!("cannot create a private temp directory: {err}"))
+        })
+}

@@ -1,1 +1,25 @@
-fn main() {}
+//! `collector`: binds the collect stage to the bus. See the crate docs.
+
+use breakglass_collector::Collector;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("collector: {}", breakglass_service::one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let context = breakglass_service::start("breakglass-collector").await?;
+    let key = breakglass_service::payload_key(&context.settings)?;
+    let collector = Collector::new(context.settings.clone(), key);
+    breakglass_bus::worker::run(context.bus.clone(), collector, context.shutdown.clone()).await?;
+    context.bus.close().await;
+    context.telemetry.shutdown();
+    Ok(())
+}

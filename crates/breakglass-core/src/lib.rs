@@ -10,6 +10,7 @@
 //! - [`inventory`]: an inventory grouped by project and sorted, plus the
 //!   per-row warnings collected on the way.
 //! - [`run`]: run ids.
+//! - [`private_fs`]: files that may hold credentials (0600/0700) and their hash.
 //!
 //! This crate knows nothing of NATS, databases, files or Excel.
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@
 pub mod device;
 pub mod inventory;
 pub mod order;
+pub mod private_fs;
 pub mod run;
 pub mod secret;
 

@@ -1,1 +1,188 @@
-//! stub
+//! The renderer service: on `breakglass.snapshot.ready`, turns the stored
+//! snapshot into the workbook and stores it, encrypted, for the uploader.
+//!
+//! The workbook itself is `breakglass-render`; this crate fetches and
+//! decrypts the snapshot record by record (never whole in memory), feeds the
+//! builder in a blocking task, hashes the finished file (the destinations
+//! verify against that hash), encrypts it into the object store and
+//! publishes `workbook.ready` (`Nats-Msg-Id = workbook-<run id>`). All of it
+//! happens in one private temp directory that is removed afterwards, on
+//! success, failure and panic alike.
+
+use async_nats::jetstream;
+use breakglass_bus::payload::{
+    PayloadKey, SnapshotItem, SnapshotReader, hash_file, warning_from_proto, warning_to_proto,
+};
+use breakglass_bus::worker::{Stage, StageFailure, decode, report_failed_run};
+use breakglass_bus::{Bus, worker};
+use breakglass_core::{RowWarning, RunId};
+use breakglass_proto::v1;
+use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions, RenderReport, WorkbookBuilder};
+use std::path::Path;
+
+/// The render stage bound to the bus.
+pub struct Renderer {
+    key: PayloadKey,
+}
+
+impl Renderer {
+    /// A renderer decrypting and encrypting payloads with `key`.
+    pub fn new(key: PayloadKey) -> Self {
+        Self { key }
+    }
+}
+
+impl Stage for Renderer {
+    fn name(&self) -> &'static str {
+        "renderer"
+    }
+
+    async fn handle(&self, bus: &Bus, message: &jetstream::Message) -> Result<(), StageFailure> {
+        let ready: v1::SnapshotReady = decode(message, "SnapshotReady")?;
+        let trigger = ready.trigger.clone().unwrap_or_default();
+        let run_id = RunId::parse(&trigger.run_id)
+            .map_err(|err| StageFailure::permanent(err.to_string()))?;
+        tracing::Span::current().record("run_id", run_id.as_str());
+        tracing::info!(
+            rows = ready.rows,
+            projects = ready.projects.len(),
+            "rendering started"
+        );
+        let reference = ready.snapshot.clone().ok_or_else(|| {
+            StageFailure::permanent("snapshot.ready carries no snapshot reference")
+        })?;
+        let temp = tempfile::Builder::new()
+            .prefix("breakglass-renderer-")
+            .tempdir()
+            .map_err(|err| {
+                StageFailure::retry(format!("cannot create a private temp directory: {err}"))
+            })?;
+        let snapshot_path = temp.path().join("snapshot.age");
+        bus.fetch_payload(&reference, &snapshot_path)
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))?;
+
+        let key = self.key.clone();
+        let work_dir = temp.path().to_path_buf();
+        let options = RenderOptions {
+            run_id: run_id.to_string(),
+            generated_at: chrono::DateTime::from_timestamp_millis(ready.collected_at_unix_ms)
+                .unwrap_or_else(chrono::Utc::now),
+            source: ready.source.clone(),
+            temp_dir: work_dir.clone(),
+            max_rows_per_sheet: EXCEL_MAX_DATA_ROWS,
+        };
+        let warnings: Vec<RowWarning> = ready.warnings.iter().map(warning_from_proto).collect();
+        let warning_count = ready.warning_count;
+        let span = tracing::info_span!("render workbook", rows = ready.rows);
+        let rendered = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            render_encrypted(&key, &work_dir, options, &warnings, warning_count)
+        })
+        .await
+        .map_err(|err| StageFailure::retry(format!("render task failed: {err}")))??;
+
+        let workbook_ref = bus
+            .store_payload(&format!("{run_id}.workbook.age"), &rendered.encrypted)
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))?;
+        let report = rendered.report;
+        let mut warnings = ready.warnings.clone();
+        warnings.extend(report.warnings.iter().map(warning_to_proto));
+        warnings.truncate(breakglass_core::inventory::MAX_LISTED_WARNINGS);
+        let event = v1::WorkbookReady {
+            workbook: Some(workbook_ref),
+            workbook_size: rendered.size,
+            workbook_sha256: rendered.sha256,
+            projects: report
+                .projects
+                .iter()
+                .map(|p| v1::ProjectCount {
+                    project: p.project.clone(),
+                    sheets: p.sheets.clone(),
+                    rows: p.rows,
+                })
+                .collect(),
+            warnings,
+            warning_count: ready.warning_count + report.warning_count,
+            rendered_at_unix_ms: worker::chrono_now_ms(),
+            snapshot: Some(ready),
+        };
+        bus.publish(
+            &bus.subjects().workbook_ready(),
+            &format!("workbook-{run_id}"),
+            &event,
+        )
+        .await
+        .map_err(|err| StageFailure::retry(err.to_string()))?;
+        tracing::info!(
+            bytes = event.workbook_size,
+            rows = report.rows,
+            "workbook stored"
+        );
+        Ok(())
+    }
+
+    async fn give_up(&self, bus: &Bus, message: &jetstream::Message, failure: &StageFailure) {
+        let trigger = decode::<v1::SnapshotReady>(message, "SnapshotReady")
+            .ok()
+            .and_then(|r| r.trigger);
+        report_failed_run(bus, trigger, "render", failure).await;
+    }
+}
+
+struct Rendered {
+    report: RenderReport,
+    encrypted: std::path::PathBuf,
+    size: u64,
+    sha256: String,
+}
+
+/// Decrypts the snapshot, writes the workbook, hashes it and encrypts it.
+/// Blocking: runs on a blocking thread.
+fn render_encrypted(
+    key: &PayloadKey,
+    dir: &Path,
+    options: RenderOptions,
+    warnings: &[RowWarning],
+    warning_count: u64,
+) -> Result<Rendered, StageFailure> {
+    let snapshot = key
+        .decrypt_file(&dir.join("snapshot.age"))
+        .map_err(|err| StageFailure::permanent(format!("snapshot: {err}")))?;
+    let mut reader = SnapshotReader::new(snapshot);
+    let mut builder =
+        WorkbookBuilder::new(options).map_err(|err| StageFailure::retry(err.to_string()))?;
+    builder.add_collect_warnings(warnings, warning_count);
+    while let Some(item) = reader
+        .next_item()
+        .map_err(|err| StageFailure::permanent(format!("snapshot is damaged: {err}")))?
+    {
+        let result = match item {
+            SnapshotItem::Project { name, rows } => builder.begin_project(&name, rows),
+            SnapshotItem::Row(row) => builder.write_row(&row),
+        };
+        result.map_err(|err| StageFailure::permanent(err.to_string()))?;
+    }
+    let workbook = dir.join("workbook.xlsx");
+    let report = builder
+        .finish(&workbook)
+        .map_err(|err| StageFailure::retry(err.to_string()))?;
+    let (size, sha256) =
+        hash_file(&workbook).map_err(|err| StageFailure::retry(err.to_string()))?;
+    let encrypted = dir.join("workbook.age");
+    key.encrypt_to_file(&encrypted, |out| {
+        let mut input = std::fs::File::open(&workbook)?;
+        std::io::copy(&mut input, out).map(|_| ())
+    })
+    .map_err(|err| StageFailure::retry(format!("encrypting the workbook failed: {err}")))?;
+    // The plaintext workbook is not needed any more: remove it now rather
+    // than when the directory goes.
+    let _ = std::fs::remove_file(&workbook);
+    Ok(Rendered {
+        report,
+        encrypted,
+        size,
+        sha256,
+    })
+}

@@ -1,1 +1,24 @@
-fn main() {}
+//! `renderer`: binds the render stage to the bus. See the crate docs.
+
+use breakglass_renderer::Renderer;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("renderer: {}", breakglass_service::one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let context = breakglass_service::start("breakglass-renderer").await?;
+    let renderer = Renderer::new(breakglass_service::payload_key(&context.settings)?);
+    breakglass_bus::worker::run(context.bus.clone(), renderer, context.shutdown.clone()).await?;
+    context.bus.close().await;
+    context.telemetry.shutdown();
+    Ok(())
+}

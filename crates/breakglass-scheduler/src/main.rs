@@ -1,1 +1,28 @@
-fn main() {}
+//! `scheduler`: publishes the daily trigger. See the crate docs.
+
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("scheduler: {}", breakglass_service::one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let context = breakglass_service::start("breakglass-scheduler").await?;
+    breakglass_scheduler::run(
+        context.bus.clone(),
+        context.settings.execute_time,
+        context.settings.time_zone,
+        context.shutdown.clone(),
+    )
+    .await;
+    context.bus.close().await;
+    context.telemetry.shutdown();
+    Ok(())
+}

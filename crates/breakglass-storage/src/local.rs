@@ -10,8 +10,9 @@
 use crate::naming::{self, is_rotated_name};
 use crate::{Destination, Receipt, StorageError, Upload};
 use breakglass_config::Rotation;
+use breakglass_core::private_fs;
 use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -54,7 +55,8 @@ impl LocalFolder {
         sha256: &str,
         run_id: &str,
     ) -> Result<Receipt, StorageError> {
-        create_private_dir(&self.dir).map_err(|err| self.fail("creating the folder", err))?;
+        private_fs::create_dir_all(&self.dir)
+            .map_err(|err| self.fail("creating the folder", err))?;
         let final_path = self.dir.join(name);
         let temp_path = self.dir.join(format!(".{name}.{run_id}.tmp"));
         let result = self
@@ -106,7 +108,7 @@ impl LocalFolder {
     ) -> Result<(), StorageError> {
         let mut input = File::open(source).map_err(|err| self.fail("opening the workbook", err))?;
         let mut output =
-            private_create_new(temp).map_err(|err| self.fail("creating the temp file", err))?;
+            private_fs::create_new(temp).map_err(|err| self.fail("creating the temp file", err))?;
         let mut hasher = Sha256::new();
         let mut copied: u64 = 0;
         let mut buffer = vec![0u8; 1 << 16];
@@ -183,44 +185,7 @@ impl Destination for LocalFolder {
     }
 }
 
-/// Size and lowercase hex SHA-256 of a file.
-pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex::encode(hasher.finalize())))
-}
-
-fn private_create_new(path: &Path) -> std::io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
-}
+pub use breakglass_core::private_fs::hash_file;
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]

@@ -66,12 +66,21 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs logging and (when configured) trace export for `service`.
-/// Call once, inside the Tokio runtime, at the start of `main`.
+/// Installs logging (default level info) and, when configured, trace export
+/// for `service`. Call once, inside the Tokio runtime, at the start of `main`.
 pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
+    init_with_default(service, tracing::Level::INFO)
+}
+
+/// Like [`init`], with another default log level (commands that print their
+/// own results log warnings only unless `RUST_LOG` says otherwise).
+pub fn init_with_default(
+    service: &'static str,
+    level: tracing::Level,
+) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let env_filter = EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
+        .with_default_directive(LevelFilter::from_level(level).into())
         .from_env_lossy();
     let json = match std::env::var("BREAKGLASS_LOG_FORMAT").as_deref() {
         Ok("json") => true,

@@ -1,1 +1,27 @@
-fn main() {}
+//! `uploader`: binds the upload stage to the bus. See the crate docs.
+
+use breakglass_uploader::Uploader;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("uploader: {}", breakglass_service::one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let context = breakglass_service::start("breakglass-uploader").await?;
+    let uploader = Uploader::new(
+        context.settings.clone(),
+        breakglass_service::payload_key(&context.settings)?,
+    );
+    breakglass_bus::worker::run(context.bus.clone(), uploader, context.shutdown.clone()).await?;
+    context.bus.close().await;
+    context.telemetry.shutdown();
+    Ok(())
+}

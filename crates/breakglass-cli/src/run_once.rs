@@ -1,0 +1,154 @@
+//! `breakglass run-once`: collect → render → store in one process.
+//!
+//! The same stage libraries the services use, bound directly instead of
+//! over NATS: no NATS, no PostgreSQL. Defaults: the bundled sample
+//! inventory and `./breakglass-out/`. Nothing reaches the destination
+//! unless the whole workbook was written and verified.
+
+use crate::progress::Progress;
+use anyhow::Context;
+use breakglass_collect::{AnySource, Source};
+use breakglass_config::{RawConfig, Settings};
+use breakglass_core::RunId;
+use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions};
+use breakglass_storage::{Destination, Upload};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Flags of `run-once`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A `key: value` config file (the same keys as the K3s secret).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The inventory: a `.csv` file or a SQLite database (overrides
+    /// `inventory_url`). Default: the bundled sample.
+    #[arg(long)]
+    inventory: Option<String>,
+    /// Folder for the workbook (overrides `local_dir`). Default:
+    /// ./breakglass-out
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Runs the job once and reports what it did.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let _telemetry =
+        breakglass_telemetry::init_with_default("breakglass-cli", tracing::Level::WARN)?;
+    let settings = settings(&args)?;
+    let run_id = RunId::generate();
+    let source = AnySource::for_location(&settings.inventory, &settings.inventory_view);
+    let (progress, display) = Progress::start();
+
+    let inventory = source
+        .collect(&progress.collected)
+        .await
+        .context("collecting the inventory failed")?;
+    let collected_at = chrono::Utc::now();
+    let sorted = inventory.into_sorted();
+    progress.writing(sorted.rows);
+
+    let temp = tempfile::Builder::new()
+        .prefix("breakglass-run-once-")
+        .tempdir()
+        .context("cannot create a private temp directory")?;
+    let workbook = temp.path().join("workbook.xlsx");
+    let options = RenderOptions {
+        run_id: run_id.to_string(),
+        generated_at: collected_at,
+        source: source.describe(),
+        temp_dir: temp.path().to_path_buf(),
+        max_rows_per_sheet: EXCEL_MAX_DATA_ROWS,
+    };
+    let (sorted, report) = {
+        let path = workbook.clone();
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            let report = breakglass_render::render_inventory(&sorted, options, &path, || {
+                progress.row_written()
+            });
+            (sorted, report)
+        })
+        .await
+        .context("the render task failed")?
+    };
+    let report = report.context("writing the workbook failed")?;
+    let (size, sha256) =
+        breakglass_core::private_fs::hash_file(&workbook).context("reading the workbook back")?;
+
+    let upload = Upload {
+        file: &workbook,
+        size,
+        sha256: &sha256,
+        run_id: run_id.as_str(),
+        created_at: collected_at,
+    };
+    let mut failures = Vec::new();
+    let mut stored = Vec::new();
+    for destination in breakglass_storage::destinations(&settings) {
+        match destination.upload(&upload).await {
+            Ok(receipt) => stored.push(receipt),
+            Err(err) => failures.push(err.to_string()),
+        }
+    }
+    progress.done();
+    if let Some(display) = display {
+        let _ = display.await;
+    }
+
+    println!(
+        "breakglass run-once: {} rows in {} projects from {}",
+        report.rows,
+        report.projects.len(),
+        source.describe()
+    );
+    for receipt in &stored {
+        println!(
+            "  stored {} ({} bytes, sha256 {})",
+            receipt.location, receipt.size, receipt.sha256
+        );
+    }
+    let warning_count = sorted.warning_count + report.warning_count;
+    for warning in sorted.warnings.iter().chain(&report.warnings).take(20) {
+        eprintln!(
+            "  warning: project {:?}, device {:?}, {}: {}",
+            warning.project, warning.device, warning.field, warning.message
+        );
+    }
+    if warning_count > 20 {
+        eprintln!(
+            "  ... and {} more warnings (all listed on the workbook's Summary tab)",
+            warning_count - 20
+        );
+    }
+    println!(
+        "  run {run_id} took {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for failure in &failures {
+            eprintln!("breakglass: {failure}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::new(),
+    };
+    if let Some(inventory) = &args.inventory {
+        raw.override_with("inventory_url", inventory, "--inventory")
+            .map_err(|problem| anyhow::anyhow!("{problem}"))?;
+    }
+    if let Some(out) = &args.out {
+        raw.override_with("local_dir", &out.display().to_string(), "--out")
+            .map_err(|problem| anyhow::anyhow!("{problem}"))?;
+    }
+    Ok(Settings::from_raw(&raw)?)
+}

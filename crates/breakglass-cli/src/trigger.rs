@@ -1,0 +1,130 @@
+//! `breakglass trigger`: publish the on-demand trigger exactly as the Mavis
+//! core does, and optionally wait for the run's outcome.
+
+use anyhow::Context;
+use breakglass_bus::Bus;
+use breakglass_config::{RawConfig, Settings};
+use breakglass_core::RunId;
+use breakglass_proto::v1;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Flags of `trigger`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A `key: value` config file (for `nats_url`, `bus_prefix`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// NATS URL (overrides `nats_url`).
+    #[arg(long)]
+    nats: Option<String>,
+    /// Subject prefix (overrides `bus_prefix`).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Why the run is wanted; shown in the run log.
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Run id to use (default: a new UUIDv7). Re-using one within a day
+    /// starts no second run.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Wait for the run to finish and print its outcome; exit 1 unless it
+    /// succeeded.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+/// Publishes the trigger (and waits, with `--wait`).
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let _telemetry =
+        breakglass_telemetry::init_with_default("breakglass-cli", tracing::Level::WARN)?;
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::new(),
+    };
+    if let Some(nats) = &args.nats {
+        raw.override_with("nats_url", nats, "--nats")
+            .map_err(|p| anyhow::anyhow!("{p}"))?;
+    }
+    if let Some(prefix) = &args.prefix {
+        raw.override_with("bus_prefix", prefix, "--prefix")
+            .map_err(|p| anyhow::anyhow!("{p}"))?;
+    }
+    let settings = Settings::from_raw(&raw)?;
+    let run_id = match &args.run_id {
+        Some(id) => RunId::parse(id)?,
+        None => RunId::generate(),
+    };
+    let bus = Bus::connect(breakglass_bus::BusOptions {
+        url: settings.nats_url.clone(),
+        prefix: settings.bus_prefix.clone(),
+        ack_wait: settings.ack_wait,
+        max_deliver: settings.max_deliver,
+        payload_ttl: settings.payload_ttl,
+        payload_key: None,
+    })
+    .await?;
+    let trigger = v1::TriggerRequested {
+        run_id: run_id.to_string(),
+        reason: v1::TriggerReason::OnDemand as i32,
+        requested_by: std::env::var("USER").unwrap_or_else(|_| "breakglass-cli".into()),
+        requested_at_unix_ms: breakglass_bus::worker::chrono_now_ms(),
+        note: args.reason.clone(),
+    };
+    let duplicate = bus
+        .trigger(&trigger)
+        .await
+        .context("publishing the trigger")?;
+    if duplicate {
+        println!("run {run_id}: already triggered (duplicate ignored; no second run)");
+    } else {
+        println!("run {run_id}: triggered");
+    }
+    if !args.wait {
+        bus.close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let finished = bus
+        .wait_for_run(run_id.as_str(), Duration::from_secs(args.timeout))
+        .await?;
+    bus.close().await;
+    let Some(finished) = finished else {
+        anyhow::bail!(
+            "run {run_id} did not finish within {} s; are the services running?",
+            args.timeout
+        );
+    };
+    let status = v1::RunStatus::try_from(finished.status).unwrap_or(v1::RunStatus::Unspecified);
+    println!(
+        "run {run_id}: {} ({} rows, {} projects, {} warnings)",
+        status.as_str_name(),
+        finished.rows,
+        finished.projects.len(),
+        finished.warning_count
+    );
+    for destination in &finished.destinations {
+        if destination.error.is_empty() {
+            println!(
+                "  {}: stored {} ({} bytes)",
+                destination.destination, destination.location, destination.size
+            );
+        } else {
+            println!(
+                "  {}: FAILED: {}",
+                destination.destination, destination.error
+            );
+        }
+    }
+    if !finished.error.is_empty() {
+        println!("  {} failed: {}", finished.failed_stage, finished.error);
+    }
+    Ok(if status == v1::RunStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
