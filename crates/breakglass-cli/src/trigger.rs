@@ -9,6 +9,7 @@ use breakglass_proto::v1;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Flags of `trigger`.
 #[derive(Debug, clap::Args)]
@@ -75,8 +76,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         requested_at_unix_ms: breakglass_bus::worker::chrono_now_ms(),
         note: args.reason.clone(),
     };
+    let span = tracing::info_span!("trigger", run_id = %run_id);
     let duplicate = bus
         .trigger(&trigger)
+        .instrument(span)
         .await
         .context("publishing the trigger")?;
     if duplicate {

@@ -45,11 +45,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// True when spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Flushes and stops the exporter.
     pub fn shutdown(mut self) {
         if let Some(provider) = self.provider.take() {
@@ -101,39 +96,36 @@ pub fn init_with_default(
             .boxed()
     };
     let exporting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|v| !v.is_empty());
-    let provider = if exporting {
+    // A provider is always installed, so every run gets trace ids that
+    // travel between services even when nothing is exported; the exporter
+    // is added only when an endpoint is configured.
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name(service)
+            .build(),
+    );
+    if exporting {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
             .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(
-                    opentelemetry_sdk::Resource::builder()
-                        .with_service_name(service)
-                        .build(),
-                )
-                .build(),
-        )
-    } else {
-        None
-    };
-    let otel_layer = provider.as_ref().map(|provider| {
-        let quiet_transport = Targets::new()
-            .with_default(LevelFilter::INFO)
-            .with_target("h2", LevelFilter::OFF)
-            .with_target("hyper", LevelFilter::OFF)
-            .with_target("hyper_util", LevelFilter::OFF)
-            .with_target("tonic", LevelFilter::OFF)
-            .with_target("tower", LevelFilter::OFF)
-            .with_target("opentelemetry", LevelFilter::OFF)
-            .with_target("opentelemetry_sdk", LevelFilter::OFF)
-            .with_target("opentelemetry_otlp", LevelFilter::OFF);
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service))
-            .with_filter(quiet_transport)
-    });
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let quiet_transport = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("h2", LevelFilter::OFF)
+        .with_target("hyper", LevelFilter::OFF)
+        .with_target("hyper_util", LevelFilter::OFF)
+        .with_target("tonic", LevelFilter::OFF)
+        .with_target("tower", LevelFilter::OFF)
+        .with_target("opentelemetry", LevelFilter::OFF)
+        .with_target("opentelemetry_sdk", LevelFilter::OFF)
+        .with_target("opentelemetry_otlp", LevelFilter::OFF);
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .with_filter(quiet_transport);
+    let provider = Some(provider);
     tracing_subscriber::registry()
         .with(env_filter)
         .with(fmt_layer)

@@ -1,0 +1,545 @@
+//! The whole run across processes: the four services as separate OS
+//! processes against real NATS JetStream and PostgreSQL, a trigger published
+//! the way the Mavis core does, the workbook read back with calamine.
+
+use breakglass_bus::{Bus, BusOptions};
+use breakglass_e2e::{
+    Isolation, ServiceProcess, database_url, nats_url, read_stream, write_config,
+};
+use breakglass_proto::v1;
+use calamine::{Data, Reader, Xlsx, open_workbook};
+use prost::Message;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use std::path::Path;
+use std::time::Duration;
+
+const CHINESE_40: &str =
+    "財務部門核心資料庫伺服器群組緊急存取帳號清單與相關連線資訊備份專案一二三四五六七";
+
+/// (project, device, account, password, port, extra credential)
+const ROWS: &[(&str, &str, &str, &str, &str, &str)] = &[
+    ("Payments", "web-10", "root", "=1+1", "22", ""),
+    ("Payments", "web-2", "root", "0012", "0022", "TRUE"),
+    ("Payments", "WEB-2", "admin", "tab\there\nnewline", "22", ""),
+    (
+        "Payments",
+        "db-1",
+        "postgres",
+        "emoji 🔐 pass",
+        "5432",
+        "1E5",
+    ),
+    ("ops/dev", "jump-1", "root", "+1", "22", ""),
+    (
+        "ops:dev",
+        "jump-1",
+        "root",
+        "=HYPERLINK(\"http://x\",\"y\")",
+        "22",
+        "",
+    ),
+    (CHINESE_40, "主機-3", "管理員", "密碼-3", "3389", ""),
+    (CHINESE_40, "主機-1", "管理員", "密碼-1", "3389", ""),
+];
+
+async fn seed_inventory(schema: &str) -> anyhow::Result<()> {
+    let mut db = PgConnection::connect(&database_url()).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA {schema};
+         CREATE TABLE {schema}.devices (
+            project text, provider text, device_name text, protocol text,
+            public_ip text, private_ip text, url text, port text, access_type text,
+            account text, password text, pem_file_name text, extra_credential text);
+         CREATE VIEW {schema}.breakglass_inventory AS SELECT * FROM {schema}.devices;"
+    )))
+    .execute(&mut db)
+    .await?;
+    for (project, device, account, password, port, extra) in ROWS {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {schema}.devices VALUES ($1, 'AWS', $2, 'SSH', '203.0.113.1', '10.0.0.1', NULL, $3, 'password', $4, $5, NULL, $6)"
+        )))
+        .bind(project)
+        .bind(device)
+        .bind(port)
+        .bind(account)
+        .bind(password)
+        .bind(extra)
+        .execute(&mut db)
+        .await?;
+    }
+    db.close().await?;
+    Ok(())
+}
+
+async fn drop_schema(schema: &str) {
+    if let Ok(mut db) = PgConnection::connect(&database_url()).await {
+        let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut db)
+            .await;
+    }
+}
+
+fn text(cell: &Data) -> String {
+    match cell {
+        Data::String(s) => s.clone(),
+        Data::Empty => String::new(),
+        other => panic!("every cell must be a string cell, found {other:?}"),
+    }
+}
+
+fn sheet(workbook: &mut Xlsx<std::io::BufReader<std::fs::File>>, name: &str) -> Vec<Vec<String>> {
+    let range = workbook.worksheet_range(name).expect("sheet exists");
+    range.rows().map(|r| r.iter().map(text).collect()).collect()
+}
+
+fn check_workbook(path: &Path) {
+    let mut workbook: Xlsx<_> = open_workbook(path).expect("the workbook opens");
+    let cut: String = CHINESE_40.chars().take(31).collect();
+    assert_eq!(
+        workbook.sheet_names(),
+        vec![
+            "Summary",
+            "ops_dev",
+            "ops_dev (2)",
+            "Payments",
+            cut.as_str()
+        ]
+    );
+
+    let payments = sheet(&mut workbook, "Payments");
+    assert_eq!(
+        payments[0],
+        [
+            "Provider",
+            "Device name",
+            "Protocol",
+            "Public IP address",
+            "Private IP address",
+            "URL",
+            "Port",
+            "Access type",
+            "Account",
+            "Password",
+            "PEM file name",
+            "Extra credential"
+        ]
+    );
+    let expected = [
+        [
+            "AWS",
+            "db-1",
+            "SSH",
+            "203.0.113.1",
+            "10.0.0.1",
+            "",
+            "5432",
+            "password",
+            "postgres",
+            "emoji 🔐 pass",
+            "",
+            "1E5",
+        ],
+        [
+            "AWS",
+            "WEB-2",
+            "SSH",
+            "203.0.113.1",
+            "10.0.0.1",
+            "",
+            "22",
+            "password",
+            "admin",
+            "tab\there\nnewline",
+            "",
+            "",
+        ],
+        [
+            "AWS",
+            "web-2",
+            "SSH",
+            "203.0.113.1",
+            "10.0.0.1",
+            "",
+            "0022",
+            "password",
+            "root",
+            "0012",
+            "",
+            "TRUE",
+        ],
+        [
+            "AWS",
+            "web-10",
+            "SSH",
+            "203.0.113.1",
+            "10.0.0.1",
+            "",
+            "22",
+            "password",
+            "root",
+            "=1+1",
+            "",
+            "",
+        ],
+    ];
+    assert_eq!(payments.len(), 5);
+    for (got, want) in payments[1..].iter().zip(expected) {
+        assert_eq!(got, &want.map(String::from).to_vec());
+    }
+    let first = sheet(&mut workbook, "ops_dev");
+    assert_eq!(
+        first[1][9], "+1",
+        "ops/dev comes first and keeps its own row"
+    );
+    let second = sheet(&mut workbook, "ops_dev (2)");
+    assert_eq!(second[1][9], "=HYPERLINK(\"http://x\",\"y\")");
+    let chinese = sheet(&mut workbook, &cut);
+    assert_eq!(chinese[1][1], "主機-1");
+    assert_eq!(chinese[2][1], "主機-3");
+    assert_eq!(chinese[1][9], "密碼-1");
+
+    // The Summary holds counts as numbers; look only at its text cells.
+    let summary = workbook.worksheet_range("Summary").expect("Summary exists");
+    assert!(
+        summary
+            .used_cells()
+            .any(|(_, _, cell)| matches!(cell, Data::String(s) if s == CHINESE_40)),
+        "the Summary names the full project name"
+    );
+}
+
+fn service_config(
+    dir: &Path,
+    iso: &Isolation,
+    key: &str,
+    extra: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let out = dir.join("out").display().to_string();
+    let nats = nats_url();
+    let mut entries: Vec<(&str, &str)> = vec![
+        ("nats_url", nats.as_str()),
+        ("bus_prefix", iso.prefix.as_str()),
+        ("payload_key", key),
+        ("local_dir", out.as_str()),
+        ("ack_wait_seconds", "3"),
+        ("max_deliver", "3"),
+    ];
+    entries.extend_from_slice(extra);
+    write_config(dir, &entries)
+}
+
+async fn connect(iso: &Isolation) -> Bus {
+    Bus::connect(BusOptions {
+        url: nats_url(),
+        prefix: iso.prefix.clone(),
+        ack_wait: Duration::from_secs(3),
+        max_deliver: 3,
+        payload_ttl: Duration::from_secs(3600),
+        payload_key: None,
+    })
+    .await
+    .expect("NATS with JetStream is reachable (make test starts it)")
+}
+
+fn trigger(run_id: &str) -> v1::TriggerRequested {
+    v1::TriggerRequested {
+        run_id: run_id.into(),
+        reason: v1::TriggerReason::OnDemand as i32,
+        requested_by: "mavis-core".into(),
+        requested_at_unix_ms: 0,
+        note: "e2e".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_runs_the_whole_pipeline_across_processes() {
+    let iso = Isolation::new("pipeline");
+    seed_inventory(&iso.schema).await.expect("seed PostgreSQL");
+    let dir = tempfile::tempdir().unwrap();
+    let key = breakglass_bus::payload::PayloadKey::generate();
+    let view = format!("{}.breakglass_inventory", iso.schema);
+    let db = database_url();
+    let config = service_config(
+        dir.path(),
+        &iso,
+        key.expose(),
+        &[
+            ("inventory_url", db.as_str()),
+            ("inventory_view", view.as_str()),
+        ],
+    );
+    let bus = connect(&iso).await;
+
+    let mut services: Vec<ServiceProcess> = ["scheduler", "collector", "renderer", "uploader"]
+        .iter()
+        .map(|name| ServiceProcess::start(name, &config, dir.path()).unwrap())
+        .collect();
+
+    let run_id = format!("e2e-{}", iso.prefix);
+    assert!(
+        !bus.trigger(&trigger(&run_id)).await.unwrap(),
+        "first publish is new"
+    );
+    assert!(
+        bus.trigger(&trigger(&run_id)).await.unwrap(),
+        "the same trigger again is a duplicate"
+    );
+
+    let finished = bus
+        .wait_for_run(&run_id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let logs: String = services
+        .iter()
+        .map(|s| format!("--- {}\n{}", s.name, s.log_text()))
+        .collect();
+    let finished = finished.unwrap_or_else(|| panic!("run did not finish; logs:\n{logs}"));
+    assert_eq!(
+        finished.status,
+        v1::RunStatus::Succeeded as i32,
+        "{finished:?}\n{logs}"
+    );
+    assert_eq!(finished.rows, ROWS.len() as u64);
+    assert_eq!(finished.destinations.len(), 1);
+    let stored = Path::new(&finished.destinations[0].location);
+    assert!(stored.ends_with("breakglass-backup.xlsx"), "{stored:?}");
+    check_workbook(stored);
+
+    // Give a second (duplicate) run a chance to show up, then count events.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let messages = read_stream(&iso.prefix).await.unwrap();
+    let count = |suffix: &str| {
+        messages
+            .iter()
+            .filter(|m| m.subject.ends_with(suffix))
+            .count()
+    };
+    assert_eq!(count(".trigger"), 1, "the duplicate trigger was not stored");
+    assert_eq!(count(".snapshot.ready"), 1);
+    assert_eq!(count(".workbook.ready"), 1);
+    assert_eq!(
+        count(&format!(".run.finished.{run_id}")),
+        1,
+        "exactly one run"
+    );
+    assert!(
+        messages.iter().all(|m| !m.subject.contains(".dead.")),
+        "nothing dead-lettered"
+    );
+    // One trace across the services: the collector starts it (the core's
+    // trigger carries none here), every later event continues it.
+    let trace_ids: Vec<String> = messages
+        .iter()
+        .filter(|m| !m.subject.ends_with(".trigger"))
+        .map(|m| {
+            let parent = m
+                .headers
+                .iter()
+                .find(|(k, _)| k == "traceparent")
+                .map(|(_, v)| v.clone());
+            let parent = parent.unwrap_or_else(|| panic!("{} carries no trace context", m.subject));
+            parent
+                .split('-')
+                .nth(1)
+                .expect("W3C traceparent")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(trace_ids.len(), 3);
+    assert!(
+        trace_ids
+            .iter()
+            .all(|id| id == &trace_ids[0] && id != &"0".repeat(32)),
+        "{trace_ids:?}"
+    );
+
+    // Graceful shutdown on SIGTERM.
+    for service in &mut services {
+        let status = service.terminate(Duration::from_secs(15)).unwrap();
+        assert!(
+            status.success(),
+            "{} exited with {status} on SIGTERM:\n{}",
+            service.name,
+            service.log_text()
+        );
+    }
+    bus.close().await;
+    drop_schema(&iso.schema).await;
+    iso.cleanup_bus().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_renderer_mid_run_still_completes_the_run() {
+    let iso = Isolation::new("kill");
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inventory.csv");
+    let file = std::fs::File::create(&inventory).unwrap();
+    breakglass_collect::synthetic::write_csv(std::io::BufWriter::new(file), 150_000, 50, 7)
+        .unwrap();
+    let key = breakglass_bus::payload::PayloadKey::generate();
+    let inventory_url = inventory.display().to_string();
+    let config = service_config(
+        dir.path(),
+        &iso,
+        key.expose(),
+        &[("inventory_url", inventory_url.as_str())],
+    );
+    let bus = connect(&iso).await;
+    let _collector = ServiceProcess::start("collector", &config, dir.path()).unwrap();
+    let _uploader = ServiceProcess::start("uploader", &config, dir.path()).unwrap();
+    let mut renderer = ServiceProcess::start("renderer", &config, dir.path()).unwrap();
+
+    let run_id = format!("kill-{}", iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    renderer
+        .wait_for_log("rendering started", Duration::from_secs(120))
+        .await
+        .unwrap();
+    renderer.kill();
+    assert!(
+        !renderer.log_text().contains("workbook stored"),
+        "the kill came too late to be mid-run"
+    );
+
+    let mut restarted = ServiceProcess::start("renderer", &config, dir.path()).unwrap();
+    let finished = bus
+        .wait_for_run(&run_id, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let finished =
+        finished.unwrap_or_else(|| panic!("run did not finish:\n{}", restarted.log_text()));
+    assert_eq!(
+        finished.status,
+        v1::RunStatus::Succeeded as i32,
+        "{finished:?}"
+    );
+    assert_eq!(finished.rows, 150_000);
+    restarted
+        .wait_for_log("\"delivery\":2", Duration::from_secs(5))
+        .await
+        .expect("the restarted renderer got the redelivered message");
+    let messages = read_stream(&iso.prefix).await.unwrap();
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.subject.ends_with(".workbook.ready"))
+            .count(),
+        1
+    );
+    bus.close().await;
+    iso.cleanup_bus().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_inventory_fails_the_run_with_a_dead_letter_and_no_file() {
+    let iso = Isolation::new("bad");
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inventory.csv");
+    std::fs::write(&inventory, "Project,Vendor\nP,AWS\n").unwrap();
+    let key = breakglass_bus::payload::PayloadKey::generate();
+    let inventory_url = inventory.display().to_string();
+    let config = service_config(
+        dir.path(),
+        &iso,
+        key.expose(),
+        &[("inventory_url", inventory_url.as_str())],
+    );
+    let bus = connect(&iso).await;
+    let _collector = ServiceProcess::start("collector", &config, dir.path()).unwrap();
+
+    let run_id = format!("bad-{}", iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    let finished = bus
+        .wait_for_run(&run_id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the run is reported");
+    assert_eq!(finished.status, v1::RunStatus::Failed as i32);
+    assert_eq!(finished.failed_stage, "collect");
+    assert_eq!(
+        finished.error,
+        format!(
+            "{}:1: inventory header is wrong: column 2 is \"Vendor\", expected \"Provider\" (the header must be exactly: Project,Provider,Device name,Protocol,Public IP address,Private IP address,URL,Port,Access type,Account,Password,PEM file name,Extra credential)",
+            inventory.display()
+        )
+    );
+    let messages = read_stream(&iso.prefix).await.unwrap();
+    let dead: Vec<_> = messages
+        .iter()
+        .filter(|m| m.subject == format!("{}.dead.collector", iso.prefix))
+        .collect();
+    assert_eq!(dead.len(), 1, "a permanent error is dead-lettered at once");
+    let letter = v1::DeadLetter::decode(dead[0].payload.as_slice()).unwrap();
+    assert_eq!(letter.deliveries, 1);
+    assert!(letter.error.contains("inventory header is wrong"));
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing written to the destination"
+    );
+    bus.close().await;
+    iso.cleanup_bus().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_retried_then_dead_lettered() {
+    let iso = Isolation::new("unreachable");
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://reader:canary-db-password@127.0.0.1:{port}/inventory");
+    let key = breakglass_bus::payload::PayloadKey::generate();
+    let config = service_config(
+        dir.path(),
+        &iso,
+        key.expose(),
+        &[("inventory_url", url.as_str())],
+    );
+    let bus = connect(&iso).await;
+    let collector = ServiceProcess::start("collector", &config, dir.path()).unwrap();
+
+    let run_id = format!("unreachable-{}", iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    let finished = bus
+        .wait_for_run(&run_id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the run is reported");
+    assert_eq!(finished.status, v1::RunStatus::Failed as i32);
+    assert!(
+        finished.error.contains("cannot connect"),
+        "{}",
+        finished.error
+    );
+    assert!(
+        finished.error.contains(&format!("127.0.0.1:{port}")),
+        "names where: {}",
+        finished.error
+    );
+    let messages = read_stream(&iso.prefix).await.unwrap();
+    let dead: Vec<_> = messages
+        .iter()
+        .filter(|m| m.subject.ends_with(".dead.collector"))
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        v1::DeadLetter::decode(dead[0].payload.as_slice())
+            .unwrap()
+            .deliveries,
+        3,
+        "bounded redelivery: max_deliver"
+    );
+    for message in &messages {
+        assert!(
+            !String::from_utf8_lossy(&message.payload).contains("canary-db-password"),
+            "{}",
+            message.subject
+        );
+    }
+    assert!(!collector.log_text().contains("canary-db-password"));
+    bus.close().await;
+    iso.cleanup_bus().await;
+}
