@@ -2,6 +2,8 @@
 //! processes against real NATS JetStream and PostgreSQL, a trigger published
 //! the way the Mavis core does, the workbook read back with calamine.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use breakglass_bus::{Bus, BusOptions};
 use breakglass_e2e::{
     Isolation, ServiceProcess, database_url, nats_url, read_stream, write_config,
@@ -352,6 +354,33 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
             .all(|id| id == &trace_ids[0] && id != &"0".repeat(32)),
         "{trace_ids:?}"
     );
+
+    // `breakglass trigger --wait` runs it again the way an admin would.
+    let output = std::process::Command::new(breakglass_e2e::bin("breakglass"))
+        .args([
+            "trigger",
+            "--config",
+            config.to_str().unwrap(),
+            "--reason",
+            "e2e via CLI",
+            "--wait",
+            "--timeout",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(": triggered"), "{stdout}");
+    assert!(
+        stdout.contains("RUN_STATUS_SUCCEEDED (8 rows, 4 projects, 0 warnings)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("breakglass-backup.xlsx"), "{stdout}");
 
     // Graceful shutdown on SIGTERM.
     for service in &mut services {

@@ -8,8 +8,7 @@ pub enum BusError {
     /// NATS could not be reached.
     #[error("cannot connect to NATS at {url}: {reason}")]
     Connect {
-        /// The URL, as configured (NATS URLs here carry no password; a
-        /// user:password URL is masked by the caller).
+        /// The URL, credentials masked.
         url: String,
         /// Why.
         reason: String,

@@ -82,12 +82,12 @@ impl Bus {
         )
         .await
         .map_err(|_| BusError::Connect {
-            url: options.url.clone(),
+            url: breakglass_core::secret::mask_url_credentials(&options.url),
             reason: "timed out after 10s".into(),
         })?
         .map_err(|err| BusError::Connect {
-            url: options.url.clone(),
-            reason: err.to_string(),
+            url: breakglass_core::secret::mask_url_credentials(&options.url),
+            reason: err.to_string().replace(&options.url, "<nats_url>"),
         })?;
         let jetstream = jetstream::new(client.clone());
         let subjects = Subjects::new(&options.prefix);

@@ -207,6 +207,9 @@ pub fn write_snapshot(inventory: &SortedInventory, out: &mut dyn Write) -> std::
 }
 
 /// One item of a snapshot stream.
+// Items are handled one at a time and never stored in bulk, so the size of
+// the row variant costs nothing; boxing it would cost an allocation per row.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SnapshotItem {
     /// A project starts; `rows` rows follow.
@@ -312,6 +315,14 @@ fn row_from_proto(row: v1::DeviceRow) -> DeviceRow {
         pem_file_name: row.pem_file_name,
         extra_credential: Secret::new(row.extra_credential),
     }
+}
+
+/// The object name of one attempt's payload: the run id plus a fresh
+/// unique suffix. A redelivered message stores under a new name, so it can
+/// never replace an object that an already published event points to;
+/// leftovers expire with the bucket's TTL.
+pub fn attempt_object_name(run_id: &breakglass_core::RunId, kind: &str) -> String {
+    format!("{run_id}.{}.{kind}.age", uuid::Uuid::new_v4().simple())
 }
 
 /// A core warning as the wire type.

@@ -55,10 +55,30 @@ impl std::fmt::Display for StageFailure {
     }
 }
 
+/// Which delivery of a message this is, against the configured limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 for the first delivery.
+    pub number: i64,
+    /// The configured `max_deliver`.
+    pub limit: i64,
+}
+
+impl Attempt {
+    /// True on the last attempt: a retryable failure now is final.
+    pub fn is_last(&self) -> bool {
+        self.number >= self.limit
+    }
+}
+
 /// One pipeline stage bound to the bus.
 pub trait Stage: Send + Sync {
-    /// The stage name: the durable consumer and dead-letter subject use it.
+    /// The service name: the durable consumer and the dead-letter subject
+    /// use it (`collector`, `renderer`, `uploader`).
     fn name(&self) -> &'static str;
+
+    /// The stage as named in a failed run's `failed_stage` (`collect`...).
+    fn failed_stage(&self) -> &'static str;
 
     /// Handles one message. Must be idempotent: a message can be delivered
     /// again after a crash.
@@ -66,16 +86,11 @@ pub trait Stage: Send + Sync {
         &self,
         bus: &Bus,
         message: &jetstream::Message,
+        attempt: Attempt,
     ) -> impl Future<Output = Result<(), StageFailure>> + Send;
 
-    /// Called once when a message is given up on, after the dead letter is
-    /// published: report the run as failed.
-    fn give_up(
-        &self,
-        bus: &Bus,
-        message: &jetstream::Message,
-        failure: &StageFailure,
-    ) -> impl Future<Output = ()> + Send;
+    /// The trigger a message belongs to, to report a run that is given up.
+    fn trigger_of(&self, message: &jetstream::Message) -> Option<v1::TriggerRequested>;
 }
 
 /// The stages and the subjects their consumers read.
@@ -101,6 +116,11 @@ impl Bus {
     }
 
     /// The durable consumer of stage `name`.
+    ///
+    /// The server's delivery bound is one more than `max_deliver`: the
+    /// worker enforces `max_deliver` itself, so a message whose last
+    /// attempt crashed or timed out arrives once more and is dead-lettered
+    /// and reported instead of vanishing.
     pub async fn consumer(&self, name: &str) -> Result<consumer::PullConsumer, BusError> {
         let Some((_, subject)) = stage_subjects(self)
             .into_iter()
@@ -128,7 +148,7 @@ impl Bus {
                     filter_subject: subject,
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.options().ack_wait,
-                    max_deliver: self.options().max_deliver,
+                    max_deliver: self.options().max_deliver + 1,
                     deliver_policy: consumer::DeliverPolicy::New,
                     ..Default::default()
                 },
@@ -141,60 +161,111 @@ impl Bus {
     }
 }
 
+/// The delivery settings in force: the server's, since an existing durable
+/// consumer keeps the configuration it was created with.
+#[derive(Debug, Clone, Copy)]
+struct Effective {
+    ack_wait: Duration,
+    limit: i64,
+}
+
 /// Runs `stage` until `shutdown` is cancelled.
+///
+/// Messages are pulled one at a time and only while idle, so nothing waits
+/// in a local buffer (without progress acks) while a long job runs.
 pub async fn run(bus: Bus, stage: impl Stage, shutdown: CancellationToken) -> Result<(), BusError> {
     let consumer = bus.consumer(stage.name()).await?;
-    let consume_error = |err: &dyn std::fmt::Display| BusError::Consume {
-        consumer: stage.name().into(),
-        reason: err.to_string(),
+    let config = &consumer.cached_info().config;
+    let effective = Effective {
+        ack_wait: config.ack_wait,
+        limit: (config.max_deliver - 1).max(1),
     };
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(1)
-        .messages()
-        .await
-        .map_err(|err| consume_error(&err))?;
+    if effective.ack_wait != bus.options().ack_wait || effective.limit != bus.options().max_deliver
+    {
+        tracing::warn!(
+            stage = stage.name(),
+            server_ack_wait_s = effective.ack_wait.as_secs(),
+            server_max_deliver = effective.limit,
+            "the durable consumer keeps the settings it was created with; delete it to apply new ack_wait/max_deliver"
+        );
+    }
     tracing::info!(stage = stage.name(), stream = %bus.subjects().stream(), "waiting for messages");
     loop {
+        let pull = async {
+            consumer
+                .batch()
+                .max_messages(1)
+                .expires(Duration::from_secs(10))
+                .messages()
+                .await
+        };
+        let mut batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            batch = pull => match batch {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(stage = stage.name(), error = %err, "pull failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = messages.next() => next,
+            next = batch.next() => next,
         };
         match next {
-            None => return Err(consume_error(&"the message stream ended")),
+            None => {}
             Some(Err(err)) => {
                 tracing::warn!(stage = stage.name(), error = %err, "pull failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Some(Ok(message)) => process(&bus, &stage, &message).await,
+            Some(Ok(message)) => process(&bus, &stage, &message, effective).await,
         }
     }
     tracing::info!(stage = stage.name(), "stopped pulling; shutting down");
     Ok(())
 }
 
-async fn process(bus: &Bus, stage: &impl Stage, message: &jetstream::Message) {
+async fn process(
+    bus: &Bus,
+    stage: &impl Stage,
+    message: &jetstream::Message,
+    effective: Effective,
+) {
     let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
     let stream_sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+    let run_id = stage
+        .trigger_of(message)
+        .map(|t| t.run_id)
+        .unwrap_or_default();
     let span = tracing::info_span!(
         "stage",
         otel.name = stage.name(),
         stage = stage.name(),
-        run_id = tracing::field::Empty,
+        run_id = %run_id,
         delivery = delivered,
     );
     breakglass_telemetry::set_parent(&span, trace_headers(message.headers.as_ref()));
     async {
         tracing::info!(delivery = delivered, "message received");
-        let result = with_progress_acks(message, bus.options().ack_wait, stage.handle(bus, message)).await;
-        let max_deliver = bus.options().max_deliver;
+        let attempt = Attempt { number: delivered, limit: effective.limit };
+        let result = if delivered > effective.limit {
+            // The previous attempt was the last allowed and never finished.
+            Err(StageFailure::permanent(format!(
+                "gave up after {} attempts: the last one did not finish (the service crashed or stopped acknowledging)",
+                effective.limit
+            )))
+        } else {
+            with_progress_acks(message, effective.ack_wait, stage.handle(bus, message, attempt)).await
+        };
         match result {
             Ok(()) => {
                 if let Err(err) = message.double_ack().await {
                     tracing::warn!(error = %err, "ack failed; the message may be handled again");
                 }
             }
-            Err(failure) if !failure.retryable || delivered >= max_deliver => {
+            Err(failure) if !failure.retryable || attempt.is_last() => {
                 tracing::error!(error = %failure.message, delivery = delivered, retryable = failure.retryable, "giving up: dead-lettering");
                 let dead = v1::DeadLetter {
                     stage: stage.name().into(),
@@ -202,15 +273,17 @@ async fn process(bus: &Bus, stage: &impl Stage, message: &jetstream::Message) {
                     original_payload: message.payload.to_vec(),
                     error: failure.message.clone(),
                     deliveries: delivered as u64,
-                    run_id: String::new(),
+                    run_id: run_id.clone(),
                 };
                 let subject = bus.subjects().dead_letter(stage.name());
                 if let Err(err) = bus.publish(&subject, &format!("dead-{}-{stream_sequence}", stage.name()), &dead).await {
+                    // The server allows one delivery past the limit, which
+                    // lands in the branch above and tries again.
                     tracing::error!(error = %err, "dead letter not published; leaving the message for redelivery");
                     let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
                     return;
                 }
-                stage.give_up(bus, message, &failure).await;
+                report_failed_run(bus, stage.trigger_of(message), stage.failed_stage(), &failure).await;
                 if let Err(err) = message.ack_with(AckKind::Term).await {
                     tracing::warn!(error = %err, "terminating the message failed");
                 }

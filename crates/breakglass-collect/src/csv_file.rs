@@ -186,12 +186,11 @@ fn check_header(record: &csv::ByteRecord, name: &str) -> Result<(), CollectError
         .enumerate()
         .map(|(i, field)| {
             let text = String::from_utf8_lossy(field);
-            let text = if i == 0 {
+            if i == 0 {
                 text.trim_start_matches('\u{feff}').to_string()
             } else {
                 text.into_owned()
-            };
-            text
+            }
         })
         .collect();
     let expected = CSV_HEADER.join(",");

@@ -40,7 +40,7 @@ pub fn write_csv(mut out: impl Write, rows: u64, projects: u64, seed: u64) -> st
     let projects = projects.max(1);
     for _ in 0..rows {
         let project = rng.below(projects);
-        let project_name = if project % 3 == 0 {
+        let project_name = if project.is_multiple_of(3) {
             format!("專案-{project:05}")
         } else {
             format!("project-{project:05}")

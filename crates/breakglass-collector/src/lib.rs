@@ -8,8 +8,9 @@
 //! snapshot-<run id>` so a redelivered trigger adds no second snapshot event.
 
 use async_nats::jetstream;
+use breakglass_bus::payload::attempt_object_name;
 use breakglass_bus::payload::{PayloadKey, warning_to_proto, write_snapshot};
-use breakglass_bus::worker::{Stage, StageFailure, decode, report_failed_run};
+use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
 use breakglass_bus::{Bus, worker};
 use breakglass_collect::{AnySource, RowCounter, Source};
 use breakglass_config::Settings;
@@ -35,11 +36,23 @@ impl Stage for Collector {
         "collector"
     }
 
-    async fn handle(&self, bus: &Bus, message: &jetstream::Message) -> Result<(), StageFailure> {
+    fn failed_stage(&self) -> &'static str {
+        "collect"
+    }
+
+    fn trigger_of(&self, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+        decode::<v1::TriggerRequested>(message, "TriggerRequested").ok()
+    }
+
+    async fn handle(
+        &self,
+        bus: &Bus,
+        message: &jetstream::Message,
+        _attempt: Attempt,
+    ) -> Result<(), StageFailure> {
         let trigger: v1::TriggerRequested = decode(message, "TriggerRequested")?;
         let run_id = RunId::parse(&trigger.run_id)
             .map_err(|err| StageFailure::permanent(err.to_string()))?;
-        tracing::Span::current().record("run_id", run_id.as_str());
         let source =
             AnySource::for_location(&self.settings.inventory, &self.settings.inventory_view);
         let described = source.describe();
@@ -71,7 +84,7 @@ impl Stage for Collector {
         .map_err(|err| StageFailure::retry(format!("snapshot task failed: {err}")))?
         .map_err(|err| StageFailure::retry(format!("writing the snapshot failed: {err}")))?;
         let reference = bus
-            .store_payload(&format!("{run_id}.snapshot.age"), &path)
+            .store_payload(&attempt_object_name(&run_id, "snapshot"), &path)
             .await
             .map_err(|err| StageFailure::retry(err.to_string()))?;
         let ready = v1::SnapshotReady {
@@ -101,11 +114,6 @@ impl Stage for Collector {
         .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(rows = ready.rows, "snapshot stored");
         Ok(())
-    }
-
-    async fn give_up(&self, bus: &Bus, message: &jetstream::Message, failure: &StageFailure) {
-        let trigger = decode::<v1::TriggerRequested>(message, "TriggerRequested").ok();
-        report_failed_run(bus, trigger, "collect", failure).await;
     }
 }
 

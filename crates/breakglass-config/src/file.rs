@@ -203,27 +203,10 @@ pub fn show_value(key: &str, value: &str) -> String {
     }
 }
 
-/// Masks the password of a `scheme://user:password@host` URL.
+/// Masks credentials in a URL (or comma list of URLs); see
+/// [`breakglass_core::secret::mask_url_credentials`].
 pub fn mask_url_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.into();
-    };
-    let authority_start = scheme_end + 3;
-    let rest = &url[authority_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.into();
-    };
-    let userinfo = &authority[..at];
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!(
-            "{}{user}:{MASK}{}",
-            &url[..authority_start],
-            &url[authority_start + at..]
-        ),
-        None => url.into(),
-    }
+    breakglass_core::secret::mask_url_credentials(url)
 }
 
 fn unquote(value: &str) -> &str {

@@ -293,7 +293,7 @@ impl Settings {
         if !check.problems.is_empty() {
             check
                 .problems
-                .sort_by(|a, b| natural_location(&a.location).cmp(&natural_location(&b.location)));
+                .sort_by_key(|problem| natural_location(&problem.location));
             return Err(ConfigError {
                 problems: check.problems,
             });

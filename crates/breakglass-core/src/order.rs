@@ -117,7 +117,7 @@ mod tests {
             account: account.into(),
             ..DeviceRow::default()
         };
-        let mut rows = vec![
+        let mut rows = [
             row("web-10", "a"),
             row("web-2", "root"),
             row("web-2", "admin"),

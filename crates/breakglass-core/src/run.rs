@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-/// The id of one run: 1–64 characters from `[A-Za-z0-9._-]`, so it is safe
-/// in a NATS header, an object name and a file name.
+/// The id of one run: 1–64 characters from `[A-Za-z0-9_-]`, so it is safe
+/// as one NATS subject token, in a header, an object name and a file name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RunId(String);
 
@@ -30,9 +30,9 @@ impl RunId {
             Some("must be 1 to 64 characters long")
         } else if !value
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
         {
-            Some("may hold only letters, digits, '.', '_' and '-'")
+            Some("may hold only letters, digits, '_' and '-'")
         } else {
             None
         };
@@ -73,5 +73,9 @@ mod tests {
         assert!(err.to_string().contains("may hold only"), "{err}");
         assert!(RunId::parse("").is_err());
         assert!(RunId::parse(&"x".repeat(65)).is_err());
+        assert!(
+            RunId::parse("a.b").is_err(),
+            "a dot would split the NATS subject"
+        );
     }
 }

@@ -60,9 +60,127 @@ impl Drop for Secret {
     }
 }
 
+/// Query parameters whose values are credentials.
+const SECRET_PARAMS: [&str; 7] = [
+    "password",
+    "pass",
+    "pwd",
+    "token",
+    "sslpassword",
+    "secret",
+    "sig",
+];
+
+/// Masks every credential in a URL, or a comma list of URLs, before it is
+/// shown anywhere: the whole userinfo when it is a bare token
+/// (`nats://TOKEN@host`), the password of `user:password@`, and the values
+/// of query parameters such as `password=` or `sig=`. Masks too much rather
+/// than too little: everything before the last `@` counts as userinfo, so a
+/// password holding `/`, `?` or `#` is still hidden.
+pub fn mask_url_credentials(text: &str) -> String {
+    split_url_list(text)
+        .into_iter()
+        .map(mask_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Splits on commas that start another URL (`,scheme://`), so commas inside
+/// a password do not split.
+fn split_url_list(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (index, _) in text.match_indices(',') {
+        let next = &text[index + 1..];
+        let starts_url = next.find("://").is_some_and(|end| {
+            end > 0
+                && next[..end]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        });
+        if starts_url && index >= start {
+            parts.push(&text[start..index]);
+            start = index + 1;
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+fn mask_one_url(url: &str) -> String {
+    let (head, rest) = match url.find("://") {
+        Some(end) => url.split_at(end + 3),
+        None => ("", url),
+    };
+    let rest = match (head.is_empty(), rest.rfind('@')) {
+        (false, Some(at)) => {
+            let userinfo = &rest[..at];
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:{MASK}"),
+                None => MASK.to_owned(),
+            };
+            format!("{shown}{}", &rest[at..])
+        }
+        _ => rest.to_owned(),
+    };
+    let masked = format!("{head}{rest}");
+    match masked.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _))
+                        if SECRET_PARAMS.contains(&key.to_ascii_lowercase().as_str()) =>
+                    {
+                        format!("{key}={MASK}")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => masked,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_credentials_are_masked_in_every_form() {
+        let cases = [
+            (
+                "postgres://app:s3cret@db:5432/inv?x=1",
+                format!("postgres://app:{MASK}@db:5432/inv?x=1"),
+            ),
+            (
+                "postgres://app:p@ss/w@db/inv",
+                format!("postgres://app:{MASK}@db/inv"),
+            ),
+            (
+                "nats://TOKEN123@nats:4222",
+                format!("nats://{MASK}@nats:4222"),
+            ),
+            (
+                "postgres://db/inv?user=a&password=hunter2",
+                format!("postgres://db/inv?user=a&password={MASK}"),
+            ),
+            (
+                "nats://u:p1@a:4222,nats://u:p2@b:4222",
+                format!("nats://u:{MASK}@a:4222,nats://u:{MASK}@b:4222"),
+            ),
+            (
+                "postgres://app:a,b@db/x",
+                format!("postgres://app:{MASK}@db/x"),
+            ),
+            ("postgres://db/inv", "postgres://db/inv".to_string()),
+            ("/data/inv.csv", "/data/inv.csv".to_string()),
+        ];
+        for (url, want) in cases {
+            assert_eq!(mask_url_credentials(url), want, "{url}");
+        }
+    }
 
     #[test]
     fn debug_and_display_print_the_mask_only() {

@@ -256,10 +256,10 @@ impl WorkbookBuilder {
     }
 
     fn end_project(&mut self) -> Result<(), RenderError> {
-        if let Some(open) = self.current.take() {
-            if open.written != open.expected {
-                return Err(RenderError::Misuse("fewer rows than announced"));
-            }
+        if let Some(open) = self.current.take()
+            && open.written != open.expected
+        {
+            return Err(RenderError::Misuse("fewer rows than announced"));
         }
         Ok(())
     }

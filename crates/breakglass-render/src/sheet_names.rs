@@ -67,24 +67,36 @@ fn clean(wanted: &str) -> String {
         .chars()
         .map(|c| match c {
             ':' | '\\' | '/' | '?' | '*' | '[' | ']' => '_',
-            c if c.is_control() => '_',
+            c if c.is_control() || is_noncharacter(c) => '_',
             c => c,
         })
         .collect();
-    let trimmed = replaced.trim().trim_matches('\'').trim();
+    let trimmed = trim_quotes_and_blanks(&replaced);
     let name = if trimmed.is_empty() {
         "Project"
     } else {
         trimmed
     };
-    let cut = cut_utf16(name, MAX_SHEET_NAME);
-    // Cutting may expose a quote at the end again.
-    let cut = cut.trim_end_matches('\'').trim_end();
+    // Cutting may expose a quote or blank at the end again.
+    let cut = trim_quotes_and_blanks(cut_utf16(name, MAX_SHEET_NAME));
     if cut.is_empty() {
         "Project".into()
     } else {
         cut.into()
     }
+}
+
+/// Trims blanks and `'` from both ends until neither is left there (`' 'x`
+/// becomes `x`, not `'x`).
+fn trim_quotes_and_blanks(text: &str) -> &str {
+    text.trim_matches(|c: char| c == '\'' || c.is_whitespace())
+}
+
+/// Unicode noncharacters, which XML 1.0 forbids (U+FFFE, U+FFFF) or which
+/// no reader expects in a name.
+fn is_noncharacter(c: char) -> bool {
+    let code = c as u32;
+    code & 0xFFFE == 0xFFFE || (0xFDD0..=0xFDEF).contains(&code)
 }
 
 fn cut_utf16(text: &str, max: usize) -> &str {
@@ -98,8 +110,10 @@ fn cut_utf16(text: &str, max: usize) -> &str {
     text
 }
 
+/// Case folding as rust_xlsxwriter's duplicate check does it, so a name we
+/// call unique is never rejected at save.
 fn fold(name: &str) -> String {
-    name.chars().flat_map(char::to_lowercase).collect()
+    name.to_lowercase()
 }
 
 #[cfg(test)]
@@ -117,6 +131,9 @@ mod tests {
         assert_eq!(names.allocate("'quoted'"), "quoted");
         assert_eq!(names.allocate("''"), "Project");
         assert_eq!(names.allocate("history"), "history (2)");
+        assert_eq!(names.allocate("' 'x"), "x");
+        assert_eq!(names.allocate("y' '"), "y");
+        assert_eq!(names.allocate("a\u{FFFF}b\u{FFFE}"), "a_b_");
     }
 
     #[test]

@@ -10,10 +10,11 @@
 //! success, failure and panic alike.
 
 use async_nats::jetstream;
+use breakglass_bus::payload::attempt_object_name;
 use breakglass_bus::payload::{
     PayloadKey, SnapshotItem, SnapshotReader, hash_file, warning_from_proto, warning_to_proto,
 };
-use breakglass_bus::worker::{Stage, StageFailure, decode, report_failed_run};
+use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
 use breakglass_bus::{Bus, worker};
 use breakglass_core::{RowWarning, RunId};
 use breakglass_proto::v1;
@@ -37,12 +38,26 @@ impl Stage for Renderer {
         "renderer"
     }
 
-    async fn handle(&self, bus: &Bus, message: &jetstream::Message) -> Result<(), StageFailure> {
+    fn failed_stage(&self) -> &'static str {
+        "render"
+    }
+
+    fn trigger_of(&self, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+        decode::<v1::SnapshotReady>(message, "SnapshotReady")
+            .ok()
+            .and_then(|r| r.trigger)
+    }
+
+    async fn handle(
+        &self,
+        bus: &Bus,
+        message: &jetstream::Message,
+        _attempt: Attempt,
+    ) -> Result<(), StageFailure> {
         let ready: v1::SnapshotReady = decode(message, "SnapshotReady")?;
         let trigger = ready.trigger.clone().unwrap_or_default();
         let run_id = RunId::parse(&trigger.run_id)
             .map_err(|err| StageFailure::permanent(err.to_string()))?;
-        tracing::Span::current().record("run_id", run_id.as_str());
         tracing::info!(
             rows = ready.rows,
             projects = ready.projects.len(),
@@ -83,7 +98,10 @@ impl Stage for Renderer {
         .map_err(|err| StageFailure::retry(format!("render task failed: {err}")))??;
 
         let workbook_ref = bus
-            .store_payload(&format!("{run_id}.workbook.age"), &rendered.encrypted)
+            .store_payload(
+                &attempt_object_name(&run_id, "workbook"),
+                &rendered.encrypted,
+            )
             .await
             .map_err(|err| StageFailure::retry(err.to_string()))?;
         let report = rendered.report;
@@ -121,13 +139,6 @@ impl Stage for Renderer {
             "workbook stored"
         );
         Ok(())
-    }
-
-    async fn give_up(&self, bus: &Bus, message: &jetstream::Message, failure: &StageFailure) {
-        let trigger = decode::<v1::SnapshotReady>(message, "SnapshotReady")
-            .ok()
-            .and_then(|r| r.trigger);
-        report_failed_run(bus, trigger, "render", failure).await;
     }
 }
 

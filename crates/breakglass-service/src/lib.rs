@@ -13,34 +13,16 @@ use breakglass_config::{RawConfig, Settings};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
-/// Where a service's configuration file is, from its arguments or env.
-pub fn config_path(args: &[String]) -> anyhow::Result<Option<PathBuf>> {
-    let mut iter = args.iter().skip(1);
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--config" => {
-                let path = iter.next().context("--config needs a file path")?;
-                return Ok(Some(PathBuf::from(path)));
-            }
-            other if other.starts_with("--config=") => {
-                return Ok(Some(PathBuf::from(&other["--config=".len()..])));
-            }
-            "--help" | "-h" => {
-                println!(
-                    "usage: {} [--config FILE]\n\nReads the breakglass key: value config from FILE or $BREAKGLASS_CONFIG.",
-                    args[0]
-                );
-                std::process::exit(0);
-            }
-            other => anyhow::bail!(
-                "unknown argument {other:?}; usage: {} [--config FILE]",
-                args[0]
-            ),
-        }
-    }
-    Ok(std::env::var_os("BREAKGLASS_CONFIG")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from))
+/// A service's command line: only where its configuration is.
+#[derive(Debug, clap::Parser)]
+#[command(
+    version,
+    about = "A breakglass service. Reads the breakglass key: value config file."
+)]
+pub struct ServiceArgs {
+    /// The `key: value` configuration file (the mounted K3s secret).
+    #[arg(long, env = "BREAKGLASS_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// Loads and validates the settings (defaults when there is no file).
@@ -107,13 +89,12 @@ pub struct ServiceContext {
     pub telemetry: breakglass_telemetry::Telemetry,
 }
 
-/// Starts telemetry, loads config, connects the bus. Errors are meant for
-/// `main` to print as one line and exit non-zero.
+/// Parses the command line, starts telemetry, loads config, connects the
+/// bus. Errors are meant for `main` to print as one line and exit non-zero.
 pub async fn start(service: &'static str) -> anyhow::Result<ServiceContext> {
+    let args = <ServiceArgs as clap::Parser>::parse();
     let telemetry = breakglass_telemetry::init(service).context("starting telemetry")?;
-    let args: Vec<String> = std::env::args().collect();
-    let path = config_path(&args)?;
-    let settings = load_settings(path.as_ref()).context("invalid configuration")?;
+    let settings = load_settings(args.config.as_ref()).context("invalid configuration")?;
     if settings.payload_key.is_none() {
         anyhow::bail!(
             "payload_key is required for the services: it encrypts snapshots and workbooks on the bus (make one with `breakglass keygen`)"

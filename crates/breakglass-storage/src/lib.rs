@@ -45,6 +45,9 @@ pub struct Receipt {
     pub sha256: String,
     /// Older copies removed by `prune` rotation.
     pub pruned: Vec<String>,
+    /// Problems after the copy was stored and verified (e.g. an old copy
+    /// that could not be pruned): worth telling, not a failed upload.
+    pub warnings: Vec<String>,
 }
 
 /// Why an upload failed. The previous good copy is untouched in every case.
@@ -68,6 +71,17 @@ pub enum StorageError {
         destination: String,
         /// Expected versus found.
         reason: String,
+    },
+    /// The destination already holds a copy made by a newer run; it was
+    /// kept, and this older run's file was not stored.
+    #[error(
+        "{destination}: a newer backup (collected at {newer}) is already in place; it was kept"
+    )]
+    Superseded {
+        /// The destination.
+        destination: String,
+        /// When the newer copy's run collected its inventory (RFC 3339).
+        newer: String,
     },
     /// `unique` rotation found its name taken: never overwrite.
     #[error("{destination}: {name} already exists; unique rotation never overwrites")]

@@ -15,6 +15,23 @@ use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+const TEMP_PREFIX: &str = ".breakglass-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// What the blocking upload needs, owned so it can move to another thread.
+struct OwnedUpload {
+    size: u64,
+    sha256: String,
+    created_at: SystemTime,
+}
+
+/// The modification time of `path` when it is later than `than`.
+fn modified_after(path: &Path, than: SystemTime) -> Option<SystemTime> {
+    let modified = fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    (modified > than).then_some(modified)
+}
 
 /// A folder destination.
 #[derive(Clone, Debug)]
@@ -51,64 +68,107 @@ impl LocalFolder {
         &self,
         source: &Path,
         name: &str,
-        size: u64,
-        sha256: &str,
-        run_id: &str,
+        upload: &OwnedUpload,
     ) -> Result<Receipt, StorageError> {
         private_fs::create_dir_all(&self.dir)
             .map_err(|err| self.fail("creating the folder", err))?;
+        self.sweep_stale_temp_files();
         let final_path = self.dir.join(name);
-        let temp_path = self.dir.join(format!(".{name}.{run_id}.tmp"));
-        let result = self
-            .write_verified(source, &temp_path, size, sha256)
-            .and_then(|()| {
-                match self.rotation {
-                    Rotation::Overwrite => fs::rename(&temp_path, &final_path)
-                        .map_err(|err| self.fail("renaming into place", err)),
-                    // Never replace: a hard link fails when the name exists.
-                    Rotation::Unique | Rotation::Prune => {
-                        match fs::hard_link(&temp_path, &final_path) {
-                            Ok(()) => fs::remove_file(&temp_path)
-                                .map_err(|err| self.fail("removing the temp file", err)),
-                            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                                Err(StorageError::Exists {
-                                    destination: self.describe(),
-                                    name: name.into(),
-                                })
-                            }
-                            Err(err) => Err(self.fail("linking into place", err)),
-                        }
+        // A fresh, random, 0600 temp file of our own: concurrent attempts
+        // never touch each other's, and it is deleted on any early return.
+        let mut temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(&self.dir)
+            .map_err(|err| self.fail("creating the temp file", err))?;
+        let temp_path = temp.path().to_path_buf();
+        self.write_verified(
+            source,
+            temp.as_file_mut(),
+            &temp_path,
+            upload.size,
+            &upload.sha256,
+        )?;
+        // The file's modification time records when its run collected the
+        // inventory, so an older run can never replace a newer copy.
+        temp.as_file()
+            .set_modified(upload.created_at)
+            .map_err(|err| self.fail("stamping the file", err))?;
+        match self.rotation {
+            Rotation::Overwrite => {
+                if let Some(newer) = modified_after(&final_path, upload.created_at) {
+                    return Err(StorageError::Superseded {
+                        destination: self.describe(),
+                        newer: chrono::DateTime::<chrono::Utc>::from(newer).to_rfc3339(),
+                    });
+                }
+                temp.persist(&final_path)
+                    .map_err(|err| self.fail("renaming into place", err.error))?;
+            }
+            Rotation::Unique | Rotation::Prune => match temp.persist_noclobber(&final_path) {
+                Ok(_) => {}
+                Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // The same run delivered again: identical bytes are done.
+                    let same = hash_file(&final_path)
+                        .map(|(size, sha)| size == upload.size && sha == upload.sha256)
+                        .unwrap_or(false);
+                    if !same {
+                        return Err(StorageError::Exists {
+                            destination: self.describe(),
+                            name: name.into(),
+                        });
                     }
                 }
-            });
-        if result.is_err() {
-            let _ = fs::remove_file(&temp_path);
+                Err(err) => return Err(self.fail("linking into place", err.error)),
+            },
         }
-        result?;
         sync_dir(&self.dir).map_err(|err| self.fail("syncing the folder", err))?;
-        let pruned = if self.rotation == Rotation::Prune {
-            self.prune_older_than(name)?
-        } else {
-            Vec::new()
-        };
-        Ok(Receipt {
+        let mut receipt = Receipt {
             location: final_path.display().to_string(),
-            size,
-            sha256: sha256.into(),
-            pruned,
-        })
+            size: upload.size,
+            sha256: upload.sha256.clone(),
+            pruned: Vec::new(),
+            warnings: Vec::new(),
+        };
+        if self.rotation == Rotation::Prune {
+            // The new copy is stored and verified; a failure to delete an
+            // old one is worth a warning, not a failed run.
+            match self.prune_older_than(name) {
+                Ok(pruned) => receipt.pruned = pruned,
+                Err(err) => receipt.warnings.push(err.to_string()),
+            }
+        }
+        Ok(receipt)
+    }
+
+    /// Removes temp files left by crashed attempts (older than an hour, so a
+    /// concurrent attempt's file is never touched).
+    fn sweep_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let cutoff = SystemTime::now() - Duration::from_secs(3600);
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) && stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn write_verified(
         &self,
         source: &Path,
+        output: &mut File,
         temp: &Path,
         size: u64,
         sha256: &str,
     ) -> Result<(), StorageError> {
         let mut input = File::open(source).map_err(|err| self.fail("opening the workbook", err))?;
-        let mut output =
-            private_fs::create_new(temp).map_err(|err| self.fail("creating the temp file", err))?;
         let mut hasher = Sha256::new();
         let mut copied: u64 = 0;
         let mut buffer = vec![0u8; 1 << 16];
@@ -128,7 +188,6 @@ impl LocalFolder {
         output
             .sync_all()
             .map_err(|err| self.fail("syncing the file", err))?;
-        drop(output);
         // Verify what is on disk, not what we meant to write.
         let (stored_size, stored_sha) =
             hash_file(temp).map_err(|err| self.fail("reading back", err))?;
@@ -172,16 +231,14 @@ impl Destination for LocalFolder {
         let name = naming::object_name(self.rotation, upload.created_at, upload.run_id);
         let folder = self.clone();
         let source = upload.file.to_path_buf();
-        let (size, sha256, run_id) = (
-            upload.size,
-            upload.sha256.to_owned(),
-            upload.run_id.to_owned(),
-        );
-        tokio::task::spawn_blocking(move || {
-            folder.upload_blocking(&source, &name, size, &sha256, &run_id)
-        })
-        .await
-        .map_err(|err| self.fail("the upload task", err))?
+        let owned = OwnedUpload {
+            size: upload.size,
+            sha256: upload.sha256.to_owned(),
+            created_at: upload.created_at.into(),
+        };
+        tokio::task::spawn_blocking(move || folder.upload_blocking(&source, &name, &owned))
+            .await
+            .map_err(|err| self.fail("the upload task", err))?
     }
 }
 
@@ -274,13 +331,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_older_run_never_replaces_a_newer_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = LocalFolder::new(tmp.path().join("out"), "", Rotation::Overwrite);
+        let (src, size, sha) = workbook(tmp.path(), b"newer");
+        put(&folder, &src, size, &sha, 5, "r5").await.unwrap();
+        let (src, size, sha) = workbook(tmp.path(), b"older");
+        let err = put(&folder, &src, size, &sha, 4, "r4").await.unwrap_err();
+        assert!(matches!(err, StorageError::Superseded { .. }), "{err}");
+        assert_eq!(
+            fs::read(folder.dir().join(naming::FIXED_NAME)).unwrap(),
+            b"newer"
+        );
+        // The same run again (a redelivery) may store its bytes again.
+        let (src, size, sha) = workbook(tmp.path(), b"newer");
+        put(&folder, &src, size, &sha, 5, "r5").await.unwrap();
+        assert_eq!(
+            fs::read_dir(folder.dir()).unwrap().count(),
+            1,
+            "no temp file left behind"
+        );
+    }
+
+    #[tokio::test]
     async fn unique_never_overwrites_and_prune_keeps_only_the_newest() {
         let tmp = tempfile::tempdir().unwrap();
         let (src, size, sha) = workbook(tmp.path(), b"data");
         let unique = LocalFolder::new(tmp.path().join("u"), "", Rotation::Unique);
         put(&unique, &src, size, &sha, 1, "r1").await.unwrap();
-        let err = put(&unique, &src, size, &sha, 1, "r1").await.unwrap_err();
+        // A redelivered run with identical bytes is done, not an error...
+        put(&unique, &src, size, &sha, 1, "r1").await.unwrap();
+        // ...but different bytes under a taken name are never written.
+        let (other, other_size, other_sha) = workbook(tmp.path(), b"other");
+        let err = put(&unique, &other, other_size, &other_sha, 1, "r1")
+            .await
+            .unwrap_err();
         assert!(matches!(err, StorageError::Exists { .. }), "{err}");
+        let (src, size, sha) = workbook(tmp.path(), b"data");
         put(&unique, &src, size, &sha, 2, "r2").await.unwrap();
         assert_eq!(fs::read_dir(unique.dir()).unwrap().count(), 2);
 

@@ -10,7 +10,7 @@
 
 use async_nats::jetstream;
 use breakglass_bus::payload::{PayloadKey, hash_file};
-use breakglass_bus::worker::{Stage, StageFailure, decode, report_failed_run};
+use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
 use breakglass_bus::{Bus, worker};
 use breakglass_config::Settings;
 use breakglass_core::RunId;
@@ -36,13 +36,28 @@ impl Stage for Uploader {
         "uploader"
     }
 
-    async fn handle(&self, bus: &Bus, message: &jetstream::Message) -> Result<(), StageFailure> {
+    fn failed_stage(&self) -> &'static str {
+        "upload"
+    }
+
+    fn trigger_of(&self, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+        decode::<v1::WorkbookReady>(message, "WorkbookReady")
+            .ok()
+            .and_then(|r| r.snapshot)
+            .and_then(|s| s.trigger)
+    }
+
+    async fn handle(
+        &self,
+        bus: &Bus,
+        message: &jetstream::Message,
+        attempt: Attempt,
+    ) -> Result<(), StageFailure> {
         let ready: v1::WorkbookReady = decode(message, "WorkbookReady")?;
         let snapshot = ready.snapshot.clone().unwrap_or_default();
         let trigger = snapshot.trigger.clone().unwrap_or_default();
         let run_id = RunId::parse(&trigger.run_id)
             .map_err(|err| StageFailure::permanent(err.to_string()))?;
-        tracing::Span::current().record("run_id", run_id.as_str());
         let reference = ready.workbook.clone().ok_or_else(|| {
             StageFailure::permanent("workbook.ready carries no workbook reference")
         })?;
@@ -86,10 +101,16 @@ impl Stage for Uploader {
             created_at,
         };
         let mut results = Vec::new();
+        let mut transient = Vec::new();
         for destination in breakglass_storage::destinations(&self.settings) {
             let described = destination.describe();
             let span = tracing::info_span!("upload", destination = %described, bytes = size);
             let result = destination.upload(&upload).instrument(span).await;
+            if let Err(err) = &result
+                && err.is_transient()
+            {
+                transient.push(err.to_string());
+            }
             results.push(match result {
                 Ok(receipt) => {
                     tracing::info!(destination = %described, location = %receipt.location, "stored and verified");
@@ -112,6 +133,11 @@ impl Stage for Uploader {
                     }
                 }
             });
+        }
+        if !transient.is_empty() && !attempt.is_last() {
+            // Try the whole message again later; destinations that already
+            // hold this run's file accept the same bytes again.
+            return Err(StageFailure::retry(transient.join("; ")));
         }
         let succeeded = results
             .iter()
@@ -160,13 +186,5 @@ impl Stage for Uploader {
         .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(status = ?status, "run finished");
         Ok(())
-    }
-
-    async fn give_up(&self, bus: &Bus, message: &jetstream::Message, failure: &StageFailure) {
-        let trigger = decode::<v1::WorkbookReady>(message, "WorkbookReady")
-            .ok()
-            .and_then(|r| r.snapshot)
-            .and_then(|s| s.trigger);
-        report_failed_run(bus, trigger, "upload", failure).await;
     }
 }
