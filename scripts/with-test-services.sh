@@ -11,7 +11,10 @@
 # slept. The command sees:
 #   BREAKGLASS_TEST_NATS_URL      nats://127.0.0.1:PORT
 #   BREAKGLASS_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:PORT/test
+# BREAKGLASS_TEST_FORCE_START=1 ignores servers already running (to check
+# this script's own start-up path, as on a machine without them).
 set -euo pipefail
+force="${BREAKGLASS_TEST_FORCE_START:-}"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 state="${BREAKGLASS_TEST_STATE:-$here/.test-services}"
@@ -68,7 +71,7 @@ PY
 
 # --- NATS with JetStream -------------------------------------------------
 if [[ -z "${BREAKGLASS_TEST_NATS_URL:-}" ]]; then
-  if nats_has_jetstream 127.0.0.1 4222 2>/dev/null; then
+  if [[ -z "$force" ]] && nats_has_jetstream 127.0.0.1 4222 2>/dev/null; then
     export BREAKGLASS_TEST_NATS_URL="nats://127.0.0.1:4222"
     log "using NATS at 127.0.0.1:4222"
   else
@@ -85,7 +88,7 @@ fi
 
 # --- PostgreSQL ----------------------------------------------------------
 if [[ -z "${BREAKGLASS_TEST_DATABASE_URL:-}" ]]; then
-  if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432 \
+  if [[ -z "$force" ]] && command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432 \
      && psql -h 127.0.0.1 -p 5432 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
     export BREAKGLASS_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/test"
     log "using PostgreSQL at 127.0.0.1:5432"
