@@ -11,6 +11,12 @@
 # slept. The command sees:
 #   BREAKGLASS_TEST_NATS_URL      nats://127.0.0.1:PORT
 #   BREAKGLASS_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:PORT/test
+#   BREAKGLASS_TEST_PYTHON        a Python with moto[server], boto3 (the tests'
+#                                 independent S3 client) installed
+#   BREAKGLASS_TEST_MOTO          the moto_server command; tests start their
+#                                 own instances (HTTP, HTTPS, IAM-enforcing)
+# The Python tools live in a virtualenv under ~/.cache/breakglass, made once
+# per machine.
 # BREAKGLASS_TEST_FORCE_START=1 ignores servers already running (to check
 # this script's own start-up path, as on a machine without them).
 set -euo pipefail
@@ -84,6 +90,18 @@ if [[ -z "${BREAKGLASS_TEST_NATS_URL:-}" ]]; then
     export BREAKGLASS_TEST_NATS_URL="nats://127.0.0.1:$port"
     log "started NATS at 127.0.0.1:$port"
   fi
+fi
+
+# --- Python test tools: moto (S3-compatible server), boto3 ---------------
+if [[ -z "${BREAKGLASS_TEST_PYTHON:-}" ]]; then
+  venv="${XDG_CACHE_HOME:-$HOME/.cache}/breakglass/test-venv"
+  if ! "$venv/bin/python" -c 'import moto, boto3, flask_cors' >/dev/null 2>&1; then
+    log "installing moto[server] and boto3 into $venv"
+    python3 -m venv "$venv" >&2 || { command -v apt-get >/dev/null && apt_install python3-venv && python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1' 'boto3>=1.35' >&2
+  fi
+  export BREAKGLASS_TEST_PYTHON="$venv/bin/python"
+  export BREAKGLASS_TEST_MOTO="$venv/bin/moto_server"
 fi
 
 # --- PostgreSQL ----------------------------------------------------------

@@ -227,3 +227,171 @@ pub fn write_config(dir: &Path, entries: &[(&str, &str)]) -> PathBuf {
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// The Python with boto3/moto that `make test` provides.
+pub fn test_python() -> PathBuf {
+    PathBuf::from(std::env::var("BREAKGLASS_TEST_PYTHON").expect(
+        "BREAKGLASS_TEST_PYTHON is not set: run the tests through `make test` (scripts/with-test-services.sh installs moto and boto3)",
+    ))
+}
+
+/// A private CA and a server certificate for 127.0.0.1/localhost it signed.
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    /// The CA certificate (what `ca_bundle` points to).
+    pub ca_pem: PathBuf,
+    /// The server certificate chain.
+    pub cert_pem: PathBuf,
+    /// The server key.
+    pub key_pem: PathBuf,
+}
+
+impl TestCa {
+    /// Generates a fresh CA and server certificate.
+    pub fn generate() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "breakglass test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().expect("server key");
+        let server_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("server params");
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("server cert");
+        let ca_pem = dir.path().join("ca.pem");
+        let cert_pem = dir.path().join("server.pem");
+        let key_pem = dir.path().join("server.key");
+        std::fs::write(&ca_pem, ca_cert.pem()).expect("write CA");
+        std::fs::write(&cert_pem, server_cert.pem()).expect("write cert");
+        std::fs::write(&key_pem, server_key.serialize_pem()).expect("write key");
+        Self {
+            _dir: dir,
+            ca_pem,
+            cert_pem,
+            key_pem,
+        }
+    }
+}
+
+/// A moto S3-compatible server of this test's own.
+pub struct Moto {
+    /// `http://127.0.0.1:PORT` or `https://localhost:PORT`.
+    pub endpoint: String,
+    /// The CA that signed its certificate, for HTTPS.
+    pub ca_pem: Option<PathBuf>,
+    child: Child,
+    /// Credential for the tool after [`Moto::enforce_iam`].
+    admin: Option<(String, String)>,
+}
+
+impl Moto {
+    /// Starts moto over HTTP.
+    pub fn start() -> Self {
+        Self::spawn(None)
+    }
+
+    /// Starts moto over HTTPS with a certificate from `ca`.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::spawn(Some(ca))
+    }
+
+    fn spawn(tls: Option<&TestCa>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let moto = std::env::var("BREAKGLASS_TEST_MOTO")
+            .expect("BREAKGLASS_TEST_MOTO is not set: run the tests through `make test`");
+        let mut command = Command::new(moto);
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(ca) = tls {
+            command
+                .arg("-c")
+                .arg(&ca.cert_pem)
+                .arg("-k")
+                .arg(&ca.key_pem);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let (scheme, host) = if tls.is_some() {
+            ("https", "localhost")
+        } else {
+            ("http", "127.0.0.1")
+        };
+        let moto = Self {
+            endpoint: format!("{scheme}://{host}:{port}"),
+            ca_pem: tls.map(|ca| ca.ca_pem.clone()),
+            child,
+            admin: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto.tool(&["ping"]);
+        moto
+    }
+
+    /// Runs tests/py/s3tool.py against this server and returns its stdout.
+    pub fn tool(&self, args: &[&str]) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/s3tool.py");
+        let ca = self
+            .ca_pem
+            .as_ref()
+            .map_or("-".to_string(), |p| p.display().to_string());
+        let mut command = Command::new(test_python());
+        command.arg(script).arg(&self.endpoint).arg(ca).args(args);
+        if let Some((key, secret)) = &self.admin {
+            command.env("S3TOOL_KEY", key).env("S3TOOL_SECRET", secret);
+        }
+        let output = command.output().expect("python runs");
+        assert!(
+            output.status.success(),
+            "s3tool {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Creates an IAM user with `policy` and returns its (key id, secret).
+    pub fn iam_user(&self, name: &str, policy: &str) -> (String, String) {
+        let json: serde_json::Value =
+            serde_json::from_str(&self.tool(&["iam-user", name, policy])).expect("json");
+        (
+            json["id"].as_str().unwrap_or_default().to_owned(),
+            json["secret"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// Makes moto check credentials and policies from now on; the tool
+    /// keeps working through an admin user made first.
+    pub fn enforce_iam(&mut self) {
+        let admin = self.iam_user(
+            "test-admin",
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+        );
+        self.tool(&["enforce-iam"]);
+        self.admin = Some(admin);
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

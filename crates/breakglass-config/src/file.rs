@@ -25,6 +25,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "s3_protocol",
     "s3_url",
     "s3_region",
+    "s3_checksum",
     "blob_account_name",
     "blob_account_key",
     "blob_container",

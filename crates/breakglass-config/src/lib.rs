@@ -9,12 +9,16 @@
 //!   every problem is collected, so `config check` can print them all.
 //! - [`problem`]: [`Problem`] and [`ConfigError`]: field, value (masked when
 //!   secret) and rule, the one error shape every bad input gets.
+//! - [`remote`]: S3 / Azure destination settings, endpoint and bucket rules,
+//!   the CA bundle.
 #![warn(missing_docs)]
 
 pub mod file;
 pub mod problem;
+pub mod remote;
 pub mod settings;
 
 pub use file::{KNOWN_KEYS, RawConfig, SECRET_KEYS};
 pub use problem::{ConfigError, Problem};
+pub use remote::{CaBundle, ChecksumMode, Protocol, S3Settings};
 pub use settings::{DailyTime, InventoryLocation, Rotation, Settings, StorageKind};

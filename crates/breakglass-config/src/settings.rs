@@ -7,6 +7,10 @@
 
 use crate::file::{RawConfig, RawValue, show_value};
 use crate::problem::{ConfigError, Problem};
+use crate::remote::{
+    CaBundle, ChecksumMode, Protocol, S3Settings, check_bucket_name, normalise_endpoint,
+    read_ca_bundle,
+};
 use breakglass_core::Secret;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -156,6 +160,10 @@ pub struct Settings {
     pub ack_wait: Duration,
     /// Deliveries before a message is dead-lettered.
     pub max_deliver: i64,
+    /// The S3 destination, when `storage_provider` includes `s3`.
+    pub s3: Option<S3Settings>,
+    /// Extra trusted CAs for HTTPS endpoints.
+    pub ca_bundle: Option<CaBundle>,
 }
 
 /// Default folder of the `local` destination (run-once's default too).
@@ -172,12 +180,6 @@ impl Settings {
             problems: Vec::new(),
         };
         for key in [
-            "s3_access_key_id",
-            "s3_secret_access_key",
-            "s3_bucket",
-            "s3_protocol",
-            "s3_url",
-            "s3_region",
             "blob_account_name",
             "blob_account_key",
             "blob_container",
@@ -186,7 +188,6 @@ impl Settings {
             "blob_connection_string",
             "blob_sas_token",
             "blob_endpoint",
-            "ca_bundle",
             "encryption_passphrase",
             "age_recipients",
             "database_url",
@@ -211,18 +212,29 @@ impl Settings {
         let storage = check
             .parse(raw, "storage_provider", parse_storage)
             .unwrap_or_else(|| vec![StorageKind::Local]);
-        for kind in &storage {
-            if *kind != StorageKind::Local {
-                if let Some(value) = raw.get("storage_provider") {
-                    check.fail(
-                        "storage_provider",
-                        value,
-                        "s3 and blob destinations are not supported by this version yet; use local",
-                    );
-                }
-                break;
-            }
+        if storage.contains(&StorageKind::Blob)
+            && let Some(value) = raw.get("storage_provider")
+        {
+            check.fail(
+                "storage_provider",
+                value,
+                "the blob destination is not supported by this version yet; use s3 or local",
+            );
         }
+        let ca_bundle = raw
+            .get("ca_bundle")
+            .and_then(|value| match read_ca_bundle(&value.value) {
+                Ok(bundle) => Some(bundle),
+                Err(rule) => {
+                    check.fail_owned("ca_bundle", value, rule);
+                    None
+                }
+            });
+        let s3 = if storage.contains(&StorageKind::S3) {
+            check.s3(raw)
+        } else {
+            None
+        };
         let local_dir = raw
             .get("local_dir")
             .map(|v| PathBuf::from(&v.value))
@@ -313,6 +325,8 @@ impl Settings {
             payload_ttl,
             ack_wait,
             max_deliver,
+            s3,
+            ca_bundle,
         })
     }
 }
@@ -322,6 +336,97 @@ struct Checker {
 }
 
 impl Checker {
+    fn fail_owned(&mut self, key: &str, raw: &RawValue, rule: String) {
+        self.fail(key, raw, &rule);
+    }
+
+    /// A key that must be set, given where the requirement comes from.
+    fn required<'a>(
+        &mut self,
+        raw: &'a RawConfig,
+        key: &str,
+        because: &str,
+    ) -> Option<&'a RawValue> {
+        let value = raw.get(key);
+        if value.is_none() {
+            self.problems.push(Problem {
+                location: raw.get("storage_provider").map(|v| v.location.clone()),
+                field: key.into(),
+                shown_value: String::new(),
+                rule: format!("is required {because}"),
+            });
+        }
+        value
+    }
+
+    fn s3(&mut self, raw: &RawConfig) -> Option<S3Settings> {
+        const BECAUSE: &str = "when storage_provider includes s3";
+        let before = self.problems.len();
+        let bucket = self.required(raw, "s3_bucket", BECAUSE).and_then(|value| {
+            match check_bucket_name(&value.value) {
+                Ok(()) => Some(value.value.clone()),
+                Err(rule) => {
+                    self.fail("s3_bucket", value, rule);
+                    None
+                }
+            }
+        });
+        let access_key_id = self
+            .required(raw, "s3_access_key_id", BECAUSE)
+            .map(|v| v.value.clone());
+        let secret_access_key = self
+            .required(raw, "s3_secret_access_key", BECAUSE)
+            .map(|v| Secret::new(v.value.clone()));
+        let protocol = self
+            .parse(raw, "s3_protocol", Protocol::parse)
+            .unwrap_or(Protocol::Https);
+        let endpoint =
+            raw.get("s3_url")
+                .and_then(|value| match normalise_endpoint(&value.value, protocol) {
+                    Ok(url) => Some(url),
+                    Err(rule) => {
+                        self.fail_owned("s3_url", value, rule);
+                        None
+                    }
+                });
+        let region = self
+            .parse(raw, "s3_region", |v| {
+                let ok = v.len() <= 32
+                    && v.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if ok {
+                    Ok(v.to_owned())
+                } else {
+                    Err("must be a region name such as us-east-1")
+                }
+            })
+            .unwrap_or_else(|| "us-east-1".into());
+        let custom_endpoint = raw.get("s3_url").is_some();
+        let checksum = self
+            .parse(raw, "s3_checksum", |v| match v {
+                "when_required" => Ok(ChecksumMode::WhenRequired),
+                "when_supported" => Ok(ChecksumMode::WhenSupported),
+                _ => Err("must be when_required or when_supported"),
+            })
+            .unwrap_or(if custom_endpoint {
+                ChecksumMode::WhenRequired
+            } else {
+                ChecksumMode::WhenSupported
+            });
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(S3Settings {
+            bucket: bucket?,
+            endpoint,
+            protocol,
+            region,
+            access_key_id: access_key_id?,
+            secret_access_key: secret_access_key?,
+            checksum,
+        })
+    }
+
     fn fail(&mut self, key: &str, raw: &RawValue, rule: &str) {
         self.problems.push(Problem {
             location: Some(raw.location.clone()),
@@ -483,10 +588,41 @@ mod tests {
 
     #[test]
     fn unsupported_features_are_an_error_not_ignored() {
-        let err = settings("storage_provider: s3\ns3_bucket: b\n")
+        let err = settings("storage_provider: blob\nblob_container: b\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("s3_bucket"), "{err}");
+        assert!(err.contains("blob_container"), "{err}");
         assert!(err.contains("storage_provider"), "{err}");
+    }
+
+    #[test]
+    fn s3_settings_are_validated_with_field_value_and_rule() {
+        let err = settings("storage_provider: s3\ns3_bucket: My_Bucket\ns3_protocol: https\ns3_url: http://minio:9000\ns3_secret_access_key: canary-secret\n")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("f:2: s3_bucket = \"My_Bucket\": may hold only lowercase"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "f:4: s3_url = \"http://minio:9000\": scheme http contradicts protocol https"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "f:1: s3_access_key_id = \"\": is required when storage_provider includes s3"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("canary-secret"), "{text}");
+        let ok = settings("storage_provider: s3,local\ns3_bucket: backups\ns3_url: 127.0.0.1:5000\ns3_protocol: http\ns3_access_key_id: AKIA\ns3_secret_access_key: s\n")
+            .unwrap();
+        let s3 = ok.s3.unwrap();
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(s3.region, "us-east-1");
+        assert_eq!(s3.checksum, ChecksumMode::WhenRequired);
+        assert_eq!(ok.storage, vec![StorageKind::S3, StorageKind::Local]);
     }
 }

@@ -7,13 +7,14 @@
 //! - [`naming`]: object names for each rotation mode, shared by backends so
 //!   `fetch` finds the newest copy everywhere.
 //! - [`local`]: a folder (atomic temp-file + fsync + rename).
+//! - [`s3`]: an S3 bucket, AWS or S3-compatible.
 //!
-//! S3 and Azure Blob backends come next (issue "Real destinations"). This
-//! crate knows nothing of NATS.
+//! The Azure Blob backend comes next. This crate knows nothing of NATS.
 #![warn(missing_docs)]
 
 pub mod local;
 pub mod naming;
+pub mod s3;
 
 use breakglass_config::{Rotation, Settings, StorageKind};
 use chrono::{DateTime, Utc};
@@ -83,6 +84,20 @@ pub enum StorageError {
         /// When the newer copy's run collected its inventory (RFC 3339).
         newer: String,
     },
+    /// The remote service refused or failed a request.
+    #[error("{destination}: {action} failed: {reason}")]
+    Remote {
+        /// The destination.
+        destination: String,
+        /// The operation (`PutObject`...).
+        action: &'static str,
+        /// The service's error code, or `connection` / `HTTP <status>`.
+        code: String,
+        /// Plain words: what is wrong and what to check. No secrets.
+        reason: String,
+        /// True for timeouts, connection failures, 5xx and throttling.
+        transient: bool,
+    },
     /// `unique` rotation found its name taken: never overwrite.
     #[error("{destination}: {name} already exists; unique rotation never overwrites")]
     Exists {
@@ -96,7 +111,14 @@ pub enum StorageError {
 impl StorageError {
     /// True when trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Io { .. })
+        matches!(
+            self,
+            Self::Io { .. }
+                | Self::Remote {
+                    transient: true,
+                    ..
+                }
+        )
     }
 }
 
@@ -118,18 +140,22 @@ pub trait Destination {
 pub enum AnyDestination {
     /// A local folder.
     Local(local::LocalFolder),
+    /// An S3 bucket.
+    S3(Box<s3::S3Bucket>),
 }
 
 impl Destination for AnyDestination {
     fn describe(&self) -> String {
         match self {
             Self::Local(folder) => folder.describe(),
+            Self::S3(bucket) => bucket.describe(),
         }
     }
 
     async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
         match self {
             Self::Local(folder) => folder.upload(upload).await,
+            Self::S3(bucket) => bucket.upload(upload).await,
         }
     }
 }
@@ -145,8 +171,16 @@ pub fn destinations(settings: &Settings) -> Vec<AnyDestination> {
                 &settings.path_prefix,
                 settings.rotation,
             ))),
-            // Rejected by config validation until their backends land.
-            StorageKind::S3 | StorageKind::Blob => None,
+            StorageKind::S3 => settings.s3.as_ref().map(|s3| {
+                AnyDestination::S3(Box::new(s3::S3Bucket::new(
+                    s3,
+                    &settings.path_prefix,
+                    settings.rotation,
+                    settings.ca_bundle.as_ref(),
+                )))
+            }),
+            // Rejected by config validation until its backend lands.
+            StorageKind::Blob => None,
         })
         .collect()
 }
