@@ -6,7 +6,7 @@
 
 use breakglass_bus::{Bus, BusOptions};
 use breakglass_e2e::{
-    Isolation, ServiceProcess, database_url, nats_url, read_stream, write_config,
+    Isolation, Moto, ServiceProcess, database_url, nats_url, read_stream, write_config,
 };
 use breakglass_proto::v1;
 use calamine::{Data, Reader, Xlsx, open_workbook};
@@ -569,6 +569,91 @@ async fn an_unreachable_database_is_retried_then_dead_lettered() {
         );
     }
     assert!(!collector.log_text().contains("canary-db-password"));
+    bus.close().await;
+    iso.cleanup_bus().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_destination_reports_on_its_own_and_one_failure_is_partial() {
+    let iso = Isolation::new("multi");
+    let moto = Moto::start();
+    moto.tool(&["create-bucket", "team-backups"]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = breakglass_bus::payload::PayloadKey::generate();
+    let endpoint = moto.endpoint.clone();
+    let both = |bucket: &str| {
+        vec![
+            ("storage_provider", "s3,local".to_string()),
+            ("s3_bucket", bucket.to_string()),
+            ("s3_url", endpoint.clone()),
+            ("s3_protocol", "http".to_string()),
+            ("s3_access_key_id", "AKIATESTKEY".to_string()),
+            ("s3_secret_access_key", "test-secret-access-key".to_string()),
+            ("path_prefix", "mavis".to_string()),
+        ]
+    };
+    let bus = connect(&iso).await;
+
+    for (bucket, expected) in [
+        ("team-backups", v1::RunStatus::Succeeded),
+        ("missing-bucket", v1::RunStatus::PartiallyFailed),
+    ] {
+        let run_dir = dir.path().join(bucket);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let entries = both(bucket);
+        let extra: Vec<(&str, &str)> = entries.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let config = service_config(&run_dir, &iso, key.expose(), &extra);
+        let services: Vec<ServiceProcess> = ["collector", "renderer", "uploader"]
+            .iter()
+            .map(|name| ServiceProcess::start(name, &config, &run_dir).unwrap())
+            .collect();
+        let run_id = format!("multi-{bucket}-{}", iso.prefix);
+        bus.trigger(&trigger(&run_id)).await.unwrap();
+        let finished = bus
+            .wait_for_run(&run_id, Duration::from_secs(120))
+            .await
+            .unwrap();
+        let logs: String = services
+            .iter()
+            .map(|s| format!("--- {}\n{}", s.name, s.log_text()))
+            .collect();
+        let finished = finished.unwrap_or_else(|| panic!("run did not finish:\n{logs}"));
+        assert_eq!(finished.status, expected as i32, "{finished:?}");
+        assert_eq!(finished.destinations.len(), 2);
+        let s3 = &finished.destinations[0];
+        let local = &finished.destinations[1];
+        assert!(s3.destination.starts_with("s3:"), "{s3:?}");
+        assert_eq!(
+            local.status,
+            v1::RunStatus::Succeeded as i32,
+            "the local copy is kept either way: {local:?}"
+        );
+        assert!(run_dir.join("out/mavis/breakglass-backup.xlsx").exists());
+        if expected == v1::RunStatus::Succeeded {
+            assert_eq!(
+                s3.location,
+                "s3://team-backups/mavis/breakglass-backup.xlsx"
+            );
+            let out = run_dir.join("from-s3.xlsx");
+            moto.tool(&[
+                "get",
+                "team-backups",
+                "mavis/breakglass-backup.xlsx",
+                out.to_str().unwrap(),
+            ]);
+            let workbook: Xlsx<_> = open_workbook(&out).unwrap();
+            assert!(workbook.sheet_names().len() > 1);
+        } else {
+            assert_eq!(s3.status, v1::RunStatus::Failed as i32);
+            assert!(
+                s3.error.contains("bucket missing-bucket does not exist"),
+                "{}",
+                s3.error
+            );
+            assert!(!s3.error.contains("test-secret-access-key"));
+        }
+        drop(services);
+    }
     bus.close().await;
     iso.cleanup_bus().await;
 }

@@ -358,3 +358,84 @@ async fn least_privilege_credentials_work_and_bad_ones_are_explained() {
         .to_string();
     assert!(err.contains("InvalidAccessKeyId"), "{err}");
 }
+
+/// A TCP proxy that forwards to `target` until `cut_after` bytes have gone
+/// upstream, then drops every connection and stops listening: the server
+/// "goes away" in the middle of an upload.
+async fn cutting_proxy(target: std::net::SocketAddr, cut_after: u64) -> u16 {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            if cut.load(Ordering::SeqCst) {
+                break; // drops the listener: later connects are refused
+            }
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                break;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let (sent, cut) = (sent.clone(), cut.clone());
+            let downstream = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 << 10];
+                loop {
+                    let Ok(n) = client_read.read(&mut buffer).await else {
+                        break;
+                    };
+                    if n == 0 || cut.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > cut_after {
+                        cut.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    if server_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                // Both directions die at once, as when the server process stops.
+                downstream.abort();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_going_away_mid_upload_leaves_the_previous_copy() {
+    let moto = Moto::start();
+    moto.tool(&["create-bucket", "flaky"]);
+    let dir = tempfile::tempdir().unwrap();
+    let moto_port: u16 = moto.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = cutting_proxy(([127, 0, 0, 1], moto_port).into(), 30 << 20).await;
+    let mut through_proxy = settings(&moto, "flaky", "k", "secret-key-value");
+    through_proxy.endpoint = Some(format!("http://127.0.0.1:{proxy}"));
+    let bucket = S3Bucket::new(&through_proxy, "", Rotation::Overwrite, None);
+
+    let good = file(dir.path(), "good", b"the last good backup");
+    put(&bucket, &good, 1, "run-good").await.unwrap();
+
+    let big: Vec<u8> = (0..(60u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let newer = file(dir.path(), "newer", &big);
+    let err = put(&bucket, &newer, 2, "run-newer").await.unwrap_err();
+    assert!(
+        err.is_transient(),
+        "a vanished server is a transient failure: {err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("failed"), "{text}");
+
+    // Straight to moto: the previous object is intact and alone.
+    let out = dir.path().join("read-back");
+    get(&moto, "flaky", "breakglass-backup.xlsx", &out);
+    assert_eq!(std::fs::read(&out).unwrap(), b"the last good backup");
+    assert_eq!(list(&moto, "flaky", ""), vec!["breakglass-backup.xlsx"]);
+}
