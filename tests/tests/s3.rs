@@ -386,10 +386,7 @@ async fn cutting_proxy(target: std::net::SocketAddr, cut_after: u64) -> u16 {
             });
             tokio::spawn(async move {
                 let mut buffer = vec![0u8; 64 << 10];
-                loop {
-                    let Ok(n) = client_read.read(&mut buffer).await else {
-                        break;
-                    };
+                while let Ok(n) = client_read.read(&mut buffer).await {
                     if n == 0 || cut.load(Ordering::SeqCst) {
                         break;
                     }

@@ -3,11 +3,12 @@
 //!
 //! # Layout
 //! - [`WorkbookBuilder`]: the streaming writer. Callers announce each
-//!   project with its row count, then hand over its rows in order; big
-//!   projects go to constant-memory sheets, so a project is never held as
-//!   cells in memory.
+//!   project with its row count, then hand over its rows in order; each
+//!   tab is written completely, straight into the compressed file, before
+//!   the next begins, so memory stays flat and no file is opened per tab.
 //! - [`sheet_names`]: Excel's sheet-name rules, applied deterministically.
 //! - [`cells`]: what a value may hold in a cell (length, characters).
+//! - `xlsx` (private): the minimal SpreadsheetML package writer underneath.
 //!
 //! Every inventory value is written as a string cell: `=1+1`, `0012`,
 //! `TRUE` and `1E5` stay exactly as typed (invariant 7). This crate knows
@@ -17,27 +18,30 @@
 
 pub mod cells;
 pub mod sheet_names;
+mod xlsx;
 
 use breakglass_core::{COLUMNS, DeviceRow, RowWarning};
 use chrono::{DateTime, Utc};
-use rust_xlsxwriter::{Format, Workbook, Worksheet, XlsxError};
 use sheet_names::SheetNames;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use xlsx::{Package, Placement, SheetSetup, Style};
 
 /// Excel's last row index is 1,048,575; with the header row that leaves
 /// this many data rows per sheet.
 pub const EXCEL_MAX_DATA_ROWS: u32 = 1_048_575;
 
-/// Projects with at least this many rows are written in constant-memory
-/// mode (one temp file each, rows streamed to disk); smaller ones stay in
-/// memory so thousands of small projects do not need thousands of open
-/// files.
-pub const CONSTANT_MEMORY_FROM_ROWS: u64 = 2_000;
-
 /// Column widths, in Excel character units, in [`COLUMNS`] order.
 const WIDTHS: [f64; 12] = [
     14.0, 28.0, 11.0, 17.0, 17.0, 34.0, 7.0, 13.0, 18.0, 24.0, 20.0, 24.0,
 ];
+
+/// Column widths of the Summary tab.
+const SUMMARY_WIDTHS: [f64; 4] = [34.0, 60.0, 12.0, 40.0];
+
+/// Buffer between the compressor and the file.
+const FILE_BUFFER: usize = 256 * 1024;
 
 /// The tab that comes first and explains the file.
 pub const SUMMARY_SHEET: &str = "Summary";
@@ -51,10 +55,15 @@ pub struct RenderOptions {
     pub generated_at: DateTime<Utc>,
     /// Where the inventory came from (no password).
     pub source: String,
-    /// Folder for the writer's temp files; must be private to this process.
+    /// Folder the workbook is streamed into while it is written: one file,
+    /// created `0600` and removed again if the workbook is not finished.
+    /// [`WorkbookBuilder::finish`] then moves it to its final path, by a
+    /// rename when both are on one file system (else by a copy). Must be
+    /// private to this process.
     pub temp_dir: PathBuf,
     /// Data rows per sheet before a continuation tab; Excel's limit unless a
-    /// test wants to see continuation without a million rows.
+    /// test wants to see continuation without a million rows. Values
+    /// outside `1..=`[`EXCEL_MAX_DATA_ROWS`] are taken as the nearest bound.
     pub max_rows_per_sheet: u32,
 }
 
@@ -87,7 +96,7 @@ pub struct RenderReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RenderError {
-    /// The Excel writer failed (disk full, too many open files...).
+    /// Writing the file failed (disk full, no such folder...).
     #[error("writing the workbook failed: {0}")]
     Xlsx(String),
     /// The caller broke the protocol (rows without a project, more rows
@@ -96,8 +105,14 @@ pub enum RenderError {
     Misuse(&'static str),
 }
 
-impl From<XlsxError> for RenderError {
-    fn from(err: XlsxError) -> Self {
+impl RenderError {
+    fn io(action: &str, err: impl std::fmt::Display) -> Self {
+        Self::Xlsx(format!("{action}: {err}"))
+    }
+}
+
+impl From<std::io::Error> for RenderError {
+    fn from(err: std::io::Error) -> Self {
         Self::Xlsx(err.to_string())
     }
 }
@@ -107,18 +122,25 @@ struct OpenProject {
     index: usize,
     expected: u64,
     written: u64,
-    /// Row within the current sheet (1 = first data row).
+    /// Data rows on the current sheet (1 = first data row, on row 2).
     sheet_row: u32,
-    sheet_index: usize,
-    constant_memory: bool,
 }
 
 /// Streams projects and rows into one workbook file.
+///
+/// Tabs are written one after another as the rows arrive; the Summary tab,
+/// which needs the totals, is written last but listed first.
 pub struct WorkbookBuilder {
-    workbook: Workbook,
+    package: Package<BufWriter<File>>,
+    /// The file being written in [`RenderOptions::temp_dir`]; deleted on
+    /// drop unless [`WorkbookBuilder::finish`] moved it into place.
+    file: tempfile::TempPath,
     options: RenderOptions,
+    max_rows: u32,
+    /// Sheet XML after which a project goes on in a continuation tab.
+    sheet_bytes_limit: u64,
     names: SheetNames,
-    header: Format,
+    summary_name: String,
     report: RenderReport,
     current: Option<OpenProject>,
     /// Warnings handed in by the caller (from collecting), for the Summary.
@@ -127,20 +149,35 @@ pub struct WorkbookBuilder {
 }
 
 impl WorkbookBuilder {
-    /// Starts a workbook; the Summary tab is created first so it is the
-    /// first tab, and filled in by [`WorkbookBuilder::finish`].
+    /// Starts a workbook in [`RenderOptions::temp_dir`]; the Summary tab's
+    /// name is reserved now, and the tab is written by
+    /// [`WorkbookBuilder::finish`] (but listed first).
     pub fn new(options: RenderOptions) -> Result<Self, RenderError> {
-        let mut workbook = Workbook::new();
-        workbook.set_tempdir(&options.temp_dir)?;
-        workbook.use_zip_large_file(true);
+        let temp = tempfile::Builder::new()
+            .prefix(".breakglass-workbook-")
+            .suffix(".xlsx.part")
+            .tempfile_in(&options.temp_dir)
+            .map_err(|err| {
+                RenderError::io(
+                    &format!("creating a file in {}", options.temp_dir.display()),
+                    err,
+                )
+            })?;
+        let (file, path) = temp.into_parts();
+        let package = Package::new(
+            BufWriter::with_capacity(FILE_BUFFER, file),
+            options.generated_at,
+        )?;
         let mut names = SheetNames::new();
-        let summary = names.reserve(SUMMARY_SHEET);
-        workbook.add_worksheet().set_name(summary)?;
+        let summary_name = names.reserve(SUMMARY_SHEET);
         Ok(Self {
-            workbook,
+            package,
+            file: path,
+            max_rows: options.max_rows_per_sheet.clamp(1, EXCEL_MAX_DATA_ROWS),
+            sheet_bytes_limit: xlsx::SHEET_PART_LIMIT,
             options,
             names,
-            header: Format::new().set_bold(),
+            summary_name,
             report: RenderReport::default(),
             current: None,
             inherited_warnings: Vec::new(),
@@ -156,16 +193,12 @@ impl WorkbookBuilder {
     }
 
     /// Starts a project's tab(s). `rows` is the exact number of rows that
-    /// will follow; it decides the sheet mode and continuation tabs.
+    /// will follow; past [`RenderOptions::max_rows_per_sheet`] (or should a
+    /// tab's XML near 4 GiB) they continue on further tabs.
     pub fn begin_project(&mut self, name: &str, rows: u64) -> Result<(), RenderError> {
         self.end_project()?;
-        let constant_memory = rows >= CONSTANT_MEMORY_FROM_ROWS;
         let sheet = self.names.allocate(name);
-        self.add_sheet(
-            &sheet,
-            constant_memory,
-            rows.min(u64::from(self.options.max_rows_per_sheet)),
-        )?;
+        self.start_data_sheet(&sheet)?;
         self.report.projects.push(ProjectSheets {
             project: name.into(),
             sheets: vec![sheet],
@@ -176,37 +209,29 @@ impl WorkbookBuilder {
             expected: rows,
             written: 0,
             sheet_row: 0,
-            sheet_index: self.workbook_sheet_count() - 1,
-            constant_memory,
         });
         Ok(())
     }
 
     /// Writes the next row of the current project.
     pub fn write_row(&mut self, row: &DeviceRow) -> Result<(), RenderError> {
-        let max = self.options.max_rows_per_sheet;
         let Some(open) = self.current.as_mut() else {
             return Err(RenderError::Misuse("write_row before begin_project"));
         };
         if open.written >= open.expected {
             return Err(RenderError::Misuse("more rows than announced"));
         }
-        if open.sheet_row == max {
-            // Continue on a new tab past Excel's row limit.
-            let project = &mut self.report.projects[open.index];
-            let part = project.sheets.len() as u32 + 1;
-            let remaining = open.expected - open.written;
-            let first = project.sheets[0].clone();
-            let sheet = self.names.continuation(&first, part);
-            self.report.projects[open.index].sheets.push(sheet.clone());
-            let constant_memory = open.constant_memory;
-            self.add_sheet(&sheet, constant_memory, remaining.min(u64::from(max)))?;
-            let open = self
-                .current
-                .as_mut()
-                .ok_or(RenderError::Misuse("project vanished"))?;
+        let index = open.index;
+        if open.sheet_row == self.max_rows || self.package.sheet_bytes() >= self.sheet_bytes_limit {
+            // Continue on a new tab past Excel's row limit, or before the
+            // sheet's XML could reach 4 GiB (huge values in a huge project).
             open.sheet_row = 0;
-            open.sheet_index = self.workbook.worksheets().len() - 1;
+            let project = &mut self.report.projects[index];
+            let part = u32::try_from(project.sheets.len() + 1).unwrap_or(u32::MAX);
+            let sheet = self.names.continuation(&project.sheets[0], part);
+            project.sheets.push(sheet.clone());
+            self.package.end_sheet()?;
+            self.start_data_sheet(&sheet)?;
         }
         let open = self
             .current
@@ -214,97 +239,103 @@ impl WorkbookBuilder {
             .ok_or(RenderError::Misuse("project vanished"))?;
         open.sheet_row += 1;
         open.written += 1;
-        let (sheet_index, sheet_row, project_index) =
-            (open.sheet_index, open.sheet_row, open.index);
-        let project_name = self.report.projects[project_index].project.clone();
-        let worksheet = self.workbook.worksheet_from_index(sheet_index)?;
-        for (column, value) in row.cells().into_iter().enumerate() {
+        // Row 1 is the header; max_rows <= EXCEL_MAX_DATA_ROWS keeps this
+        // within Excel's last row.
+        self.package.start_row(open.sheet_row + 1)?;
+        for (column, value) in (1u16..).zip(row.cells()) {
             if value.is_empty() {
                 continue;
             }
             match cells::fit(value) {
-                cells::Fitted::AsIs => {
-                    worksheet.write_string(sheet_row, column as u16, value)?;
-                }
+                cells::Fitted::AsIs => self.package.text_cell(column, value, Style::Normal)?,
                 cells::Fitted::Changed { text, problem } => {
-                    worksheet.write_string(sheet_row, column as u16, text)?;
-                    let warning = RowWarning {
-                        project: project_name.clone(),
-                        device: row.device_name.clone(),
-                        field: COLUMNS[column].into(),
-                        message: problem,
-                    };
+                    self.package.text_cell(column, &text, Style::Normal)?;
                     self.report.warning_count += 1;
                     if self.report.warnings.len() < breakglass_core::inventory::MAX_LISTED_WARNINGS
                     {
-                        self.report.warnings.push(warning);
+                        self.report.warnings.push(RowWarning {
+                            project: self.report.projects[index].project.clone(),
+                            device: row.device_name.clone(),
+                            field: COLUMNS[usize::from(column) - 1].into(),
+                            message: problem,
+                        });
                     }
                 }
             }
         }
-        self.report.projects[project_index].rows += 1;
+        self.package.end_row()?;
+        self.report.projects[index].rows += 1;
         self.report.rows += 1;
         Ok(())
     }
 
-    /// Fills in the Summary tab and writes the file to `path`.
+    /// Writes the Summary tab and the workbook's index, and moves the file
+    /// to `path` (replacing what is there).
     pub fn finish(mut self, path: &Path) -> Result<RenderReport, RenderError> {
         self.end_project()?;
         self.write_summary()?;
-        self.workbook.save(path)?;
+        let mut out = self.package.finish()?;
+        out.flush()?;
+        drop(out);
+        persist(self.file, path)?;
         Ok(self.report)
     }
 
+    /// Checks the open project got all its rows and ends its last tab.
     fn end_project(&mut self) -> Result<(), RenderError> {
-        if let Some(open) = self.current.take()
-            && open.written != open.expected
-        {
-            return Err(RenderError::Misuse("fewer rows than announced"));
+        if let Some(open) = self.current.take() {
+            if open.written != open.expected {
+                return Err(RenderError::Misuse("fewer rows than announced"));
+            }
+            self.package.end_sheet()?;
         }
         Ok(())
     }
 
-    fn workbook_sheet_count(&mut self) -> usize {
-        self.workbook.worksheets().len()
-    }
-
-    fn add_sheet(
-        &mut self,
-        name: &str,
-        constant_memory: bool,
-        data_rows: u64,
-    ) -> Result<(), RenderError> {
-        let header = self.header.clone();
-        let worksheet: &mut Worksheet = if constant_memory {
-            self.workbook.add_worksheet_with_constant_memory()?
-        } else {
-            self.workbook.add_worksheet()
-        };
-        worksheet.set_name(name)?;
-        for (column, (title, width)) in COLUMNS.iter().zip(WIDTHS).enumerate() {
-            worksheet.set_column_width(column as u16, width)?;
-            worksheet.write_string_with_format(0, column as u16, *title, &header)?;
+    /// Starts a project tab: widths, frozen bold header, autofilter.
+    fn start_data_sheet(&mut self, name: &str) -> Result<(), RenderError> {
+        self.package.start_sheet(
+            name,
+            &SheetSetup {
+                widths: &WIDTHS,
+                freeze_header: true,
+                filter_columns: Some(COLUMNS.len() as u16),
+                selected: false,
+                placement: Placement::Next,
+            },
+        )?;
+        self.package.start_row(1)?;
+        for (column, title) in (1u16..).zip(COLUMNS) {
+            self.package.text_cell(column, title, Style::Bold)?;
         }
-        worksheet.set_freeze_panes(1, 0)?;
-        let last_row = u32::try_from(data_rows)
-            .unwrap_or(EXCEL_MAX_DATA_ROWS)
-            .max(1);
-        worksheet.autofilter(0, 0, last_row, (COLUMNS.len() - 1) as u16)?;
+        self.package.end_row()?;
         Ok(())
     }
 
+    /// Writes the Summary tab (listed first): facts, how to use the file,
+    /// the projects and their tabs, and the warnings.
     fn write_summary(&mut self) -> Result<(), RenderError> {
-        let bold = self.header.clone();
-        let options = self.options.clone();
-        let report = self.report.clone();
-        let collect_warnings = std::mem::take(&mut self.inherited_warnings);
+        let options = &self.options;
+        let report = &self.report;
+        let collect_warnings = &self.inherited_warnings;
         let total_warnings = self.inherited_warning_count + report.warning_count;
-        let sheet = self.workbook.worksheet_from_index(0)?;
-        sheet.set_column_width(0, 34.0)?;
-        sheet.set_column_width(1, 60.0)?;
-        sheet.set_column_width(2, 12.0)?;
-        sheet.set_column_width(3, 40.0)?;
-        sheet.write_string_with_format(0, 0, "breakglass emergency access backup", &bold)?;
+        let sheet = &mut self.package;
+        sheet.start_sheet(
+            &self.summary_name,
+            &SheetSetup {
+                widths: &SUMMARY_WIDTHS,
+                freeze_header: false,
+                filter_columns: None,
+                selected: true,
+                placement: Placement::First,
+            },
+        )?;
+        let mut row = 1u32;
+        text_row(
+            sheet,
+            row,
+            &[("breakglass emergency access backup", Style::Bold)],
+        )?;
         let facts: [(&str, String); 6] = [
             (
                 "Generated at (UTC)",
@@ -313,67 +344,143 @@ impl WorkbookBuilder {
                     .format("%Y-%m-%d %H:%M:%S UTC")
                     .to_string(),
             ),
-            ("Run id", options.run_id.clone()),
-            ("Source", options.source.clone()),
+            ("Run id", cells::fit_lossy(&options.run_id)),
+            ("Source", cells::fit_lossy(&options.source)),
             ("Projects", report.projects.len().to_string()),
             ("Devices (rows)", report.rows.to_string()),
             ("Warnings", total_warnings.to_string()),
         ];
-        let mut row = 2u32;
-        for (label, value) in facts {
-            sheet.write_string_with_format(row, 0, label, &bold)?;
-            sheet.write_string(row, 1, value)?;
-            row += 1;
-        }
         row += 1;
-        sheet.write_string_with_format(row, 0, "How to use this file", &bold)?;
-        for line in [
+        for (label, value) in &facts {
+            row += 1;
+            text_row(sheet, row, &[(label, Style::Bold), (value, Style::Normal)])?;
+        }
+        row += 2;
+        let how_to = [
             "Each project has its own tab, named after the project (cut or numbered where Excel's tab rules demand).",
             "Rows are sorted by device name (numbers in natural order), then account.",
             "Every value is text exactly as stored in Mavis: copy it, do not retype it.",
             "This file holds live credentials: keep it only as long as the emergency lasts, then delete it.",
             "After the emergency, rotate every password you used from this file.",
-        ] {
-            sheet.write_string(row, 1, line)?;
+        ];
+        // The heading shares its row with the first line.
+        text_row(
+            sheet,
+            row,
+            &[
+                ("How to use this file", Style::Bold),
+                (how_to[0], Style::Normal),
+            ],
+        )?;
+        for line in &how_to[1..] {
             row += 1;
+            sheet.start_row(row)?;
+            sheet.text_cell(2, line, Style::Normal)?;
+            sheet.end_row()?;
         }
-        row += 1;
-        for (column, title) in ["Project", "Tabs", "Devices"].iter().enumerate() {
-            sheet.write_string_with_format(row, column as u16, *title, &bold)?;
-        }
+        row += 2;
+        text_row(
+            sheet,
+            row,
+            &[
+                ("Project", Style::Bold),
+                ("Tabs", Style::Bold),
+                ("Devices", Style::Bold),
+            ],
+        )?;
         for project in &report.projects {
             row += 1;
-            sheet.write_string(row, 0, cells::fit_lossy(&project.project))?;
-            sheet.write_string(row, 1, project.sheets.join(", "))?;
-            sheet.write_number(row, 2, project.rows as f64)?;
+            sheet.start_row(row)?;
+            sheet.text_cell(1, &cells::fit_lossy(&project.project), Style::Normal)?;
+            sheet.text_cell(
+                2,
+                &cells::fit_lossy(&project.sheets.join(", ")),
+                Style::Normal,
+            )?;
+            sheet.number_cell(3, project.rows, Style::Normal)?;
+            sheet.end_row()?;
         }
         if total_warnings > 0 {
             row += 2;
-            sheet.write_string_with_format(
+            text_row(
+                sheet,
                 row,
-                0,
-                "Warnings (the rows are in the workbook; check these values)",
-                &bold,
+                &[(
+                    "Warnings (the rows are in the workbook; check these values)",
+                    Style::Bold,
+                )],
             )?;
             row += 1;
-            for (column, title) in ["Project", "Device", "Field", "Problem"].iter().enumerate() {
-                sheet.write_string_with_format(row, column as u16, *title, &bold)?;
-            }
+            text_row(
+                sheet,
+                row,
+                &[
+                    ("Project", Style::Bold),
+                    ("Device", Style::Bold),
+                    ("Field", Style::Bold),
+                    ("Problem", Style::Bold),
+                ],
+            )?;
             for warning in collect_warnings.iter().chain(&report.warnings) {
                 row += 1;
-                sheet.write_string(row, 0, cells::fit_lossy(&warning.project))?;
-                sheet.write_string(row, 1, cells::fit_lossy(&warning.device))?;
-                sheet.write_string(row, 2, cells::fit_lossy(&warning.field))?;
-                sheet.write_string(row, 3, cells::fit_lossy(&warning.message))?;
+                let values = [
+                    cells::fit_lossy(&warning.project),
+                    cells::fit_lossy(&warning.device),
+                    cells::fit_lossy(&warning.field),
+                    cells::fit_lossy(&warning.message),
+                ];
+                sheet.start_row(row)?;
+                for (column, value) in (1u16..).zip(&values) {
+                    if !value.is_empty() {
+                        sheet.text_cell(column, value, Style::Normal)?;
+                    }
+                }
+                sheet.end_row()?;
             }
             let listed = (collect_warnings.len() + report.warnings.len()) as u64;
             if listed < total_warnings {
                 row += 1;
-                sheet.write_string(row, 0, format!("... and {} more", total_warnings - listed))?;
+                let more = format!("... and {} more", total_warnings - listed);
+                text_row(sheet, row, &[(&more, Style::Normal)])?;
             }
         }
+        sheet.end_sheet()?;
         Ok(())
     }
+}
+
+/// Writes `cells` from column A on as row `row` (empty ones left blank).
+fn text_row<W: Write + std::io::Seek>(
+    package: &mut Package<W>,
+    row: u32,
+    cells: &[(&str, Style)],
+) -> Result<(), RenderError> {
+    package.start_row(row)?;
+    for (column, (text, style)) in (1u16..).zip(cells) {
+        if !text.is_empty() {
+            package.text_cell(column, text, *style)?;
+        }
+    }
+    package.end_row()?;
+    Ok(())
+}
+
+/// Moves the finished workbook from the temp folder to `path`: a rename
+/// when both are on one file system, else a copy into a new `0600` file.
+fn persist(file: tempfile::TempPath, path: &Path) -> Result<(), RenderError> {
+    let file = match file.persist(path) {
+        Ok(()) => return Ok(()),
+        Err(err) => err.path,
+    };
+    let copy = || -> std::io::Result<()> {
+        let mut from = File::open(&file)?;
+        let mut to = breakglass_core::private_fs::create_or_truncate(path)?;
+        std::io::copy(&mut from, &mut to)?;
+        to.flush()
+    };
+    copy()
+        .map_err(|err| RenderError::io(&format!("moving the workbook to {}", path.display()), err))
+    // `file` (the temp copy) is deleted when dropped here.
 }
 
 /// Renders a whole in-memory inventory (the embedded mode's path).
@@ -393,4 +500,53 @@ pub fn render_inventory(
         }
     }
     builder.finish(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use breakglass_core::Secret;
+    use calamine::{Data, Reader, Xlsx, open_workbook};
+
+    #[test]
+    fn a_sheet_near_the_part_size_limit_continues_on_another_tab() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = WorkbookBuilder::new(RenderOptions {
+            run_id: "run".into(),
+            generated_at: Utc::now(),
+            source: "test".into(),
+            temp_dir: dir.path().to_path_buf(),
+            max_rows_per_sheet: EXCEL_MAX_DATA_ROWS,
+        })
+        .unwrap();
+        // Stand-in for 4 GiB: a few rows' worth of XML.
+        builder.sheet_bytes_limit = 3_000;
+        builder.begin_project("big", 20).unwrap();
+        for i in 0..20 {
+            builder
+                .write_row(&DeviceRow {
+                    device_name: format!("host-{i:02}"),
+                    password: Secret::new("x".repeat(200)),
+                    ..DeviceRow::default()
+                })
+                .unwrap();
+        }
+        let path = dir.path().join("out.xlsx");
+        let report = builder.finish(&path).unwrap();
+        let sheets = &report.projects[0].sheets;
+        assert!(sheets.len() > 2, "{sheets:?}");
+        assert_eq!(sheets[1], "big ~2");
+
+        let mut workbook: Xlsx<_> = open_workbook(&path).unwrap();
+        let mut devices = Vec::new();
+        for sheet in sheets {
+            let range = workbook.worksheet_range(sheet).unwrap();
+            let rows: Vec<_> = range.rows().collect();
+            assert_eq!(rows[0][0], Data::String("Provider".into()));
+            devices.extend(rows[1..].iter().map(|r| r[1].to_string()));
+        }
+        let expected: Vec<String> = (0..20).map(|i| format!("host-{i:02}")).collect();
+        assert_eq!(devices, expected);
+    }
 }

@@ -110,8 +110,8 @@ fn cut_utf16(text: &str, max: usize) -> &str {
     text
 }
 
-/// Case folding as rust_xlsxwriter's duplicate check does it, so a name we
-/// call unique is never rejected at save.
+/// Case folding for the uniqueness check: Excel refuses two sheet names
+/// that differ only in case.
 fn fold(name: &str) -> String {
     name.to_lowercase()
 }

@@ -182,3 +182,89 @@ fn rows_past_the_sheet_limit_continue_on_another_tab() {
     let expected: Vec<String> = (0..2_500).map(|i| format!("host-{i}")).collect();
     assert_eq!(devices, expected, "all rows, in order, across tabs");
 }
+
+#[test]
+fn carriage_returns_survive_and_cut_values_are_reported_on_the_summary() {
+    let long = "x".repeat(40_000);
+    let mut inventory = Inventory::new();
+    inventory.push("P", row("host-1", "root", "line1\r\nline2\rend"));
+    inventory.push("P", row("host-2", "root", &long));
+    let sorted = inventory.into_sorted();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.xlsx");
+    let report = render_inventory(&sorted, options(dir.path(), 1_048_575), &path, || {}).unwrap();
+    assert_eq!(report.warning_count, 1);
+
+    let mut workbook: Xlsx<_> = open_workbook(&path).unwrap();
+    let rows = cells(&mut workbook, "P");
+    assert_eq!(text(&rows[1][9]), "line1\r\nline2\rend", "CR is kept");
+    assert_eq!(text(&rows[2][9]).len(), 32_767, "cut to Excel's cell limit");
+    let summary = cells(&mut workbook, SUMMARY_SHEET);
+    let warning = summary
+        .iter()
+        .find(|r| r.len() >= 4 && text(&r[1]) == "host-2")
+        .expect("the warning is listed on the Summary");
+    assert_eq!(text(&warning[2]), "Password");
+    assert!(
+        !text(&warning[3]).contains("xxxx"),
+        "never quotes the value"
+    );
+}
+
+#[test]
+fn an_unfinished_workbook_leaves_no_file_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut builder =
+        breakglass_render::WorkbookBuilder::new(options(dir.path(), 1_048_575)).unwrap();
+    builder.begin_project("P", 2).unwrap();
+    builder.write_row(&row("host-1", "root", "secret")).unwrap();
+    assert!(
+        builder.finish(&dir.path().join("out.xlsx")).is_err(),
+        "fewer rows than announced"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Parts without ZIP64 extensions: LibreOffice 7.4 refuses a workbook in
+/// which any part has them (the old writer's files could not be opened).
+#[test]
+fn no_part_uses_zip64_extensions() {
+    let mut inventory = Inventory::new();
+    inventory.push("P", row("host-1", "root", "pw"));
+    let sorted = inventory.into_sorted();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.xlsx");
+    render_inventory(&sorted, options(dir.path(), 1_048_575), &path, || {}).unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let u16_at = |at: usize| usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let eocd = bytes.len() - 22;
+    assert_eq!(
+        u32_at(eocd),
+        0x0605_4b50,
+        "end of central directory, no comment"
+    );
+    let entries = u16_at(eocd + 10);
+    let mut at = u32_at(eocd + 16) as usize;
+    let mut names = Vec::new();
+    for _ in 0..entries {
+        assert_eq!(u32_at(at), 0x0201_4b50, "central directory entry");
+        let (name_len, extra_len, comment_len) =
+            (u16_at(at + 28), u16_at(at + 30), u16_at(at + 32));
+        let name = String::from_utf8(bytes[at + 46..at + 46 + name_len].to_vec()).unwrap();
+        assert_ne!(u32_at(at + 20), u32::MAX, "{name}: sizes in ZIP64 fields");
+        assert_eq!(extra_len, 0, "{name}: extra fields");
+        names.push(name);
+        at += 46 + name_len + extra_len + comment_len;
+    }
+    assert!(
+        names.iter().any(|n| n == "xl/worksheets/sheet1.xml"),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n == "[Content_Types].xml"),
+        "{names:?}"
+    );
+}
