@@ -18,8 +18,9 @@ pub struct Progress {
 }
 
 const COLLECTING: u8 = 0;
-const WRITING: u8 = 1;
-const DONE: u8 = 2;
+const SORTING: u8 = 1;
+const WRITING: u8 = 2;
+const DONE: u8 = 3;
 
 impl Progress {
     /// Starts the display task (only on a terminal).
@@ -37,6 +38,7 @@ impl Progress {
                 ticker.tick().await;
                 let line = match shown.phase.load(Ordering::Relaxed) {
                     COLLECTING => format!("collecting: {} rows", shown.collected.get()),
+                    SORTING => format!("sorting {} rows by project and device name", shown.collected.get()),
                     WRITING => format!(
                         "writing: {} of {} rows",
                         shown.written.load(Ordering::Relaxed),
@@ -51,6 +53,11 @@ impl Progress {
             let _ = write!(std::io::stderr(), "\r\x1b[2K");
         });
         (progress, Some(handle))
+    }
+
+    /// Switches to the sorting phase.
+    pub fn sorting(&self) {
+        self.phase.store(SORTING, Ordering::Relaxed);
     }
 
     /// Switches to the writing phase.

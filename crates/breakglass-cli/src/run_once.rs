@@ -47,6 +47,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("collecting the inventory failed")?;
     let collected_at = chrono::Utc::now();
+    progress.sorting();
     let sorted = inventory.into_sorted();
     progress.writing(sorted.rows);
 
