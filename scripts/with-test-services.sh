@@ -11,12 +11,15 @@
 # slept. The command sees:
 #   BREAKGLASS_TEST_NATS_URL      nats://127.0.0.1:PORT
 #   BREAKGLASS_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:PORT/test
-#   BREAKGLASS_TEST_PYTHON        a Python with moto[server], boto3 (the tests'
-#                                 independent S3 client) installed
+#   BREAKGLASS_TEST_PYTHON        a Python with moto[server], boto3 and
+#                                 azure-storage-blob (the tests' independent S3
+#                                 and Azure clients) installed
 #   BREAKGLASS_TEST_MOTO          the moto_server command; tests start their
 #                                 own instances (HTTP, HTTPS, IAM-enforcing)
-# The Python tools live in a virtualenv under ~/.cache/breakglass, made once
-# per machine.
+#   BREAKGLASS_TEST_AZURITE       the azurite-blob command (Azure Blob
+#                                 emulator); tests start their own instances
+# The Python tools live in a virtualenv and Azurite in an npm prefix under
+# ~/.cache/breakglass, each installed once per machine.
 # BREAKGLASS_TEST_FORCE_START=1 ignores servers already running (to check
 # this script's own start-up path, as on a machine without them).
 set -euo pipefail
@@ -92,16 +95,30 @@ if [[ -z "${BREAKGLASS_TEST_NATS_URL:-}" ]]; then
   fi
 fi
 
-# --- Python test tools: moto (S3-compatible server), boto3 ---------------
+# --- Python test tools: moto (S3-compatible server), boto3, azure-storage-blob
 if [[ -z "${BREAKGLASS_TEST_PYTHON:-}" ]]; then
   venv="${XDG_CACHE_HOME:-$HOME/.cache}/breakglass/test-venv"
-  if ! "$venv/bin/python" -c 'import moto, boto3, flask_cors' >/dev/null 2>&1; then
-    log "installing moto[server] and boto3 into $venv"
+  if ! "$venv/bin/python" -c 'import moto, boto3, flask_cors, azure.storage.blob, openpyxl, yaml' >/dev/null 2>&1; then
+    log "installing moto[server], boto3, azure-storage-blob, openpyxl and pyyaml into $venv"
     python3 -m venv "$venv" >&2 || { command -v apt-get >/dev/null && apt_install python3-venv && python3 -m venv "$venv" >&2; }
-    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1' 'boto3>=1.35' >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1' 'boto3>=1.35' 'azure-storage-blob>=12.19' 'openpyxl>=3.1' 'pyyaml>=6' >&2
   fi
   export BREAKGLASS_TEST_PYTHON="$venv/bin/python"
   export BREAKGLASS_TEST_MOTO="$venv/bin/moto_server"
+fi
+# The workbook tests read files back with openpyxl too, when told where it is.
+export BREAKGLASS_OPENPYXL="${BREAKGLASS_OPENPYXL:-$BREAKGLASS_TEST_PYTHON}"
+
+# --- Azurite (Azure Blob emulator) --------------------------------------
+if [[ -z "${BREAKGLASS_TEST_AZURITE:-}" ]]; then
+  azurite_dir="${XDG_CACHE_HOME:-$HOME/.cache}/breakglass/azurite"
+  if [[ ! -x "$azurite_dir/node_modules/.bin/azurite-blob" ]]; then
+    command -v npm >/dev/null || apt_install npm
+    log "installing azurite into $azurite_dir"
+    mkdir -p "$azurite_dir"
+    npm install --prefix "$azurite_dir" --no-audit --no-fund --loglevel=error 'azurite@^3.35' >&2
+  fi
+  export BREAKGLASS_TEST_AZURITE="$azurite_dir/node_modules/.bin/azurite-blob"
 fi
 
 # --- PostgreSQL ----------------------------------------------------------

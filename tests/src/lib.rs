@@ -8,6 +8,9 @@
 //!   captured to a file, killed on drop.
 //! - [`read_stream`]: every message a test's stream holds, for counting and
 //!   for searching.
+//! - [`Moto`] / [`Azurite`]: an S3-compatible server or the Azure Blob
+//!   emulator of a test's own (HTTP, or HTTPS with a [`TestCa`]), with an
+//!   independent client (boto3 / azure-storage-blob) to read back.
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -101,6 +104,7 @@ impl ServiceProcess {
         let child = Command::new(bin(name))
             .arg("--config")
             .arg(config)
+            .args(["--http", "127.0.0.1:0"])
             .env("BREAKGLASS_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -144,6 +148,48 @@ impl ServiceProcess {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The health/metrics endpoint's address, from the start-up log line.
+    pub async fn http_addr(&mut self) -> anyhow::Result<String> {
+        self.wait_for_log(
+            "health and metrics endpoint listening",
+            Duration::from_secs(30),
+        )
+        .await?;
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("health and metrics endpoint listening"))
+            .context("no endpoint line")?;
+        let json: serde_json::Value = serde_json::from_str(line)?;
+        Ok(json["fields"]["addr"]
+            .as_str()
+            .context("no addr field")?
+            .to_owned())
+    }
+
+    /// GETs `path` from the service's endpoint: (status, body).
+    pub async fn http_get(&mut self, path: &str) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let addr = self.http_addr().await?;
+        let mut stream = std::net::TcpStream::connect(&addr)?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .context("no status")?
+            .parse()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
     }
 
     /// SIGKILL: the process gets no chance to ack or clean up.
@@ -390,6 +436,155 @@ impl Moto {
 }
 
 impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Azurite Blob server of this test's own, in memory, killed on drop.
+pub struct Azurite {
+    /// The account URL: `http://127.0.0.1:PORT/devstoreaccount1` or
+    /// `https://localhost:PORT/devstoreaccount1`.
+    pub endpoint: String,
+    /// The CA that signed its certificate, for HTTPS.
+    pub ca_pem: Option<PathBuf>,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// The development account every Azurite has.
+    pub const ACCOUNT: &'static str = "devstoreaccount1";
+    /// Its well-known key (public, documented by Microsoft).
+    pub const KEY: &'static str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    /// Starts Azurite over HTTP.
+    pub fn start() -> Self {
+        Self::spawn(None)
+    }
+
+    /// Starts Azurite over HTTPS with a certificate from `ca`.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::spawn(Some(ca))
+    }
+
+    fn spawn(tls: Option<&TestCa>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let azurite = std::env::var("BREAKGLASS_TEST_AZURITE").expect(
+            "BREAKGLASS_TEST_AZURITE is not set: run the tests through `make test` (scripts/with-test-services.sh installs Azurite)",
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(azurite);
+        command
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args([
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--loose",
+            ])
+            // In memory: nothing is written, but run it in a folder of its own.
+            .current_dir(dir.path());
+        if let Some(ca) = tls {
+            command
+                .arg("--cert")
+                .arg(&ca.cert_pem)
+                .arg("--key")
+                .arg(&ca.key_pem);
+        }
+        let log = std::fs::File::create(dir.path().join("azurite.log")).expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("azurite-blob starts");
+        let (scheme, host) = if tls.is_some() {
+            ("https", "localhost")
+        } else {
+            ("http", "127.0.0.1")
+        };
+        let mut azurite = Self {
+            endpoint: format!("{scheme}://{host}:{port}/{}", Self::ACCOUNT),
+            ca_pem: tls.map(|ca| ca.ca_pem.clone()),
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = azurite.child.try_wait() {
+                panic!("azurite exited ({status}): {}", azurite.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "azurite did not start: {}",
+                azurite.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Listening is not serving yet: wait for a real request to succeed.
+        loop {
+            match azurite.try_tool(&["ping"]) {
+                Ok(_) => break,
+                Err(err) => assert!(
+                    Instant::now() < deadline,
+                    "azurite does not answer: {err}\n{}",
+                    azurite.log_text()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        azurite
+    }
+
+    /// Azurite's own output so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("azurite.log")).unwrap_or_default()
+    }
+
+    /// Runs tests/py/blobtool.py against this server; stdout or stderr.
+    pub fn try_tool(&self, args: &[&str]) -> Result<String, String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/blobtool.py");
+        let ca = self
+            .ca_pem
+            .as_ref()
+            .map_or("-".to_string(), |p| p.display().to_string());
+        let output = Command::new(test_python())
+            .arg(script)
+            .arg(&self.endpoint)
+            .arg(ca)
+            .args(args)
+            .output()
+            .map_err(|err| err.to_string())?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// Runs tests/py/blobtool.py and returns its stdout; panics on failure.
+    pub fn tool(&self, args: &[&str]) -> String {
+        self.try_tool(args)
+            .unwrap_or_else(|err| panic!("blobtool {args:?} failed: {err}"))
+    }
+
+    /// A container SAS token with `permissions` (e.g. `c`, `cw`), signed by
+    /// the independent client.
+    pub fn sas(&self, container: &str, permissions: &str) -> String {
+        self.tool(&["sas", container, permissions])
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

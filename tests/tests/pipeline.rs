@@ -382,6 +382,69 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
     );
     assert!(stdout.contains("breakglass-backup.xlsx"), "{stdout}");
 
+    // `breakglass status`: fresh now, stale against a zero-hour limit.
+    let status = |max_age: &str| {
+        std::process::Command::new(breakglass_e2e::bin("breakglass"))
+            .args([
+                "status",
+                "--config",
+                config.to_str().unwrap(),
+                "--max-age",
+                max_age,
+            ])
+            .output()
+            .unwrap()
+    };
+    let fresh = status("26");
+    let text = String::from_utf8_lossy(&fresh.stdout).into_owned();
+    assert!(
+        fresh.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&fresh.stderr)
+    );
+    assert!(
+        text.contains(&finished.destinations[0].destination),
+        "{text}"
+    );
+    assert!(text.contains("newest copy: "), "{text}");
+    assert!(text.contains("RUN_STATUS_SUCCEEDED"), "{text}");
+    let stale = status("0");
+    assert!(!stale.status.success());
+    assert!(String::from_utf8_lossy(&stale.stdout).contains("STALE"));
+
+    // Health, readiness and the freshness metric, as Kubernetes and
+    // Prometheus see them.
+    let uploader = services.iter_mut().find(|s| s.name == "uploader").unwrap();
+    assert_eq!(uploader.http_get("/healthz").await.unwrap().0, 200);
+    assert_eq!(uploader.http_get("/readyz").await.unwrap().0, 200);
+    let (status, metrics) = uploader.http_get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let destination = &finished.destinations[0].destination;
+    assert!(
+        metrics.contains(&format!(
+            "breakglass_last_success_timestamp_seconds{{destination=\"{destination}\"}}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("breakglass_runs_finished_total{status=\"succeeded\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("breakglass_messages_total{stage=\"uploader\",outcome=\"ok\"} 2"),
+        "{metrics}"
+    );
+    // A restarted uploader knows the last success from the stream at once.
+    let mut fresh = ServiceProcess::start("uploader", &config, dir.path()).unwrap();
+    let (_, metrics) = fresh.http_get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "breakglass_last_success_timestamp_seconds{{destination=\"{destination}\"}}"
+        )),
+        "a restarted uploader seeds its gauge: {metrics}"
+    );
+    drop(fresh);
+
     // Graceful shutdown on SIGTERM.
     for service in &mut services {
         let status = service.terminate(Duration::from_secs(15)).unwrap();

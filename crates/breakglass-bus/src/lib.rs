@@ -244,3 +244,42 @@ impl Bus {
         }
     }
 }
+
+impl Bus {
+    /// Every run outcome the stream still holds (its retention is a week),
+    /// oldest first. Feeds `breakglass status` and the uploader's
+    /// last-success gauges after a restart.
+    pub async fn recent_runs(&self) -> Result<Vec<breakglass_proto::v1::RunFinished>, BusError> {
+        use futures::StreamExt;
+        use prost::Message;
+        let setup = |err: &dyn std::fmt::Display| BusError::Setup {
+            what: self.subjects().stream(),
+            reason: err.to_string(),
+        };
+        let stream = self
+            .jetstream
+            .get_stream(self.subjects().stream())
+            .await
+            .map_err(|err| setup(&err))?;
+        let mut subjects = stream
+            .info_with_subjects(self.subjects().run_finished_all())
+            .await
+            .map_err(|err| setup(&err))?;
+        let mut names = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _count) = entry.map_err(|err| setup(&err))?;
+            names.push(subject);
+        }
+        let mut runs = Vec::new();
+        for subject in names {
+            let Ok(stored) = stream.get_last_raw_message_by_subject(&subject).await else {
+                continue;
+            };
+            if let Ok(run) = breakglass_proto::v1::RunFinished::decode(stored.payload.as_ref()) {
+                runs.push(run);
+            }
+        }
+        runs.sort_by_key(|run| run.finished_at_unix_ms);
+        Ok(runs)
+    }
+}

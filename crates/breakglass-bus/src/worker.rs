@@ -249,6 +249,8 @@ async fn process(
     breakglass_telemetry::set_parent(&span, trace_headers(message.headers.as_ref()));
     async {
         tracing::info!(delivery = delivered, "message received");
+        let started = std::time::Instant::now();
+        let metrics = breakglass_telemetry::metrics::metrics();
         let attempt = Attempt { number: delivered, limit: effective.limit };
         let result = if delivered > effective.limit {
             // The previous attempt was the last allowed and never finished.
@@ -261,12 +263,14 @@ async fn process(
         };
         match result {
             Ok(()) => {
+                metrics.message(stage.name(), "ok", started.elapsed().as_secs_f64());
                 if let Err(err) = message.double_ack().await {
                     tracing::warn!(error = %err, "ack failed; the message may be handled again");
                 }
             }
             Err(failure) if !failure.retryable || attempt.is_last() => {
                 tracing::error!(error = %failure.message, delivery = delivered, retryable = failure.retryable, "giving up: dead-lettering");
+                metrics.message(stage.name(), "dead_letter", started.elapsed().as_secs_f64());
                 let dead = v1::DeadLetter {
                     stage: stage.name().into(),
                     original_subject: message.subject.to_string(),
@@ -289,6 +293,7 @@ async fn process(
                 }
             }
             Err(failure) => {
+                metrics.message(stage.name(), "retry", started.elapsed().as_secs_f64());
                 let delay = backoff(delivered);
                 tracing::warn!(error = %failure.message, delivery = delivered, retry_in_ms = delay.as_millis() as u64, "failed; will retry");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
@@ -367,6 +372,12 @@ pub async fn report_failed_run(
         trigger: Some(trigger.clone()),
         ..Default::default()
     };
+    breakglass_telemetry::metrics::metrics()
+        .runs_finished
+        .get_or_create(&breakglass_telemetry::metrics::StatusLabel {
+            status: "failed".into(),
+        })
+        .inc();
     let subject = bus.subjects().run_finished(&trigger.run_id);
     if let Err(err) = bus
         .publish(&subject, &format!("finished-{}", trigger.run_id), &finished)

@@ -2,6 +2,7 @@
 //!
 //! - `run-once`: the whole job in this process, no servers needed.
 //! - `trigger`: ask the running services for a run, as the Mavis core does.
+//! - `status`: how fresh the copy in each destination is.
 //! - `generate`: a synthetic inventory for benchmarks.
 //! - `keygen`: a payload key for the services' config.
 //! - `config check`: validate a config file offline.
@@ -10,6 +11,7 @@
 
 mod progress;
 mod run_once;
+mod status;
 mod trigger;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,9 @@ enum Command {
     /// Publish an on-demand trigger to the running services, optionally
     /// waiting for the run to finish.
     Trigger(trigger::Args),
+    /// Per destination: the newest verified copy, the last failure; exits 1
+    /// when a copy is older than --max-age hours (a cron or monitoring check).
+    Status(status::Args),
     /// Write a synthetic inventory CSV (deterministic) for benchmarks.
     Generate {
         /// Rows to write.
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::RunOnce(args) => run_once::run(args).await,
             Command::Trigger(args) => trigger::run(args).await,
+            Command::Status(args) => status::run(args).await,
             Command::Generate {
                 rows,
                 projects,

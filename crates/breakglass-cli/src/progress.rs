@@ -38,7 +38,10 @@ impl Progress {
                 ticker.tick().await;
                 let line = match shown.phase.load(Ordering::Relaxed) {
                     COLLECTING => format!("collecting: {} rows", shown.collected.get()),
-                    SORTING => format!("sorting {} rows by project and device name", shown.collected.get()),
+                    SORTING => format!(
+                        "sorting {} rows by project and device name",
+                        shown.collected.get()
+                    ),
                     WRITING => format!(
                         "writing: {} of {} rows",
                         shown.written.load(Ordering::Relaxed),

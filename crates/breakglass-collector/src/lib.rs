@@ -13,21 +13,21 @@ use breakglass_bus::payload::{PayloadKey, warning_to_proto, write_snapshot};
 use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
 use breakglass_bus::{Bus, worker};
 use breakglass_collect::{AnySource, RowCounter, Source};
-use breakglass_config::Settings;
 use breakglass_core::RunId;
 use breakglass_proto::v1;
+use breakglass_service::ConfigSource;
 use tracing::Instrument;
 
 /// The collect stage bound to the bus.
 pub struct Collector {
-    settings: Settings,
+    config: ConfigSource,
     key: PayloadKey,
 }
 
 impl Collector {
-    /// A collector reading the inventory the settings name.
-    pub fn new(settings: Settings, key: PayloadKey) -> Self {
-        Self { settings, key }
+    /// A collector reading the inventory the settings name, read again for every run.
+    pub fn new(config: ConfigSource, key: PayloadKey) -> Self {
+        Self { config, key }
     }
 }
 
@@ -53,8 +53,11 @@ impl Stage for Collector {
         let trigger: v1::TriggerRequested = decode(message, "TriggerRequested")?;
         let run_id = RunId::parse(&trigger.run_id)
             .map_err(|err| StageFailure::permanent(err.to_string()))?;
-        let source =
-            AnySource::for_location(&self.settings.inventory, &self.settings.inventory_view);
+        let settings = self
+            .config
+            .load()
+            .map_err(|err| StageFailure::permanent(format!("configuration: {err:#}")))?;
+        let source = AnySource::for_location(&settings.inventory, &settings.inventory_view);
         let described = source.describe();
         let collected = async { source.collect(&RowCounter::new()).await }
             .instrument(tracing::info_span!("inventory query", source = %described))
@@ -113,6 +116,24 @@ impl Stage for Collector {
         .await
         .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(rows = ready.rows, "snapshot stored");
+        let metrics = breakglass_telemetry::metrics::metrics();
+        metrics.last_run_rows.set(ready.rows as i64);
+        let reason = ready
+            .trigger
+            .as_ref()
+            .and_then(|t| v1::TriggerReason::try_from(t.reason).ok())
+            .map_or("unspecified", |r| match r {
+                v1::TriggerReason::Scheduled => "scheduled",
+                v1::TriggerReason::OnDemand => "on_demand",
+                v1::TriggerReason::CatchUp => "catch_up",
+                v1::TriggerReason::Unspecified => "unspecified",
+            });
+        metrics
+            .runs_started
+            .get_or_create(&breakglass_telemetry::metrics::StatusLabel {
+                status: reason.into(),
+            })
+            .inc();
         Ok(())
     }
 }

@@ -8,8 +8,10 @@
 use crate::file::{RawConfig, RawValue, show_value};
 use crate::problem::{ConfigError, Problem};
 use crate::remote::{
-    CaBundle, ChecksumMode, Protocol, S3Settings, check_bucket_name, normalise_endpoint,
-    read_ca_bundle,
+    BlobCredential, BlobSettings, CaBundle, ChecksumMode, ConnectionString,
+    DEFAULT_ENDPOINT_SUFFIX, Protocol, S3Settings, check_account_key, check_account_name,
+    check_bucket_name, check_container_name, normalise_blob_endpoint, normalise_endpoint,
+    normalise_endpoint_suffix, normalise_sas_token, read_ca_bundle,
 };
 use breakglass_core::Secret;
 use std::path::PathBuf;
@@ -162,6 +164,8 @@ pub struct Settings {
     pub max_deliver: i64,
     /// The S3 destination, when `storage_provider` includes `s3`.
     pub s3: Option<S3Settings>,
+    /// The Azure Blob destination, when `storage_provider` includes `blob`.
+    pub blob: Option<BlobSettings>,
     /// Extra trusted CAs for HTTPS endpoints.
     pub ca_bundle: Option<CaBundle>,
 }
@@ -179,19 +183,7 @@ impl Settings {
         let mut check = Checker {
             problems: Vec::new(),
         };
-        for key in [
-            "blob_account_name",
-            "blob_account_key",
-            "blob_container",
-            "blob_protocol",
-            "blob_endpoint_suffix",
-            "blob_connection_string",
-            "blob_sas_token",
-            "blob_endpoint",
-            "encryption_passphrase",
-            "age_recipients",
-            "database_url",
-        ] {
+        for key in ["encryption_passphrase", "age_recipients", "database_url"] {
             // Known keys whose features are not built yet: say so instead of
             // silently ignoring a setting the admin relies on.
             if let Some(value) = raw.get(key) {
@@ -212,15 +204,6 @@ impl Settings {
         let storage = check
             .parse(raw, "storage_provider", parse_storage)
             .unwrap_or_else(|| vec![StorageKind::Local]);
-        if storage.contains(&StorageKind::Blob)
-            && let Some(value) = raw.get("storage_provider")
-        {
-            check.fail(
-                "storage_provider",
-                value,
-                "the blob destination is not supported by this version yet; use s3 or local",
-            );
-        }
         let ca_bundle = raw
             .get("ca_bundle")
             .and_then(|value| match read_ca_bundle(&value.value) {
@@ -232,6 +215,11 @@ impl Settings {
             });
         let s3 = if storage.contains(&StorageKind::S3) {
             check.s3(raw)
+        } else {
+            None
+        };
+        let blob = if storage.contains(&StorageKind::Blob) {
+            check.blob(raw)
         } else {
             None
         };
@@ -326,6 +314,7 @@ impl Settings {
             ack_wait,
             max_deliver,
             s3,
+            blob,
             ca_bundle,
         })
     }
@@ -424,6 +413,256 @@ impl Checker {
             access_key_id: access_key_id?,
             secret_access_key: secret_access_key?,
             checksum,
+        })
+    }
+
+    /// Validates the Azure Blob keys. The account comes either from the
+    /// separate keys or from `blob_connection_string`, never from both; the
+    /// credential is an account key or a SAS token, never both.
+    fn blob(&mut self, raw: &RawConfig) -> Option<BlobSettings> {
+        const BECAUSE: &str = "when storage_provider includes blob";
+        const CS: &str = "blob_connection_string";
+        let before = self.problems.len();
+        let container = self
+            .required(raw, "blob_container", BECAUSE)
+            .and_then(|value| match check_container_name(&value.value) {
+                Ok(()) => Some(value.value.clone()),
+                Err(rule) => {
+                    self.fail("blob_container", value, rule);
+                    None
+                }
+            });
+        // Gather the account's parts from wherever they are given.
+        let protocol: Option<(Protocol, &str)>;
+        let account: Option<(String, &str)>;
+        let key: Option<(Secret, &str)>;
+        let mut sas: Option<(Secret, &str)>;
+        let suffix: Option<(String, &str)>;
+        let endpoint: Option<(String, &str)>;
+        let connection =
+            raw.get(CS)
+                .and_then(|value| match ConnectionString::parse(&value.value) {
+                    Ok(parsed) => Some((parsed, value)),
+                    Err(rule) => {
+                        self.fail_owned(CS, value, rule);
+                        None
+                    }
+                });
+        if let Some((parsed, _)) = &connection {
+            for key in [
+                "blob_account_name",
+                "blob_account_key",
+                "blob_protocol",
+                "blob_endpoint_suffix",
+                "blob_endpoint",
+            ] {
+                if let Some(value) = raw.get(key) {
+                    self.fail(
+                        key,
+                        value,
+                        "conflicts with blob_connection_string: give the account either as a connection string or as separate keys",
+                    );
+                }
+            }
+            protocol = parsed.protocol.map(|p| (p, CS));
+            account = parsed.account_name.clone().map(|a| (a, CS));
+            key = parsed.account_key.clone().map(|k| (k, CS));
+            sas = parsed.sas.clone().map(|s| (s, CS));
+            suffix = parsed.endpoint_suffix.clone().map(|s| (s, CS));
+            endpoint = parsed.blob_endpoint.clone().map(|e| (e, CS));
+        } else {
+            sas = None;
+            protocol = self
+                .parse(raw, "blob_protocol", Protocol::parse)
+                .map(|p| (p, "blob_protocol"));
+            account = raw
+                .get("blob_account_name")
+                .map(|v| (v.value.clone(), "blob_account_name"));
+            key = raw
+                .get("blob_account_key")
+                .map(|v| (Secret::new(v.value.trim()), "blob_account_key"));
+            suffix = raw
+                .get("blob_endpoint_suffix")
+                .map(|v| (v.value.clone(), "blob_endpoint_suffix"));
+            endpoint = raw
+                .get("blob_endpoint")
+                .map(|v| (v.value.clone(), "blob_endpoint"));
+        }
+        if let Some(value) = raw.get("blob_sas_token") {
+            if sas.is_some() {
+                self.fail(
+                    "blob_sas_token",
+                    value,
+                    "conflicts with the SharedAccessSignature in blob_connection_string: give the SAS once",
+                );
+            } else {
+                sas = Some((Secret::new(value.value.clone()), "blob_sas_token"));
+            }
+        }
+        let protocol_value = protocol.map_or(Protocol::Https, |(p, _)| p);
+        // Each part is checked against the key it came from, so the error
+        // names the field the admin has to fix (values of secret keys are
+        // masked by `fail`).
+        let at = |field: &str| raw.get(field);
+        let account = account.and_then(|(name, field)| match check_account_name(&name) {
+            Ok(()) => Some(name),
+            Err(rule) => {
+                if let Some(value) = at(field) {
+                    let rule = if field == CS {
+                        format!("AccountName {rule}")
+                    } else {
+                        rule.to_owned()
+                    };
+                    self.fail_owned(field, value, rule);
+                }
+                None
+            }
+        });
+        let key = key.and_then(|(secret, field)| match check_account_key(secret.expose()) {
+            Ok(()) => Some(secret),
+            Err(rule) => {
+                if let Some(value) = at(field) {
+                    let rule = if field == CS {
+                        format!("AccountKey {rule}")
+                    } else {
+                        rule.to_owned()
+                    };
+                    self.fail_owned(field, value, rule);
+                }
+                None
+            }
+        });
+        let sas = sas.and_then(
+            |(secret, field)| match normalise_sas_token(secret.expose()) {
+                Ok(token) => Some(Secret::new(token)),
+                Err(rule) => {
+                    if let Some(value) = at(field) {
+                        let rule = if field == CS {
+                            format!("SharedAccessSignature {rule}")
+                        } else {
+                            rule.to_owned()
+                        };
+                        self.fail_owned(field, value, rule);
+                    }
+                    None
+                }
+            },
+        );
+        let endpoint = match endpoint {
+            Some((text, field)) => match normalise_blob_endpoint(&text, protocol_value) {
+                Ok(url) => Some(url),
+                Err(rule) => {
+                    if let Some(value) = at(field) {
+                        let rule = if field == CS {
+                            format!("BlobEndpoint {rule}")
+                        } else {
+                            rule
+                        };
+                        self.fail_owned(field, value, rule);
+                    }
+                    None
+                }
+            },
+            None => {
+                let suffix = match suffix {
+                    Some((text, field)) => match normalise_endpoint_suffix(&text, protocol_value) {
+                        Ok(suffix) => Some(suffix),
+                        Err(rule) => {
+                            if let Some(value) = at(field) {
+                                let rule = if field == CS {
+                                    format!("EndpointSuffix {rule}")
+                                } else {
+                                    rule
+                                };
+                                self.fail_owned(field, value, rule);
+                            }
+                            None
+                        }
+                    },
+                    None => Some(DEFAULT_ENDPOINT_SUFFIX.to_owned()),
+                };
+                match (&account, suffix) {
+                    (Some(account), Some(suffix)) => Some(format!(
+                        "{}://{account}.blob.{suffix}",
+                        protocol_value.scheme()
+                    )),
+                    (None, _) => {
+                        if connection.is_none() {
+                            self.required(
+                                raw,
+                                "blob_account_name",
+                                "when storage_provider includes blob and blob_endpoint is not set",
+                            );
+                        } else if let Some((_, value)) = &connection {
+                            self.fail(
+                                CS,
+                                value,
+                                "needs AccountName or BlobEndpoint to know where the account is",
+                            );
+                        }
+                        None
+                    }
+                    (_, None) => None,
+                }
+            }
+        };
+        let credential = match (key, sas) {
+            (Some(_), Some(_)) => {
+                let field = if raw.get("blob_sas_token").is_some() {
+                    "blob_sas_token"
+                } else {
+                    CS
+                };
+                if let Some(value) = at(field) {
+                    self.fail(
+                        field,
+                        value,
+                        "set either an account key or a SAS token, not both",
+                    );
+                }
+                None
+            }
+            (Some(key), None) => match &account {
+                Some(account) => Some(BlobCredential::AccountKey {
+                    account: account.clone(),
+                    key,
+                }),
+                None => {
+                    if connection.is_none() {
+                        self.required(
+                            raw,
+                            "blob_account_name",
+                            "with blob_account_key (the key signs requests for that account)",
+                        );
+                    } else if let Some((_, value)) = &connection {
+                        self.fail(CS, value, "holds AccountKey but no AccountName");
+                    }
+                    None
+                }
+            },
+            (None, Some(sas)) => Some(BlobCredential::Sas(sas)),
+            (None, None) => {
+                if self.problems.len() == before {
+                    self.problems.push(Problem {
+                        location: raw.get("storage_provider").map(|v| v.location.clone()),
+                        field: "blob_account_key".into(),
+                        shown_value: String::new(),
+                        rule: format!(
+                            "is required {BECAUSE}, unless blob_sas_token or blob_connection_string gives the credential"
+                        ),
+                    });
+                }
+                None
+            }
+        };
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(BlobSettings {
+            endpoint: endpoint?,
+            protocol: protocol_value,
+            container: container?,
+            credential: credential?,
         })
     }
 
@@ -588,11 +827,115 @@ mod tests {
 
     #[test]
     fn unsupported_features_are_an_error_not_ignored() {
-        let err = settings("storage_provider: blob\nblob_container: b\n")
+        let err = settings("encryption: password\nage_recipients: age1xyz\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("blob_container"), "{err}");
-        assert!(err.contains("storage_provider"), "{err}");
+        assert!(err.contains("encryption"), "{err}");
+        assert!(err.contains("age_recipients"), "{err}");
+        assert!(err.contains("not supported by this version"), "{err}");
+    }
+
+    const KEY: &str = crate::remote::DEVELOPMENT_KEY;
+
+    #[test]
+    fn blob_settings_come_from_separate_keys() {
+        let s = settings(&format!(
+            "storage_provider: blob\nblob_account_name: acct\nblob_account_key: {KEY}\nblob_container: backups\nblob_endpoint_suffix: https://core.chinacloudapi.cn/\n"
+        ))
+        .unwrap();
+        let blob = s.blob.unwrap();
+        assert_eq!(blob.endpoint, "https://acct.blob.core.chinacloudapi.cn");
+        assert_eq!(blob.container, "backups");
+        assert!(
+            matches!(blob.credential, BlobCredential::AccountKey { ref account, .. } if account == "acct")
+        );
+
+        let azurite = settings(
+            "storage_provider: blob\nblob_endpoint: http://127.0.0.1:10000/devstoreaccount1\nblob_protocol: http\nblob_sas_token: ?sv=2022-11-02&sp=c&sig=abc\nblob_container: backups\n",
+        )
+        .unwrap()
+        .blob
+        .unwrap();
+        assert_eq!(azurite.endpoint, "http://127.0.0.1:10000/devstoreaccount1");
+        assert_eq!(azurite.protocol, Protocol::Http);
+        assert!(
+            matches!(azurite.credential, BlobCredential::Sas(ref sas) if sas.expose() == "sv=2022-11-02&sp=c&sig=abc")
+        );
+    }
+
+    #[test]
+    fn blob_settings_come_from_a_connection_string() {
+        let s = settings(&format!(
+            "storage_provider: blob,local\nblob_container: backups\nblob_connection_string: DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;\n"
+        ))
+        .unwrap();
+        let blob = s.blob.unwrap();
+        assert_eq!(blob.endpoint, "http://127.0.0.1:10000/devstoreaccount1");
+        assert_eq!(blob.protocol, Protocol::Http);
+        let public = settings(&format!(
+            "storage_provider: blob\nblob_container: backups\nblob_connection_string: DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};EndpointSuffix=core.windows.net\n"
+        ))
+        .unwrap()
+        .blob
+        .unwrap();
+        assert_eq!(public.endpoint, "https://acct.blob.core.windows.net");
+    }
+
+    #[test]
+    fn blob_settings_are_validated_with_field_value_and_rule() {
+        let err = settings(
+            "storage_provider: blob\nblob_container: My_Backups\nblob_account_name: acct\nblob_account_key: canary-not-base64!\nblob_protocol: https\nblob_endpoint: http://127.0.0.1:10000/acct\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("f:2: blob_container = \"My_Backups\": may hold only lowercase"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f:4: blob_account_key = \"********\": must be the base64 account key"),
+            "{text}"
+        );
+        assert!(
+            text.contains("f:6: blob_endpoint = \"http://127.0.0.1:10000/acct\": scheme http contradicts protocol https"),
+            "{text}"
+        );
+        assert!(!text.contains("canary"), "{text}");
+
+        let err = settings("storage_provider: blob\nblob_container: backups\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("blob_account_name"), "{err}");
+
+        let err = settings(&format!(
+            "storage_provider: blob\nblob_container: backups\nblob_account_name: acct\nblob_account_key: {KEY}\nblob_sas_token: sv=1&sig=canarysig\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("blob_sas_token = \"********\": set either an account key or a SAS token"),
+            "{err}"
+        );
+        assert!(!err.contains("canarysig"), "{err}");
+
+        let err = settings(&format!(
+            "storage_provider: blob\nblob_container: backups\nblob_account_name: acct\nblob_connection_string: AccountName=acct;AccountKey={KEY}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("blob_account_name = \"acct\": conflicts with blob_connection_string"),
+            "{err}"
+        );
+        assert!(!err.contains(KEY), "{err}");
+
+        let err = settings("storage_provider: blob\nblob_container: backups\nblob_account_name: acct\nblob_sas_token: sp=c\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("blob_sas_token = \"********\": must be a SAS token"),
+            "{err}"
+        );
     }
 
     #[test]

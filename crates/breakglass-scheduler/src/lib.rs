@@ -13,6 +13,7 @@ use breakglass_bus::Bus;
 use breakglass_bus::worker::chrono_now_ms;
 use breakglass_config::DailyTime;
 use breakglass_proto::v1;
+use breakglass_service::ConfigSource;
 use chrono::{DateTime, Duration, LocalResult, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use tokio_util::sync::CancellationToken;
@@ -76,12 +77,28 @@ pub fn next_slot(now: DateTime<Utc>, time: DailyTime, zone: Tz) -> Slot {
     slot_on(today + Duration::days(3), time, zone)
 }
 
+/// The most recent slot at or before `now`.
+pub fn last_slot(now: DateTime<Utc>, time: DailyTime, zone: Tz) -> Slot {
+    let today = now.with_timezone(&zone).date_naive();
+    for offset in 0..3 {
+        let slot = slot_on(today - Duration::days(offset), time, zone);
+        if slot.at <= now {
+            return slot;
+        }
+    }
+    slot_on(today - Duration::days(3), time, zone)
+}
+
 /// Publishes the trigger for `slot`; returns true when it was a duplicate
 /// (another replica, or an earlier attempt, already published it).
-pub async fn publish_slot(bus: &Bus, slot: &Slot) -> Result<bool, breakglass_bus::BusError> {
+pub async fn publish_slot(
+    bus: &Bus,
+    slot: &Slot,
+    reason: v1::TriggerReason,
+) -> Result<bool, breakglass_bus::BusError> {
     let trigger = v1::TriggerRequested {
         run_id: slot.run_id.clone(),
-        reason: v1::TriggerReason::Scheduled as i32,
+        reason: reason as i32,
         requested_by: "scheduler".into(),
         requested_at_unix_ms: chrono_now_ms(),
         note: String::new(),
@@ -90,38 +107,106 @@ pub async fn publish_slot(bus: &Bus, slot: &Slot) -> Result<bool, breakglass_bus
         .await
 }
 
-/// Sleeps until each slot and publishes it, until `shutdown`.
-pub async fn run(bus: Bus, time: Option<DailyTime>, zone: Tz, shutdown: CancellationToken) {
-    let Some(time) = time else {
-        tracing::info!("no execute_time configured: on-demand runs only");
-        shutdown.cancelled().await;
-        return;
+/// After downtime: when no run succeeded since the last slot, runs once now
+/// (reason catch-up), not once per missed day. The catch-up run takes the
+/// missed slot's run id, so a slot that was in fact triggered (within the
+/// stream's one-day dedupe window) is not run twice, and two replicas
+/// starting together produce one run.
+pub async fn catch_up(bus: &Bus, time: DailyTime, zone: Tz, now: DateTime<Utc>) {
+    let slot = last_slot(now, time, zone);
+    let runs = match bus.recent_runs().await {
+        Ok(runs) => runs,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read earlier runs; no catch-up check");
+            return;
+        }
     };
+    let last_success = runs
+        .iter()
+        .filter(|run| run.status == v1::RunStatus::Succeeded as i32)
+        .map(|run| run.finished_at_unix_ms)
+        .max();
+    if last_success.is_some_and(|at| at >= slot.at.timestamp_millis()) {
+        tracing::info!(run_id = %slot.run_id, "the last slot has a successful run; no catch-up");
+        return;
+    }
+    match publish_with_retries(bus, &slot, v1::TriggerReason::CatchUp).await {
+        Some(duplicate) => {
+            tracing::info!(run_id = %slot.run_id, duplicate, "catch-up run triggered for the missed slot")
+        }
+        None => tracing::error!(run_id = %slot.run_id, "catch-up trigger could not be published"),
+    }
+}
+
+async fn publish_with_retries(bus: &Bus, slot: &Slot, reason: v1::TriggerReason) -> Option<bool> {
+    for attempt in 1..=10u64 {
+        match publish_slot(bus, slot, reason).await {
+            Ok(duplicate) => return Some(duplicate),
+            Err(err) => {
+                tracing::warn!(error = %err, attempt, "publishing the trigger failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(attempt.min(30))).await;
+            }
+        }
+    }
+    None
+}
+
+/// How often the configuration is read again while waiting for a slot.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Catches up once, then publishes each slot, until `shutdown`. Reads the
+/// configuration again at least every minute, so a new `execute_time` or
+/// `time_zone` applies without a restart; saving settings never by itself
+/// starts a run.
+pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
+    if let Ok(settings) = config.load()
+        && let Some(time) = settings.execute_time
+    {
+        catch_up(&bus, time, settings.time_zone, Utc::now()).await;
+    }
+    let mut announced = None;
     loop {
-        let slot = next_slot(Utc::now(), time, zone);
-        tracing::info!(run_id = %slot.run_id, at = %slot.at, "next scheduled run");
-        let wait = (slot.at - Utc::now()).to_std().unwrap_or_default();
+        let settings = match config.load() {
+            Ok(settings) => settings,
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "configuration is invalid; keeping the schedule paused until it is fixed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RECHECK) => continue,
+                }
+            }
+        };
+        let Some(time) = settings.execute_time else {
+            if announced != Some(None) {
+                tracing::info!("no execute_time configured: on-demand runs only");
+                announced = Some(None);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RECHECK) => continue,
+            }
+        };
+        let slot = next_slot(Utc::now(), time, settings.time_zone);
+        if announced.as_ref() != Some(&Some(slot.clone())) {
+            tracing::info!(run_id = %slot.run_id, at = %slot.at, "next scheduled run");
+            announced = Some(Some(slot.clone()));
+        }
+        let wait = (slot.at - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .min(RECHECK);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        // Publishing is never cancelled half-way; retry until it lands.
-        let mut attempt = 0u32;
-        loop {
-            match publish_slot(&bus, &slot).await {
-                Ok(duplicate) => {
-                    tracing::info!(run_id = %slot.run_id, duplicate, "scheduled run triggered");
-                    break;
+        if Utc::now() >= slot.at {
+            // Publishing is never cancelled half-way.
+            match publish_with_retries(&bus, &slot, v1::TriggerReason::Scheduled).await {
+                Some(duplicate) => {
+                    tracing::info!(run_id = %slot.run_id, duplicate, "scheduled run triggered")
                 }
-                Err(err) if attempt < 10 => {
-                    attempt += 1;
-                    tracing::warn!(error = %err, attempt, "publishing the scheduled trigger failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt).min(30)))
-                        .await;
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, run_id = %slot.run_id, "scheduled trigger could not be published");
-                    break;
+                None => {
+                    tracing::error!(run_id = %slot.run_id, "scheduled trigger could not be published")
                 }
             }
         }
@@ -175,5 +260,15 @@ mod tests {
         // Right after it, the next slot is the following day, not the repeat.
         let next = next_slot(slot.at, time("01:30"), chrono_tz::America::New_York);
         assert_eq!(next.run_id, "slot-2026-11-02T0130");
+    }
+
+    #[test]
+    fn the_last_slot_is_the_latest_one_not_after_now() {
+        let zone = chrono_tz::Asia::Taipei; // UTC+8
+        let before = last_slot(utc("2026-11-27T01:00:00Z"), time("09:30"), zone); // 09:00 local
+        assert_eq!(before.run_id, "slot-2026-11-26T0930");
+        let after = last_slot(utc("2026-11-27T01:30:00Z"), time("09:30"), zone); // exactly 09:30 local
+        assert_eq!(after.run_id, "slot-2026-11-27T0930");
+        assert_eq!(after.at, utc("2026-11-27T01:30:00Z"));
     }
 }

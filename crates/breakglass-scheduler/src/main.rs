@@ -17,8 +17,7 @@ async fn run() -> anyhow::Result<()> {
     let context = breakglass_service::start("breakglass-scheduler").await?;
     breakglass_scheduler::run(
         context.bus.clone(),
-        context.settings.execute_time,
-        context.settings.time_zone,
+        context.config.clone(),
         context.shutdown.clone(),
     )
     .await;

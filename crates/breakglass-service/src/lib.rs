@@ -7,6 +7,8 @@
 //! documented defaults apply.
 #![warn(missing_docs)]
 
+pub mod http;
+
 use anyhow::Context;
 use breakglass_bus::{Bus, BusOptions};
 use breakglass_config::{RawConfig, Settings};
@@ -23,6 +25,58 @@ pub struct ServiceArgs {
     /// The `key: value` configuration file (the mounted K3s secret).
     #[arg(long, env = "BREAKGLASS_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Address of the health and metrics endpoint (`/healthz`, `/readyz`,
+    /// `/metrics`); port 0 picks a free one (the log says which).
+    #[arg(long, env = "BREAKGLASS_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http: std::net::SocketAddr,
+}
+
+/// Where the settings come from. Stages read them again for every message
+/// and the scheduler every minute, so a changed mounted secret (Kubernetes
+/// swaps the file by symlink) takes effect without a restart. Bus wiring
+/// (`nats_url`, `bus_prefix`, `payload_key`) is read once at start-up.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    path: Option<PathBuf>,
+    warned_mode: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl ConfigSource {
+    /// Settings from `path`, or the documented defaults when `None`.
+    pub fn new(path: Option<PathBuf>) -> Self {
+        Self {
+            path,
+            warned_mode: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0)),
+        }
+    }
+
+    /// The file, if any.
+    pub fn path(&self) -> Option<&PathBuf> {
+        self.path.as_ref()
+    }
+
+    /// Reads and validates the settings now. Warns (once per file mode) when
+    /// the file is readable by group or others: it holds credentials.
+    pub fn load(&self) -> anyhow::Result<Settings> {
+        #[cfg(unix)]
+        if let Some(path) = &self.path {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(metadata) = std::fs::metadata(path) {
+                let mode = metadata.permissions().mode() & 0o777;
+                let previous = self
+                    .warned_mode
+                    .swap(mode, std::sync::atomic::Ordering::Relaxed);
+                if mode & 0o077 != 0 && previous != mode {
+                    tracing::warn!(
+                        file = %path.display(),
+                        mode = format!("{mode:o}"),
+                        "the config file is readable by group or others; it holds credentials: chmod 600 (or defaultMode 0400 for a Secret)"
+                    );
+                }
+            }
+        }
+        load_settings(self.path.as_ref())
+    }
 }
 
 /// Loads and validates the settings (defaults when there is no file).
@@ -79,8 +133,10 @@ pub fn shutdown_on_signals() -> CancellationToken {
 
 /// The common start of a service: telemetry, config, bus.
 pub struct ServiceContext {
-    /// Validated settings.
+    /// Validated settings, as read at start-up.
     pub settings: Settings,
+    /// The settings' source, to read them again at execution time.
+    pub config: ConfigSource,
     /// Connected bus.
     pub bus: Bus,
     /// Cancelled on SIGTERM / Ctrl-C.
@@ -94,18 +150,38 @@ pub struct ServiceContext {
 pub async fn start(service: &'static str) -> anyhow::Result<ServiceContext> {
     let args = <ServiceArgs as clap::Parser>::parse();
     let telemetry = breakglass_telemetry::init(service).context("starting telemetry")?;
-    let settings = load_settings(args.config.as_ref()).context("invalid configuration")?;
+    let config = ConfigSource::new(args.config.clone());
+    let settings = config.load().context("invalid configuration")?;
     if settings.payload_key.is_none() {
         anyhow::bail!(
             "payload_key is required for the services: it encrypts snapshots and workbooks on the bus (make one with `breakglass keygen`)"
         );
     }
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for health and metrics (--http)",
+                args.http
+            )
+        })?;
     let bus = Bus::connect(bus_options(&settings)).await?;
     tracing::info!(service, prefix = %settings.bus_prefix, "connected to NATS");
+    let shutdown = shutdown_on_signals();
+    let client = bus.client().clone();
+    let ready: http::ReadinessCheck =
+        std::sync::Arc::new(move || match client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(format!("NATS connection is {state}")),
+        });
+    let addr = listener.local_addr().unwrap_or(args.http);
+    tracing::info!(service, addr = %addr, "health and metrics endpoint listening");
+    tokio::spawn(http::serve(listener, ready, shutdown.clone()));
     Ok(ServiceContext {
         settings,
+        config,
         bus,
-        shutdown: shutdown_on_signals(),
+        shutdown,
         telemetry,
     })
 }

@@ -8,10 +8,12 @@
 //!   `fetch` finds the newest copy everywhere.
 //! - [`local`]: a folder (atomic temp-file + fsync + rename).
 //! - [`s3`]: an S3 bucket, AWS or S3-compatible.
+//! - [`azure`]: an Azure Blob container (Azure, sovereign clouds, Azurite).
 //!
-//! The Azure Blob backend comes next. This crate knows nothing of NATS.
+//! This crate knows nothing of NATS.
 #![warn(missing_docs)]
 
+pub mod azure;
 pub mod local;
 pub mod naming;
 pub mod s3;
@@ -142,6 +144,8 @@ pub enum AnyDestination {
     Local(local::LocalFolder),
     /// An S3 bucket.
     S3(Box<s3::S3Bucket>),
+    /// An Azure Blob container.
+    Blob(Box<azure::AzureContainer>),
 }
 
 impl Destination for AnyDestination {
@@ -149,6 +153,7 @@ impl Destination for AnyDestination {
         match self {
             Self::Local(folder) => folder.describe(),
             Self::S3(bucket) => bucket.describe(),
+            Self::Blob(container) => container.describe(),
         }
     }
 
@@ -156,6 +161,7 @@ impl Destination for AnyDestination {
         match self {
             Self::Local(folder) => folder.upload(upload).await,
             Self::S3(bucket) => bucket.upload(upload).await,
+            Self::Blob(container) => container.upload(upload).await,
         }
     }
 }
@@ -179,8 +185,14 @@ pub fn destinations(settings: &Settings) -> Vec<AnyDestination> {
                     settings.ca_bundle.as_ref(),
                 )))
             }),
-            // Rejected by config validation until its backend lands.
-            StorageKind::Blob => None,
+            StorageKind::Blob => settings.blob.as_ref().map(|blob| {
+                AnyDestination::Blob(Box::new(azure::AzureContainer::new(
+                    blob,
+                    &settings.path_prefix,
+                    settings.rotation,
+                    settings.ca_bundle.as_ref(),
+                )))
+            }),
         })
         .collect()
 }

@@ -10,9 +10,13 @@
 //! - Propagation: W3C trace context, so the bus can carry a run's trace
 //!   across processes ([`inject_current`], [`set_parent`]).
 //!
+//! - Metrics: [`metrics::metrics`], the Prometheus registry `/metrics` serves.
+//!
 //! [`Telemetry`] is the handle that flushes spans on exit: keep it alive in
 //! `main` and call [`Telemetry::shutdown`] last.
 #![warn(missing_docs)]
+
+pub mod metrics;
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;

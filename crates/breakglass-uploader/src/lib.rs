@@ -12,22 +12,66 @@ use async_nats::jetstream;
 use breakglass_bus::payload::{PayloadKey, hash_file};
 use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
 use breakglass_bus::{Bus, worker};
-use breakglass_config::Settings;
 use breakglass_core::RunId;
 use breakglass_proto::v1;
+use breakglass_service::ConfigSource;
 use breakglass_storage::{Destination, Upload};
+use breakglass_telemetry::metrics::{DestinationLabel, StatusLabel};
 use tracing::Instrument;
+
+/// Seeds the last-success gauges from the run outcomes the stream still
+/// holds, so a restarted uploader does not report "never" (and set off the
+/// freshness alert) until its next run.
+pub async fn seed_last_success(bus: &Bus) {
+    match bus.recent_runs().await {
+        Ok(runs) => {
+            let metrics = breakglass_telemetry::metrics::metrics();
+            for run in runs {
+                for destination in run
+                    .destinations
+                    .iter()
+                    .filter(|d| d.status == v1::RunStatus::Succeeded as i32)
+                {
+                    metrics.destination_succeeded(
+                        &destination.destination,
+                        run.finished_at_unix_ms as f64 / 1000.0,
+                    );
+                }
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read earlier runs; last-success gauges start empty")
+        }
+    }
+}
+
+/// The lower-case name of a run status, for metrics labels.
+pub fn status_name(status: v1::RunStatus) -> &'static str {
+    match status {
+        v1::RunStatus::Succeeded => "succeeded",
+        v1::RunStatus::PartiallyFailed => "partially_failed",
+        v1::RunStatus::Failed => "failed",
+        v1::RunStatus::Unspecified => "unspecified",
+    }
+}
+
+fn unix_seconds_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
 
 /// The upload stage bound to the bus.
 pub struct Uploader {
-    settings: Settings,
+    config: ConfigSource,
     key: PayloadKey,
 }
 
 impl Uploader {
-    /// An uploader for the destinations the settings name.
-    pub fn new(settings: Settings, key: PayloadKey) -> Self {
-        Self { settings, key }
+    /// An uploader for the destinations the settings name, read again for every run.
+    pub fn new(config: ConfigSource, key: PayloadKey) -> Self {
+        Self { config, key }
     }
 }
 
@@ -58,6 +102,10 @@ impl Stage for Uploader {
         let trigger = snapshot.trigger.clone().unwrap_or_default();
         let run_id = RunId::parse(&trigger.run_id)
             .map_err(|err| StageFailure::permanent(err.to_string()))?;
+        let settings = self
+            .config
+            .load()
+            .map_err(|err| StageFailure::permanent(format!("configuration: {err:#}")))?;
         let reference = ready.workbook.clone().ok_or_else(|| {
             StageFailure::permanent("workbook.ready carries no workbook reference")
         })?;
@@ -102,18 +150,34 @@ impl Stage for Uploader {
         };
         let mut results = Vec::new();
         let mut transient = Vec::new();
-        for destination in breakglass_storage::destinations(&self.settings) {
+        for destination in breakglass_storage::destinations(&settings) {
             let described = destination.describe();
             let span = tracing::info_span!("upload", destination = %described, bytes = size);
+            let started = std::time::Instant::now();
             let result = destination.upload(&upload).instrument(span).await;
+            let metrics = breakglass_telemetry::metrics::metrics();
+            let label = DestinationLabel {
+                destination: described.clone(),
+            };
+            metrics
+                .upload_seconds
+                .get_or_create(&label)
+                .observe(started.elapsed().as_secs_f64());
             if let Err(err) = &result
                 && err.is_transient()
             {
                 transient.push(err.to_string());
+                if !attempt.is_last() {
+                    metrics.upload_retries.get_or_create(&label).inc();
+                }
             }
             results.push(match result {
                 Ok(receipt) => {
                     tracing::info!(destination = %described, location = %receipt.location, "stored and verified");
+                    for warning in &receipt.warnings {
+                        tracing::warn!(destination = %described, warning = %warning, "stored, with a warning");
+                    }
+                    metrics.destination_succeeded(&described, unix_seconds_now());
                     v1::DestinationResult {
                         destination: described,
                         status: v1::RunStatus::Succeeded as i32,
@@ -185,6 +249,14 @@ impl Stage for Uploader {
         .await
         .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(status = ?status, "run finished");
+        let metrics = breakglass_telemetry::metrics::metrics();
+        metrics
+            .runs_finished
+            .get_or_create(&StatusLabel {
+                status: status_name(status).into(),
+            })
+            .inc();
+        metrics.last_workbook_bytes.set(size as i64);
         Ok(())
     }
 }

@@ -16,8 +16,9 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let context = breakglass_service::start("breakglass-uploader").await?;
+    breakglass_uploader::seed_last_success(&context.bus).await;
     let uploader = Uploader::new(
-        context.settings.clone(),
+        context.config.clone(),
         breakglass_service::payload_key(&context.settings)?,
     );
     breakglass_bus::worker::run(context.bus.clone(), uploader, context.shutdown.clone()).await?;

@@ -1,0 +1,106 @@
+//! The deployment files, checked without a cluster: the K3s manifests, the
+//! compose file and the alert rules parse, and what they reference agrees
+//! with the code (tests/py/check_deploy.py).
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use breakglass_e2e::test_python;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn check(root: &Path) -> (bool, String) {
+    let output = Command::new(test_python())
+        .arg(repo().join("tests/py/check_deploy.py"))
+        .arg(root)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Copies what the checker reads into `dir`.
+fn copy_inputs(dir: &Path) {
+    let copy = |relative: &str| {
+        let from = repo().join(relative);
+        let to = dir.join(relative);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    };
+    for entry in std::fs::read_dir(repo().join("deploy/k8s")).unwrap() {
+        copy(&format!(
+            "deploy/k8s/{}",
+            entry.unwrap().file_name().to_string_lossy()
+        ));
+    }
+    for file in [
+        "deploy/alerts/breakglass-rules.yml",
+        "docker-compose.yml",
+        "crates/breakglass-telemetry/src/metrics.rs",
+    ] {
+        copy(file);
+    }
+    std::fs::create_dir_all(dir.join("deploy/compose")).unwrap();
+    for entry in std::fs::read_dir(repo().join("deploy/compose")).unwrap() {
+        copy(&format!(
+            "deploy/compose/{}",
+            entry.unwrap().file_name().to_string_lossy()
+        ));
+    }
+}
+
+#[test]
+fn the_deployment_files_are_consistent_with_the_code() {
+    let (ok, text) = check(&repo());
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn the_checker_catches_broken_references() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_inputs(dir.path());
+    let uploader = dir.path().join("deploy/k8s/uploader.yaml");
+    let text = std::fs::read_to_string(&uploader).unwrap();
+    std::fs::write(
+        &uploader,
+        text.replace("path: /readyz", "path: /ready")
+            .replace("secretName: breakglass-config", "secretName: typo"),
+    )
+    .unwrap();
+    let rules = dir.path().join("deploy/alerts/breakglass-rules.yml");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    std::fs::write(
+        &rules,
+        text.replace(
+            "breakglass_last_success_timestamp_seconds)",
+            "breakglass_last_sucess_timestamp_seconds)",
+        ),
+    )
+    .unwrap();
+    let (ok, text) = check(dir.path());
+    assert!(!ok);
+    assert!(
+        text.contains("uploader.yaml: readinessProbe must GET /readyz on port http"),
+        "{text}"
+    );
+    assert!(
+        text.contains("uploader.yaml: mounts secret 'typo', which no manifest defines"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "uses breakglass_last_sucess_timestamp_seconds, which the code does not export"
+        ),
+        "{text}"
+    );
+}
