@@ -2,7 +2,8 @@
 # make bench: run-once throughput and peak memory at 100k and 1M rows over
 # 1,000 projects, beside the Python/XlsxWriter peer (../shared/peer_xlsxwriter.py)
 # on the same input. Medians of BENCH_RUNS runs (default 3): the machines are
-# noisy. Peak memory is the maximum resident set size from GNU time.
+# noisy. Peak memory is the maximum resident set size from GNU time. Both
+# write a plain workbook (--encryption none), like for like.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -49,7 +50,7 @@ for rows in $sizes; do
   csv="$data/inventory-$rows.csv"
   [[ -f "$csv" ]] || "$bg" generate --rows "$rows" --projects 1000 --seed 1 --out "$csv" 2>/dev/null
   out="$data/out-$rows"
-  read -r t m < <(measure breakglass "$bg" run-once --inventory "$csv" --out "$out")
+  read -r t m < <(measure breakglass "$bg" run-once --inventory "$csv" --out "$out" --encryption none)
   printf '%-10s %-12s %10.2f %12.0f %10.1f %8s\n' "$rows" breakglass "$t" "$(awk -v a="$rows" -v b="$t" 'BEGIN{print a/b}')" "$(awk -v a="$m" 'BEGIN{print a/1024}')" ""
   if [[ -n "$peer_python" ]]; then
     read -r pt pm < <(measure peer "$peer_python" "$peer_script" "$csv" "$data/peer-$rows.xlsx")

@@ -98,16 +98,22 @@ fi
 # --- Python test tools: moto (S3-compatible server), boto3, azure-storage-blob
 if [[ -z "${BREAKGLASS_TEST_PYTHON:-}" ]]; then
   venv="${XDG_CACHE_HOME:-$HOME/.cache}/breakglass/test-venv"
-  if ! "$venv/bin/python" -c 'import moto, boto3, flask_cors, azure.storage.blob, openpyxl, yaml' >/dev/null 2>&1; then
+  if ! "$venv/bin/python" -c 'import moto, boto3, flask_cors, azure.storage.blob, openpyxl, yaml, msoffcrypto' >/dev/null 2>&1; then
     log "installing moto[server], boto3, azure-storage-blob, openpyxl and pyyaml into $venv"
     python3 -m venv "$venv" >&2 || { command -v apt-get >/dev/null && apt_install python3-venv && python3 -m venv "$venv" >&2; }
-    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1' 'boto3>=1.35' 'azure-storage-blob>=12.19' 'openpyxl>=3.1' 'pyyaml>=6' >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.1' 'boto3>=1.35' 'azure-storage-blob>=12.19' 'openpyxl>=3.1' 'pyyaml>=6' 'msoffcrypto-tool>=5.4' >&2
   fi
   export BREAKGLASS_TEST_PYTHON="$venv/bin/python"
   export BREAKGLASS_TEST_MOTO="$venv/bin/moto_server"
 fi
 # The workbook tests read files back with openpyxl too, when told where it is.
 export BREAKGLASS_OPENPYXL="${BREAKGLASS_OPENPYXL:-$BREAKGLASS_TEST_PYTHON}"
+
+# --- age (the command-line tool reads what breakglass encrypts) -------
+if [[ -z "${BREAKGLASS_TEST_AGE:-}" ]]; then
+  command -v age >/dev/null || apt_install age
+  export BREAKGLASS_TEST_AGE="$(command -v age)"
+fi
 
 # --- Azurite (Azure Blob emulator) --------------------------------------
 if [[ -z "${BREAKGLASS_TEST_AZURITE:-}" ]]; then

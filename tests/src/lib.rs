@@ -590,3 +590,25 @@ impl Drop for Azurite {
         let _ = self.child.wait();
     }
 }
+
+/// Decrypts an ECMA-376 (Excel password) file with msoffcrypto-tool, the
+/// independent implementation; returns its stderr on failure (e.g. a wrong
+/// password).
+pub fn office_decrypt(input: &Path, password: &str, output: &Path) -> Result<(), String> {
+    let result = Command::new(test_python())
+        .args(["-m", "msoffcrypto", "-p", password])
+        .arg(input)
+        .arg(output)
+        .output()
+        .map_err(|err| err.to_string())?;
+    if result.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&result.stderr).into_owned())
+    }
+}
+
+/// The `age` command-line tool that `make test` provides.
+pub fn age_cli() -> PathBuf {
+    PathBuf::from(std::env::var("BREAKGLASS_TEST_AGE").unwrap_or_else(|_| "age".into()))
+}

@@ -30,7 +30,20 @@ fn run_once_with_no_arguments_writes_the_sample_workbook() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("48 rows in 6 projects"), "{stdout}");
     assert!(stdout.contains("stored"), "{stdout}");
-    let path = dir.path().join("breakglass-out/breakglass-backup.xlsx");
+    // Encrypted by default, with a passphrase made for this run and shown once.
+    let marker = "encrypted with a new passphrase, shown only now: ";
+    let passphrase = stdout
+        .lines()
+        .find_map(|l| l.split_once(marker).map(|(_, p)| p.trim().to_string()))
+        .unwrap_or_else(|| panic!("no passphrase shown: {stdout}"));
+    assert!(passphrase.len() >= 16);
+    let stored = dir.path().join("breakglass-out/breakglass-backup.xlsx");
+    assert!(
+        open_workbook::<Xlsx<_>, _>(&stored).is_err(),
+        "not readable without the passphrase"
+    );
+    let path = dir.path().join("decrypted.xlsx");
+    breakglass_e2e::office_decrypt(&stored, &passphrase, &path).unwrap();
     let mut workbook: Xlsx<_> = open_workbook(&path).expect("an xlsx calamine can read");
     let names = workbook.sheet_names();
     assert_eq!(names.len(), 7, "{names:?}");
@@ -81,7 +94,13 @@ fn run_once_reads_a_sqlite_inventory() {
             db.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
+            "--encryption",
+            "none",
         ],
+    );
+    assert!(
+        stderr(&output).contains("UNENCRYPTED"),
+        "encryption none always warns"
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let mut workbook: Xlsx<_> = open_workbook(out.join("breakglass-backup.xlsx")).unwrap();
@@ -226,6 +245,7 @@ fn a_service_without_nats_exits_with_one_line() {
         &[
             ("nats_url", &format!("nats://127.0.0.1:{port}")),
             ("payload_key", key.expose()),
+            ("encryption", "none"),
         ],
     );
     for service in ["collector", "renderer", "uploader", "scheduler"] {
@@ -278,4 +298,68 @@ fn generate_writes_a_readable_inventory() {
     );
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("2000 rows in 30 projects"));
+}
+
+#[test]
+fn run_once_with_age_opens_only_with_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let keygen = |name: &str| {
+        let path = dir.path().join(name);
+        let status = Command::new(breakglass_e2e::age_cli().with_file_name("age-keygen"))
+            .arg("-o")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let public = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .unwrap()
+            .to_string();
+        (path, public)
+    };
+    let (identity, public) = keygen("team.key");
+    let (stranger, _) = keygen("stranger.key");
+    let config = dir.path().join("breakglass.conf");
+    std::fs::write(
+        &config,
+        format!("encryption: age\nage_recipients: {public}\n"),
+    )
+    .unwrap();
+    let output = breakglass(
+        dir.path(),
+        &["run-once", "--config", config.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stored = dir.path().join("breakglass-out/breakglass-backup.xlsx.age");
+    assert!(stored.exists(), "an age file gets its own name");
+
+    let decrypt = |key: &Path, out: &Path| {
+        Command::new(breakglass_e2e::age_cli())
+            .arg("-d")
+            .arg("-i")
+            .arg(key)
+            .arg("-o")
+            .arg(out)
+            .arg(&stored)
+            .output()
+            .unwrap()
+    };
+    let refused = decrypt(&stranger, &dir.path().join("no.xlsx"));
+    assert!(!refused.status.success(), "another identity cannot open it");
+    let plain = dir.path().join("plain.xlsx");
+    let opened = decrypt(&identity, &plain);
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+    let mut workbook: Xlsx<_> = open_workbook(&plain).unwrap();
+    assert_eq!(workbook.sheet_names().len(), 7);
+    assert!(workbook.worksheet_range("Payments").unwrap().height() > 1);
 }

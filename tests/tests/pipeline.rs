@@ -15,6 +15,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use std::path::Path;
 use std::time::Duration;
 
+const PASSPHRASE: &str = "e2e break-glass passphrase 2026";
+
 const CHINESE_40: &str =
     "財務部門核心資料庫伺服器群組緊急存取帳號清單與相關連線資訊備份專案一二三四五六七";
 
@@ -226,6 +228,10 @@ fn service_config(
         ("ack_wait_seconds", "3"),
         ("max_deliver", "3"),
     ];
+    if !extra.iter().any(|(key, _)| *key == "encryption") {
+        // Tests read the workbook with calamine; the password mode has tests of its own.
+        entries.push(("encryption", "none"));
+    }
     entries.extend_from_slice(extra);
     write_config(dir, &entries)
 }
@@ -268,6 +274,8 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
         &[
             ("inventory_url", db.as_str()),
             ("inventory_view", view.as_str()),
+            ("encryption", "password"),
+            ("encryption_passphrase", PASSPHRASE),
         ],
     );
     let bus = connect(&iso).await;
@@ -305,7 +313,23 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
     assert_eq!(finished.destinations.len(), 1);
     let stored = Path::new(&finished.destinations[0].location);
     assert!(stored.ends_with("breakglass-backup.xlsx"), "{stored:?}");
-    check_workbook(stored);
+    // Stored encrypted the way Excel does it: msoffcrypto-tool opens it with
+    // the passphrase only, and no password is visible in the file.
+    let bytes = std::fs::read(stored).unwrap();
+    assert!(
+        !bytes
+            .windows("密碼-1".len())
+            .any(|w| w == "密碼-1".as_bytes())
+    );
+    let decrypted = dir.path().join("decrypted.xlsx");
+    let wrong = breakglass_e2e::office_decrypt(stored, "not the passphrase at all", &decrypted)
+        .unwrap_err();
+    assert!(
+        wrong.to_lowercase().contains("password") || wrong.to_lowercase().contains("key"),
+        "{wrong}"
+    );
+    breakglass_e2e::office_decrypt(stored, PASSPHRASE, &decrypted).unwrap();
+    check_workbook(&decrypted);
 
     // Give a second (duplicate) run a chance to show up, then count events.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -63,6 +63,8 @@ async fn put(
             created_at: chrono::Utc
                 .with_ymd_and_hms(2026, 11, 27, hour, 0, 0)
                 .unwrap(),
+            extension: ".xlsx",
+            encryption: "none",
         })
         .await
 }

@@ -8,7 +8,7 @@
 use crate::progress::Progress;
 use anyhow::Context;
 use breakglass_collect::{AnySource, Source};
-use breakglass_config::{RawConfig, Settings};
+use breakglass_config::{Encryption, RawConfig, Settings};
 use breakglass_core::RunId;
 use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions};
 use breakglass_storage::{Destination, Upload};
@@ -30,6 +30,11 @@ pub struct Args {
     /// ./breakglass-out
     #[arg(long)]
     out: Option<PathBuf>,
+    /// How to protect the stored file (overrides `encryption`): `password`
+    /// (the default; a strong passphrase is made and shown once when none is
+    /// configured), `age` (to `age_recipients`) or `none`.
+    #[arg(long, value_parser = ["password", "age", "none"])]
+    encryption: Option<String>,
 }
 
 /// Runs the job once and reports what it did.
@@ -76,15 +81,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("the render task failed")?
     };
     let report = report.context("writing the workbook failed")?;
-    let (size, sha256) =
-        breakglass_core::private_fs::hash_file(&workbook).context("reading the workbook back")?;
+    // Protect the file before it goes anywhere.
+    let mut encryption = settings.encryption.clone();
+    let mut generated = None;
+    if encryption == Encryption::Password(None) {
+        let passphrase = breakglass_render::encrypt::generate_passphrase();
+        generated = Some(passphrase.clone());
+        encryption = Encryption::Password(Some(passphrase));
+    }
+    let stored_file = temp.path().join("workbook.sealed");
+    let sealed = breakglass_render::encrypt::seal(&workbook, &stored_file, &encryption)?;
+    let _ = std::fs::remove_file(&workbook);
+    let (size, sha256) = breakglass_core::private_fs::hash_file(&stored_file)
+        .context("reading the workbook back")?;
 
     let upload = Upload {
-        file: &workbook,
+        file: &stored_file,
         size,
         sha256: &sha256,
         run_id: run_id.as_str(),
         created_at: collected_at,
+        extension: sealed.extension,
+        encryption: sealed.encryption,
     };
     let mut failures = Vec::new();
     let mut stored = Vec::new();
@@ -110,6 +128,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "  stored {} ({} bytes, sha256 {})",
             receipt.location, receipt.size, receipt.sha256
         );
+    }
+    match (&generated, sealed.encryption) {
+        (Some(passphrase), _) => {
+            // Shown once, here, and nowhere else (not logged, not stored).
+            println!(
+                "  encrypted with a new passphrase, shown only now: {}",
+                passphrase.expose()
+            );
+            println!(
+                "  store it in your password manager; set encryption_passphrase to keep one for every run"
+            );
+        }
+        (None, "password") => println!("  encrypted with the configured passphrase"),
+        (None, "age") => println!("  encrypted with age to {}", sealed.key_id),
+        _ => eprintln!("  warning: the workbook is stored UNENCRYPTED (encryption: none)"),
     }
     let warning_count = sorted.warning_count + report.warning_count;
     for warning in sorted.warnings.iter().chain(&report.warnings).take(20) {
@@ -145,6 +178,10 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     };
     if let Some(inventory) = &args.inventory {
         raw.override_with("inventory_url", inventory, "--inventory")
+            .map_err(|problem| anyhow::anyhow!("{problem}"))?;
+    }
+    if let Some(encryption) = &args.encryption {
+        raw.override_with("encryption", encryption, "--encryption")
             .map_err(|problem| anyhow::anyhow!("{problem}"))?;
     }
     if let Some(out) = &args.out {

@@ -21,4 +21,4 @@ pub mod settings;
 pub use file::{KNOWN_KEYS, RawConfig, SECRET_KEYS};
 pub use problem::{ConfigError, Problem};
 pub use remote::{BlobCredential, BlobSettings, CaBundle, ChecksumMode, Protocol, S3Settings};
-pub use settings::{DailyTime, InventoryLocation, Rotation, Settings, StorageKind};
+pub use settings::{DailyTime, Encryption, InventoryLocation, Rotation, Settings, StorageKind};

@@ -162,6 +162,8 @@ pub struct Settings {
     pub ack_wait: Duration,
     /// Deliveries before a message is dead-lettered.
     pub max_deliver: i64,
+    /// How the stored workbook is encrypted.
+    pub encryption: Encryption,
     /// The S3 destination, when `storage_provider` includes `s3`.
     pub s3: Option<S3Settings>,
     /// The Azure Blob destination, when `storage_provider` includes `blob`.
@@ -183,7 +185,7 @@ impl Settings {
         let mut check = Checker {
             problems: Vec::new(),
         };
-        for key in ["encryption_passphrase", "age_recipients", "database_url"] {
+        for key in ["database_url"] {
             // Known keys whose features are not built yet: say so instead of
             // silently ignoring a setting the admin relies on.
             if let Some(value) = raw.get(key) {
@@ -238,11 +240,7 @@ impl Settings {
                 _ => Err("must be overwrite, unique or prune"),
             })
             .unwrap_or(Rotation::Overwrite);
-        check.parse(raw, "encryption", |v| match v {
-            "none" => Ok(()),
-            "password" | "age" => Err("only `none` is supported by this version yet"),
-            _ => Err("must be password, age or none"),
-        });
+        let encryption = check.encryption(raw);
         let inventory = check
             .parse(raw, "inventory_url", InventoryLocation::parse)
             .unwrap_or(InventoryLocation::BundledSample);
@@ -313,6 +311,7 @@ impl Settings {
             payload_ttl,
             ack_wait,
             max_deliver,
+            encryption,
             s3,
             blob,
             ca_bundle,
@@ -320,11 +319,89 @@ impl Settings {
     }
 }
 
+/// How the stored workbook is protected (the `encryption` key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    /// ECMA-376 agile encryption (AES-256, SHA-512): opens in Excel and
+    /// LibreOffice with the passphrase. `None` here means no passphrase is
+    /// configured: the services refuse to start, `run-once` makes one.
+    Password(Option<Secret>),
+    /// age, to one or more X25519 recipients (`age1...`); the uploader never
+    /// holds a private key.
+    Age(Vec<String>),
+    /// Plaintext; only when set explicitly, and every run warns.
+    None,
+}
+
+/// The shortest accepted passphrase.
+pub const MIN_PASSPHRASE_CHARS: usize = 16;
+
 struct Checker {
     problems: Vec<Problem>,
 }
 
 impl Checker {
+    fn encryption(&mut self, raw: &RawConfig) -> Encryption {
+        let mode = raw
+            .get("encryption")
+            .map(|v| v.value.as_str())
+            .unwrap_or("password");
+        match mode {
+            "password" => {
+                let passphrase = raw.get("encryption_passphrase").and_then(|value| {
+                    if value.value.chars().count() < MIN_PASSPHRASE_CHARS {
+                        self.fail(
+                            "encryption_passphrase",
+                            value,
+                            "must be at least 16 characters (anyone holding the file can try passphrases offline)",
+                        );
+                        None
+                    } else {
+                        Some(Secret::new(value.value.clone()))
+                    }
+                });
+                Encryption::Password(passphrase)
+            }
+            "age" => {
+                let Some(value) = raw.get("age_recipients") else {
+                    self.problems.push(Problem {
+                        location: raw.get("encryption").map(|v| v.location.clone()),
+                        field: "age_recipients".into(),
+                        shown_value: String::new(),
+                        rule:
+                            "is required when encryption is age (comma list of age1... public keys)"
+                                .into(),
+                    });
+                    return Encryption::Age(Vec::new());
+                };
+                let mut recipients = Vec::new();
+                for part in value
+                    .value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                {
+                    match part.parse::<age::x25519::Recipient>() {
+                        Ok(recipient) => recipients.push(recipient.to_string()),
+                        Err(_) => self.fail_owned(
+                            "age_recipients",
+                            value,
+                            format!("{part:?} is not an age X25519 public key (age1...); make one with `age-keygen`"),
+                        ),
+                    }
+                }
+                Encryption::Age(recipients)
+            }
+            "none" => Encryption::None,
+            _ => {
+                if let Some(value) = raw.get("encryption") {
+                    self.fail("encryption", value, "must be password, age or none");
+                }
+                Encryption::None
+            }
+        }
+    }
+
     fn fail_owned(&mut self, key: &str, raw: &RawValue, rule: String) {
         self.fail(key, raw, &rule);
     }
@@ -827,12 +904,44 @@ mod tests {
 
     #[test]
     fn unsupported_features_are_an_error_not_ignored() {
-        let err = settings("encryption: password\nage_recipients: age1xyz\n")
+        let err = settings("database_url: postgres://x/y\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("encryption"), "{err}");
-        assert!(err.contains("age_recipients"), "{err}");
+        assert!(err.contains("database_url"), "{err}");
         assert!(err.contains("not supported by this version"), "{err}");
+    }
+
+    #[test]
+    fn encryption_defaults_to_password_and_checks_its_inputs() {
+        assert_eq!(settings("").unwrap().encryption, Encryption::Password(None));
+        assert_eq!(
+            settings("encryption: none").unwrap().encryption,
+            Encryption::None
+        );
+        let err = settings("encryption: password\nencryption_passphrase: short-canary\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("encryption_passphrase = \"********\": must be at least 16 characters"),
+            "{err}"
+        );
+        assert!(!err.contains("short-canary"), "{err}");
+        let err = settings("encryption: age\n").unwrap_err().to_string();
+        assert!(
+            err.contains("age_recipients = \"\": is required when encryption is age"),
+            "{err}"
+        );
+        let err = settings("encryption: age\nage_recipients: age1notakey\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "age_recipients = \"age1notakey\": \"age1notakey\" is not an age X25519 public key"
+            ),
+            "{err}"
+        );
+        let err = settings("encryption: rot13\n").unwrap_err().to_string();
+        assert!(err.contains("must be password, age or none"), "{err}");
     }
 
     const KEY: &str = crate::remote::DEVELOPMENT_KEY;

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod cells;
+pub mod encrypt;
 pub mod sheet_names;
 mod xlsx;
 

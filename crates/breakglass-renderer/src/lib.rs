@@ -16,20 +16,24 @@ use breakglass_bus::payload::{
 };
 use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
 use breakglass_bus::{Bus, worker};
+use breakglass_config::Encryption;
 use breakglass_core::{RowWarning, RunId};
 use breakglass_proto::v1;
+use breakglass_render::encrypt::Sealed;
 use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions, RenderReport, WorkbookBuilder};
+use breakglass_service::ConfigSource;
 use std::path::Path;
 
 /// The render stage bound to the bus.
 pub struct Renderer {
     key: PayloadKey,
+    config: ConfigSource,
 }
 
 impl Renderer {
     /// A renderer decrypting and encrypting payloads with `key`.
-    pub fn new(key: PayloadKey) -> Self {
-        Self { key }
+    pub fn new(key: PayloadKey, config: ConfigSource) -> Self {
+        Self { key, config }
     }
 }
 
@@ -77,6 +81,14 @@ impl Stage for Renderer {
             .await
             .map_err(|err| StageFailure::retry(err.to_string()))?;
 
+        let encryption = self
+            .config
+            .load()
+            .map_err(|err| StageFailure::permanent(format!("configuration: {err:#}")))?
+            .encryption;
+        if encryption == Encryption::None {
+            tracing::warn!("the workbook is stored unencrypted (encryption: none)");
+        }
         let key = self.key.clone();
         let work_dir = temp.path().to_path_buf();
         let options = RenderOptions {
@@ -92,7 +104,14 @@ impl Stage for Renderer {
         let span = tracing::info_span!("render workbook", rows = ready.rows);
         let rendered = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            render_encrypted(&key, &work_dir, options, &warnings, warning_count)
+            render_encrypted(
+                &key,
+                &work_dir,
+                options,
+                &warnings,
+                warning_count,
+                &encryption,
+            )
         })
         .await
         .map_err(|err| StageFailure::retry(format!("render task failed: {err}")))??;
@@ -107,6 +126,11 @@ impl Stage for Renderer {
         let report = rendered.report;
         let mut warnings = ready.warnings.clone();
         warnings.extend(report.warnings.iter().map(warning_to_proto));
+        let mut warning_count = ready.warning_count + report.warning_count;
+        if rendered.sealed.encryption == "none" {
+            warnings.insert(0, unencrypted_warning());
+            warning_count += 1;
+        }
         warnings.truncate(breakglass_core::inventory::MAX_LISTED_WARNINGS);
         let event = v1::WorkbookReady {
             workbook: Some(workbook_ref),
@@ -122,8 +146,11 @@ impl Stage for Renderer {
                 })
                 .collect(),
             warnings,
-            warning_count: ready.warning_count + report.warning_count,
+            warning_count,
             rendered_at_unix_ms: worker::chrono_now_ms(),
+            encryption: rendered.sealed.encryption.into(),
+            extension: rendered.sealed.extension.into(),
+            key_id: rendered.sealed.key_id.clone(),
             snapshot: Some(ready),
         };
         bus.publish(
@@ -147,6 +174,17 @@ struct Rendered {
     encrypted: std::path::PathBuf,
     size: u64,
     sha256: String,
+    sealed: Sealed,
+}
+
+/// The warning every run with `encryption: none` carries.
+fn unencrypted_warning() -> v1::Warning {
+    v1::Warning {
+        project: String::new(),
+        device: String::new(),
+        field: "encryption".into(),
+        message: "the workbook is stored unencrypted (encryption: none); anyone who can read the storage reads every password".into(),
+    }
 }
 
 /// Decrypts the snapshot, writes the workbook, hashes it and encrypts it.
@@ -157,6 +195,7 @@ fn render_encrypted(
     options: RenderOptions,
     warnings: &[RowWarning],
     warning_count: u64,
+    encryption: &Encryption,
 ) -> Result<Rendered, StageFailure> {
     let snapshot = key
         .decrypt_file(&dir.join("snapshot.age"))
@@ -179,21 +218,33 @@ fn render_encrypted(
     let report = builder
         .finish(&workbook)
         .map_err(|err| StageFailure::retry(err.to_string()))?;
-    let (size, sha256) =
-        hash_file(&workbook).map_err(|err| StageFailure::retry(err.to_string()))?;
-    let encrypted = dir.join("workbook.age");
-    key.encrypt_to_file(&encrypted, |out| {
-        let mut input = std::fs::File::open(&workbook)?;
-        std::io::copy(&mut input, out).map(|_| ())
-    })
-    .map_err(|err| StageFailure::retry(format!("encrypting the workbook failed: {err}")))?;
+    // The file the destinations will hold: the workbook protected as the
+    // settings say. Its size and hash are what every upload is verified by.
+    let stored = dir.join("workbook.sealed");
+    let sealed = breakglass_render::encrypt::seal(&workbook, &stored, encryption).map_err(
+        |err| match err {
+            breakglass_render::encrypt::SealError::Config(_) => {
+                StageFailure::permanent(err.to_string())
+            }
+            _ => StageFailure::retry(err.to_string()),
+        },
+    )?;
     // The plaintext workbook is not needed any more: remove it now rather
     // than when the directory goes.
     let _ = std::fs::remove_file(&workbook);
+    let (size, sha256) = hash_file(&stored).map_err(|err| StageFailure::retry(err.to_string()))?;
+    let encrypted = dir.join("workbook.age");
+    key.encrypt_to_file(&encrypted, |out| {
+        let mut input = std::fs::File::open(&stored)?;
+        std::io::copy(&mut input, out).map(|_| ())
+    })
+    .map_err(|err| StageFailure::retry(format!("encrypting the payload failed: {err}")))?;
+    let _ = std::fs::remove_file(&stored);
     Ok(Rendered {
         report,
         encrypted,
         size,
         sha256,
+        sealed,
     })
 }

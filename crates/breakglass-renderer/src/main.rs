@@ -16,7 +16,10 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let context = breakglass_service::start("breakglass-renderer").await?;
-    let renderer = Renderer::new(breakglass_service::payload_key(&context.settings)?);
+    let renderer = Renderer::new(
+        breakglass_service::payload_key(&context.settings)?,
+        context.config.clone(),
+    );
     breakglass_bus::worker::run(context.bus.clone(), renderer, context.shutdown.clone()).await?;
     context.bus.close().await;
     context.telemetry.shutdown();

@@ -152,6 +152,11 @@ pub async fn start(service: &'static str) -> anyhow::Result<ServiceContext> {
     let telemetry = breakglass_telemetry::init(service).context("starting telemetry")?;
     let config = ConfigSource::new(args.config.clone());
     let settings = config.load().context("invalid configuration")?;
+    if settings.encryption == breakglass_config::Encryption::Password(None) {
+        anyhow::bail!(
+            "encryption_passphrase is required when encryption is password (the default): set it, choose encryption: age with age_recipients, or set encryption: none explicitly"
+        );
+    }
     if settings.payload_key.is_none() {
         anyhow::bail!(
             "payload_key is required for the services: it encrypts snapshots and workbooks on the bus (make one with `breakglass keygen`)"

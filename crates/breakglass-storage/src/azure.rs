@@ -627,7 +627,12 @@ impl Destination for AzureContainer {
     }
 
     async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
-        let name = naming::object_name(self.rotation, upload.created_at, upload.run_id);
+        let name = naming::object_name(
+            self.rotation,
+            upload.created_at,
+            upload.run_id,
+            upload.extension,
+        );
         let key = self.key(&name);
         let sas = self.sas(Utc::now())?;
         let container_url = self.container_url(&sas)?;
@@ -789,6 +794,10 @@ fn metadata(upload: &Upload<'_>) -> HashMap<String, String> {
             upload.created_at.to_rfc3339(),
         ),
         ("breakglass_format".to_owned(), "xlsx".to_owned()),
+        (
+            "breakglass_encryption".to_owned(),
+            upload.encryption.to_owned(),
+        ),
     ])
 }
 

@@ -35,6 +35,10 @@ pub struct Upload<'a> {
     pub run_id: &'a str,
     /// When the run made it; part of unique names.
     pub created_at: DateTime<Utc>,
+    /// The name's ending: `.xlsx`, or `.xlsx.age` for an age file.
+    pub extension: &'a str,
+    /// How the file is protected (`password`, `age`, `none`), for metadata.
+    pub encryption: &'a str,
 }
 
 /// Where a verified upload went.

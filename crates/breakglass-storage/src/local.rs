@@ -228,7 +228,12 @@ impl Destination for LocalFolder {
     }
 
     async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
-        let name = naming::object_name(self.rotation, upload.created_at, upload.run_id);
+        let name = naming::object_name(
+            self.rotation,
+            upload.created_at,
+            upload.run_id,
+            upload.extension,
+        );
         let folder = self.clone();
         let source = upload.file.to_path_buf();
         let owned = OwnedUpload {
@@ -278,6 +283,8 @@ mod tests {
             sha256: sha,
             run_id: run,
             created_at: Utc.with_ymd_and_hms(2026, 11, 27, hour, 0, 0).unwrap(),
+            extension: ".xlsx",
+            encryption: "none",
         };
         folder.upload(&upload).await
     }

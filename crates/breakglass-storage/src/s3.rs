@@ -453,7 +453,12 @@ impl Destination for S3Bucket {
     }
 
     async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
-        let name = naming::object_name(self.rotation, upload.created_at, upload.run_id);
+        let name = naming::object_name(
+            self.rotation,
+            upload.created_at,
+            upload.run_id,
+            upload.extension,
+        );
         let key = self.key(&name);
         if upload.size <= self.multipart_threshold {
             let md5 = md5_file(upload.file).map_err(|err| StorageError::Io {
@@ -495,6 +500,10 @@ fn metadata(upload: &Upload<'_>) -> std::collections::HashMap<String, String> {
             upload.created_at.to_rfc3339(),
         ),
         ("breakglass-format".to_owned(), "xlsx".to_owned()),
+        (
+            "breakglass-encryption".to_owned(),
+            upload.encryption.to_owned(),
+        ),
     ])
 }
 

@@ -141,12 +141,24 @@ impl Stage for Uploader {
         }
         let created_at = chrono::DateTime::from_timestamp_millis(snapshot.collected_at_unix_ms)
             .unwrap_or_else(chrono::Utc::now);
+        let extension = if ready.extension.is_empty() {
+            ".xlsx"
+        } else {
+            ready.extension.as_str()
+        };
+        let encryption = if ready.encryption.is_empty() {
+            "none"
+        } else {
+            ready.encryption.as_str()
+        };
         let upload = Upload {
             file: &plain,
             size,
             sha256: &sha256,
             run_id: run_id.as_str(),
             created_at,
+            extension,
+            encryption,
         };
         let mut results = Vec::new();
         let mut transient = Vec::new();

@@ -1,0 +1,208 @@
+//! Protecting the finished workbook before it leaves the machine.
+//!
+//! - `password`: ECMA-376 agile encryption (AES-256, SHA-512), the way Excel
+//!   itself encrypts, through the `ms-offcrypto-writer` crate: the file
+//!   opens in Excel or LibreOffice with the break-glass passphrase. It is
+//!   still named `.xlsx`, as Excel names such files.
+//! - `age`: the age format to one or more X25519 recipients (`.xlsx.age`),
+//!   for teams that keep the private keys offline; this side only ever holds
+//!   public keys.
+//! - `none`: the plain workbook; callers warn on every run.
+//!
+//! Both encryptors stream (4 KiB chunks / 64 KiB age chunks): memory stays
+//! flat whatever the workbook's size.
+
+use breakglass_config::Encryption;
+use breakglass_core::Secret;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+/// What was applied, for the manifest and the object name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    /// `password`, `age` or `none`.
+    pub encryption: &'static str,
+    /// The stored file's ending: `.xlsx` or `.xlsx.age`.
+    pub extension: &'static str,
+    /// Which key opens it, without revealing it: the age recipients, or a
+    /// label for the passphrase.
+    pub key_id: String,
+}
+
+/// Why the workbook could not be encrypted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// Reading the workbook or writing the encrypted file failed.
+    #[error("encrypting the workbook failed: {0}")]
+    Io(String),
+    /// The settings cannot be used (no passphrase, a bad recipient).
+    #[error("encryption is misconfigured: {0}")]
+    Config(String),
+}
+
+/// Encrypts `plain` into `out` as the settings say. `out` is created new,
+/// readable only by this user.
+pub fn seal(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed, SealError> {
+    let io = |err: std::io::Error| SealError::Io(err.to_string());
+    match encryption {
+        Encryption::None => {
+            let mut input = std::fs::File::open(plain).map_err(io)?;
+            let mut output = breakglass_core::private_fs::create_new(out).map_err(io)?;
+            std::io::copy(&mut input, &mut output).map_err(io)?;
+            output.sync_all().map_err(io)?;
+            Ok(Sealed {
+                encryption: "none",
+                extension: ".xlsx",
+                key_id: String::new(),
+            })
+        }
+        Encryption::Password(passphrase) => {
+            let passphrase = passphrase.as_ref().ok_or_else(|| {
+                SealError::Config(
+                    "encryption is password but no encryption_passphrase is set".into(),
+                )
+            })?;
+            seal_with_password(plain, out, passphrase).map_err(io)?;
+            Ok(Sealed {
+                encryption: "password",
+                extension: ".xlsx",
+                key_id: "passphrase".into(),
+            })
+        }
+        Encryption::Age(recipients) => {
+            if recipients.is_empty() {
+                return Err(SealError::Config(
+                    "encryption is age but age_recipients is empty".into(),
+                ));
+            }
+            let parsed = recipients
+                .iter()
+                .map(|r| {
+                    age::x25519::Recipient::from_str(r).map_err(|_| {
+                        SealError::Config(format!("{r:?} is not an age X25519 public key"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let encryptor =
+                age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
+                    .map_err(|err| SealError::Config(err.to_string()))?;
+            let mut input = BufReader::new(std::fs::File::open(plain).map_err(io)?);
+            let output = breakglass_core::private_fs::create_new(out).map_err(io)?;
+            let mut writer = encryptor
+                .wrap_output(BufWriter::with_capacity(1 << 16, output))
+                .map_err(io)?;
+            std::io::copy(&mut input, &mut writer).map_err(io)?;
+            let mut inner = writer.finish().map_err(io)?;
+            inner.flush().map_err(io)?;
+            inner.get_ref().sync_all().map_err(io)?;
+            Ok(Sealed {
+                encryption: "age",
+                extension: ".xlsx.age",
+                key_id: recipients.join(","),
+            })
+        }
+    }
+}
+
+fn seal_with_password(plain: &Path, out: &Path, passphrase: &Secret) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(out)?;
+    restrict(out)?;
+    let mut writer = ms_offcrypto_writer::Ecma376AgileWriter::create(
+        &mut rand::rng(),
+        passphrase.expose(),
+        file,
+    )?;
+    let mut input = BufReader::with_capacity(1 << 16, std::fs::File::open(plain)?);
+    std::io::copy(&mut input, &mut writer)?;
+    let file = writer.into_inner()?;
+    file.sync_all()
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// A strong passphrase for `run-once` when none is configured: 24
+/// characters from an unambiguous alphabet (about 137 bits).
+pub fn generate_passphrase() -> Secret {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    let text: String = (0..24)
+        .map(|i| {
+            let c = ALPHABET[rng.random_range(0..ALPHABET.len())] as char;
+            if i > 0 && i % 6 == 0 {
+                format!("-{c}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    Secret::new(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_passphrases_are_long_and_different() {
+        let a = generate_passphrase();
+        let b = generate_passphrase();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(a.expose().len(), 27);
+        assert!(a.expose().chars().count() >= breakglass_config::settings::MIN_PASSPHRASE_CHARS);
+    }
+
+    #[test]
+    fn every_mode_writes_a_private_file_without_the_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.xlsx");
+        std::fs::write(
+            &plain,
+            b"PK\x03\x04 canary-password-in-a-workbook ".repeat(300),
+        )
+        .unwrap();
+        let identity = age::x25519::Identity::generate();
+        let modes = [
+            Encryption::Password(Some(Secret::new("correct horse battery staple"))),
+            Encryption::Age(vec![identity.to_public().to_string()]),
+        ];
+        for (i, mode) in modes.iter().enumerate() {
+            let out = dir.path().join(format!("sealed-{i}"));
+            let sealed = seal(&plain, &out, mode).unwrap();
+            let bytes = std::fs::read(&out).unwrap();
+            assert!(
+                !bytes.windows(8).any(|w| w == b"canary-p"),
+                "{} leaked plaintext",
+                sealed.encryption
+            );
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                assert_eq!(
+                    std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+                    0o600
+                );
+            }
+        }
+        let err = seal(&plain, &dir.path().join("x"), &Encryption::Password(None)).unwrap_err();
+        assert!(
+            err.to_string().contains("no encryption_passphrase"),
+            "{err}"
+        );
+    }
+}
