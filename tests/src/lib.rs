@@ -92,6 +92,16 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `name --config config`, logging to `log_dir/name-N.log`.
     pub fn start(name: &str, config: &Path, log_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(name, config, log_dir, &[])
+    }
+
+    /// Like [`ServiceProcess::start`], with extra environment variables.
+    pub fn start_with_env(
+        name: &str,
+        config: &Path,
+        log_dir: &Path,
+        env: &[(&str, &Path)],
+    ) -> anyhow::Result<Self> {
         let mut n = 0;
         let log = loop {
             let candidate = log_dir.join(format!("{name}-{n}.log"));
@@ -108,6 +118,7 @@ impl ServiceProcess {
             .env("BREAKGLASS_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -234,10 +245,24 @@ pub struct StoredMessage {
 
 /// Every message in the prefix's stream, in order.
 pub async fn read_stream(prefix: &str) -> anyhow::Result<Vec<StoredMessage>> {
+    read_named_stream(&breakglass_bus::Subjects::new(prefix).stream()).await
+}
+
+/// Every stored message of the object store that holds the prefix's
+/// payloads (its chunks and metadata), as the server keeps them.
+pub async fn read_object_store(prefix: &str) -> anyhow::Result<Vec<StoredMessage>> {
+    read_named_stream(&format!(
+        "OBJ_{}",
+        breakglass_bus::Subjects::new(prefix).payload_bucket()
+    ))
+    .await
+}
+
+/// Every message of the JetStream stream `name`, in order.
+pub async fn read_named_stream(name: &str) -> anyhow::Result<Vec<StoredMessage>> {
     let client = async_nats::connect(nats_url()).await?;
     let js = async_nats::jetstream::new(client);
-    let subjects = breakglass_bus::Subjects::new(prefix);
-    let mut stream = js.get_stream(subjects.stream()).await?;
+    let mut stream = js.get_stream(name).await?;
     let last = stream.info().await?.state.last_sequence;
     let mut out = Vec::new();
     for sequence in 1..=last {

@@ -6,7 +6,8 @@
 
 use breakglass_bus::{Bus, BusOptions};
 use breakglass_e2e::{
-    Isolation, Moto, ServiceProcess, database_url, nats_url, read_stream, write_config,
+    Isolation, Moto, ServiceProcess, database_url, nats_url, read_object_store, read_stream,
+    write_config,
 };
 use breakglass_proto::v1;
 use calamine::{Data, Reader, Xlsx, open_workbook};
@@ -743,4 +744,137 @@ async fn each_destination_reports_on_its_own_and_one_failure_is_partial() {
     }
     bus.close().await;
     iso.cleanup_bus().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_credentials_appear_nowhere_but_in_the_decrypted_workbook() {
+    const CANARY_PASSWORD: &str = "CANARY-pw-7f3a9c2e";
+    const CANARY_EXTRA: &str = "CANARY-extra-51e0b4d8";
+    const CANARY_PASSPHRASE: &str = "CANARY-passphrase-0c9d7e6f";
+    let canaries = [CANARY_PASSWORD, CANARY_EXTRA, CANARY_PASSPHRASE];
+    let iso = Isolation::new("canary");
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inventory.csv");
+    std::fs::write(
+        &inventory,
+        format!(
+            "Project,Provider,Device name,Protocol,Public IP address,Private IP address,URL,Port,Access type,Account,Password,PEM file name,Extra credential\n\
+             Vault,AWS,db-1,SSH,203.0.113.5,10.0.0.5,,22,password,root,{CANARY_PASSWORD},,{CANARY_EXTRA}\n\
+             Vault,AWS,,SSH,203.0.113.6,10.0.0.6,,22,password,root,{CANARY_PASSWORD},,\n"
+        ),
+    )
+    .unwrap();
+    let temp = dir.path().join("tmp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let key = breakglass_bus::payload::PayloadKey::generate();
+    let inventory_url = inventory.display().to_string();
+    let config = service_config(
+        dir.path(),
+        &iso,
+        key.expose(),
+        &[
+            ("inventory_url", inventory_url.as_str()),
+            ("encryption", "password"),
+            ("encryption_passphrase", CANARY_PASSPHRASE),
+        ],
+    );
+    let bus = connect(&iso).await;
+    let services: Vec<ServiceProcess> = ["scheduler", "collector", "renderer", "uploader"]
+        .iter()
+        .map(|name| {
+            ServiceProcess::start_with_env(name, &config, dir.path(), &[("TMPDIR", temp.as_path())])
+                .unwrap()
+        })
+        .collect();
+    let run_id = format!("canary-{}", iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    let finished = bus
+        .wait_for_run(&run_id, Duration::from_secs(120))
+        .await
+        .unwrap()
+        .expect("the run finishes");
+    assert_eq!(
+        finished.status,
+        v1::RunStatus::Succeeded as i32,
+        "{finished:?}"
+    );
+    assert_eq!(
+        finished.warning_count, 1,
+        "the row without a device name is kept and named: {finished:?}"
+    );
+    drop(services);
+
+    let found_in = |what: &str, bytes: &[u8]| {
+        for canary in canaries {
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                "{canary} leaked into {what}"
+            );
+        }
+    };
+    // Every log line of every service.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            found_in(&path.display().to_string(), &std::fs::read(&path).unwrap());
+        }
+    }
+    // Every message on the bus, headers included.
+    for message in read_stream(&iso.prefix).await.unwrap() {
+        found_in(&message.subject, &message.payload);
+        found_in(
+            &format!("{} headers", message.subject),
+            format!("{:?}", message.headers).as_bytes(),
+        );
+    }
+    // The object store as the server keeps it.
+    let objects = read_object_store(&iso.prefix).await.unwrap();
+    assert!(
+        objects.len() >= 2,
+        "snapshot and workbook payloads are stored"
+    );
+    for message in &objects {
+        found_in(
+            &format!("object store {}", message.subject),
+            &message.payload,
+        );
+    }
+    // The services' temp directory is left empty.
+    let left: Vec<_> = walk(&temp);
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
+    // The stored file is encrypted: no canary in its bytes...
+    let stored = Path::new(&finished.destinations[0].location);
+    found_in("the stored workbook", &std::fs::read(stored).unwrap());
+    // ...and the decrypted workbook does hold them, so the search above
+    // would have found a leak.
+    let decrypted = dir.path().join("decrypted.xlsx");
+    breakglass_e2e::office_decrypt(stored, CANARY_PASSPHRASE, &decrypted).unwrap();
+    let mut workbook: Xlsx<_> = open_workbook(&decrypted).unwrap();
+    let vault = workbook.worksheet_range("Vault").unwrap();
+    assert!(
+        vault
+            .used_cells()
+            .any(|(_, _, c)| c.to_string() == CANARY_PASSWORD)
+    );
+    assert!(
+        vault
+            .used_cells()
+            .any(|(_, _, c)| c.to_string() == CANARY_EXTRA)
+    );
+    bus.close().await;
+    iso.cleanup_bus().await;
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.push(path.clone());
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }
