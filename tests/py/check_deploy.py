@@ -112,7 +112,7 @@ def check_compose(root):
         entrypoint = service.get("entrypoint")
         if entrypoint and os.path.basename(entrypoint[0]) not in BINARIES:
             problem("docker-compose.yml", f"{name} runs {entrypoint[0]}")
-    for wanted in ("nats", "postgres", "scheduler", "collector", "renderer", "uploader"):
+    for wanted in ("nats", "postgres", "s3", "azurite", "scheduler", "collector", "renderer", "uploader"):
         if wanted not in compose["services"]:
             problem("docker-compose.yml", f"has no {wanted} service")
 

@@ -379,6 +379,18 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
             .all(|id| id == &trace_ids[0] && id != &"0".repeat(32)),
         "{trace_ids:?}"
     );
+    // Every service's log lines for the run carry that trace id and the run id.
+    for name in ["collector", "renderer", "uploader"] {
+        let log = services.iter().find(|s| s.name == name).unwrap().log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("message received") && l.contains(&run_id))
+            .unwrap_or_else(|| panic!("{name} logged no line for the run:\n{log}"));
+        assert!(
+            line.contains(&format!("\"trace_id\":\"{}\"", trace_ids[0])),
+            "{name}: {line}"
+        );
+    }
 
     // `breakglass trigger --wait` runs it again the way an admin would.
     let output = std::process::Command::new(breakglass_e2e::bin("breakglass"))
@@ -461,11 +473,18 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
     );
     // A restarted uploader knows the last success from the stream at once.
     let mut fresh = ServiceProcess::start("uploader", &config, dir.path()).unwrap();
-    let (_, metrics) = fresh.http_get("/metrics").await.unwrap();
+    let gauge =
+        format!("breakglass_last_success_timestamp_seconds{{destination=\"{destination}\"}}");
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = fresh.http_get("/metrics").await.unwrap().1;
+        if metrics.contains(&gauge) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
-        metrics.contains(&format!(
-            "breakglass_last_success_timestamp_seconds{{destination=\"{destination}\"}}"
-        )),
+        metrics.contains(&gauge),
         "a restarted uploader seeds its gauge: {metrics}"
     );
     drop(fresh);

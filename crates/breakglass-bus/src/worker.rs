@@ -245,8 +245,12 @@ async fn process(
         stage = stage.name(),
         run_id = %run_id,
         delivery = delivered,
+        trace_id = tracing::field::Empty,
     );
     breakglass_telemetry::set_parent(&span, trace_headers(message.headers.as_ref()));
+    if let Some(trace_id) = breakglass_telemetry::trace_id(&span) {
+        span.record("trace_id", trace_id.as_str());
+    }
     async {
         tracing::info!(delivery = delivered, "message received");
         let started = std::time::Instant::now();

@@ -165,6 +165,17 @@ pub fn set_parent<'a>(span: &tracing::Span, headers: impl IntoIterator<Item = (&
     let _ = span.set_parent(context);
 }
 
+/// The OpenTelemetry trace id of `span` (32 hex digits), once it has one.
+/// Recorded as a span field so every log line of a run carries it.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
 /// Trace-context header names the bus must carry.
 pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
