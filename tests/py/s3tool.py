@@ -3,7 +3,7 @@
 back by other code than breakglass's own.
 
 usage: s3tool.py ENDPOINT CA_BUNDLE|- COMMAND ARGS...
-  create-bucket BUCKET [versioned]
+  create-bucket BUCKET [versioned|''] [REGION]
   get BUCKET KEY OUT        download KEY to OUT, print its metadata as JSON
   list BUCKET PREFIX        print the keys under PREFIX as JSON
   put BUCKET KEY TEXT       write an object (to seed an older copy)
@@ -33,7 +33,10 @@ def client(service, endpoint, ca, key=None, secret=None):
 def main(endpoint, ca, command, *args):
     s3 = client("s3", endpoint, ca)
     if command == "create-bucket":
-        s3.create_bucket(Bucket=args[0])
+        if len(args) > 2 and args[2]:
+            s3.create_bucket(Bucket=args[0], CreateBucketConfiguration={"LocationConstraint": args[2]})
+        else:
+            s3.create_bucket(Bucket=args[0])
         if len(args) > 1 and args[1] == "versioned":
             s3.put_bucket_versioning(Bucket=args[0], VersioningConfiguration={"Status": "Enabled"})
     elif command == "get":

@@ -637,3 +637,52 @@ pub fn office_decrypt(input: &Path, password: &str, output: &Path) -> Result<(),
 pub fn age_cli() -> PathBuf {
     PathBuf::from(std::env::var("BREAKGLASS_TEST_AGE").unwrap_or_else(|_| "age".into()))
 }
+
+/// A TCP proxy that forwards to `target` until `cut_after` bytes have gone
+/// upstream, then drops every connection and stops listening: the server
+/// "goes away" in the middle of an upload.
+pub async fn cutting_proxy(target: std::net::SocketAddr, cut_after: u64) -> u16 {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            if cut.load(Ordering::SeqCst) {
+                break; // drops the listener: later connects are refused
+            }
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                break;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let (sent, cut) = (sent.clone(), cut.clone());
+            let downstream = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 64 << 10];
+                while let Ok(n) = client_read.read(&mut buffer).await {
+                    if n == 0 || cut.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > cut_after {
+                        cut.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    if server_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                // Both directions die at once, as when the server process stops.
+                downstream.abort();
+            });
+        }
+    });
+    port
+}

@@ -476,3 +476,44 @@ async fn a_200_mb_workbook_goes_up_in_blocks_with_bounded_memory() {
         (big.size, big.sha256.clone())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_going_away_mid_upload_leaves_the_previous_blob() {
+    let azurite = Azurite::start();
+    azurite.tool(&["create-container", "flaky"]);
+    let dir = tempfile::tempdir().unwrap();
+    let port: u16 = azurite
+        .endpoint
+        .trim_end_matches(&format!("/{}", Azurite::ACCOUNT))
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = breakglass_e2e::cutting_proxy(([127, 0, 0, 1], port).into(), 30 << 20).await;
+    let mut through_proxy = with_key(&azurite, "flaky", Azurite::KEY);
+    through_proxy.endpoint = format!("http://127.0.0.1:{proxy}/{}", Azurite::ACCOUNT);
+    let flaky = container(&through_proxy, "", Rotation::Overwrite);
+
+    put(
+        &flaky,
+        &file(dir.path(), "good", b"the last good backup"),
+        1,
+        "run-good",
+    )
+    .await
+    .unwrap();
+    let big: Vec<u8> = (0..(60u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let err = put(&flaky, &file(dir.path(), "newer", &big), 2, "run-newer")
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_transient(),
+        "a vanished server is a transient failure: {err}"
+    );
+
+    let out = dir.path().join("read-back");
+    get(&azurite, "flaky", "breakglass-backup.xlsx", &out);
+    assert_eq!(std::fs::read(&out).unwrap(), b"the last good backup");
+    assert_eq!(list(&azurite, "flaky", ""), vec!["breakglass-backup.xlsx"]);
+}

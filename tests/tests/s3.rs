@@ -23,6 +23,7 @@ fn settings(moto: &Moto, bucket: &str, key: &str, secret: &str) -> S3Settings {
         endpoint: Some(moto.endpoint.clone()),
         protocol,
         region: "us-east-1".into(),
+        region_configured: true,
         access_key_id: key.into(),
         secret_access_key: Secret::new(secret),
         checksum: ChecksumMode::WhenRequired,
@@ -361,60 +362,13 @@ async fn least_privilege_credentials_work_and_bad_ones_are_explained() {
     assert!(err.contains("InvalidAccessKeyId"), "{err}");
 }
 
-/// A TCP proxy that forwards to `target` until `cut_after` bytes have gone
-/// upstream, then drops every connection and stops listening: the server
-/// "goes away" in the middle of an upload.
-async fn cutting_proxy(target: std::net::SocketAddr, cut_after: u64) -> u16 {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let sent = Arc::new(AtomicU64::new(0));
-    let cut = Arc::new(AtomicBool::new(false));
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            if cut.load(Ordering::SeqCst) {
-                break; // drops the listener: later connects are refused
-            }
-            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
-                break;
-            };
-            let (mut client_read, mut client_write) = client.into_split();
-            let (mut server_read, mut server_write) = server.into_split();
-            let (sent, cut) = (sent.clone(), cut.clone());
-            let downstream = tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-            });
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 64 << 10];
-                while let Ok(n) = client_read.read(&mut buffer).await {
-                    if n == 0 || cut.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > cut_after {
-                        cut.store(true, Ordering::SeqCst);
-                        break;
-                    }
-                    if server_write.write_all(&buffer[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                // Both directions die at once, as when the server process stops.
-                downstream.abort();
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_going_away_mid_upload_leaves_the_previous_copy() {
     let moto = Moto::start();
     moto.tool(&["create-bucket", "flaky"]);
     let dir = tempfile::tempdir().unwrap();
     let moto_port: u16 = moto.endpoint.rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = cutting_proxy(([127, 0, 0, 1], moto_port).into(), 30 << 20).await;
+    let proxy = breakglass_e2e::cutting_proxy(([127, 0, 0, 1], moto_port).into(), 30 << 20).await;
     let mut through_proxy = settings(&moto, "flaky", "k", "secret-key-value");
     through_proxy.endpoint = Some(format!("http://127.0.0.1:{proxy}"));
     let bucket = S3Bucket::new(&through_proxy, "", Rotation::Overwrite, None);
@@ -437,4 +391,22 @@ async fn the_server_going_away_mid_upload_leaves_the_previous_copy() {
     get(&moto, "flaky", "breakglass-backup.xlsx", &out);
     assert_eq!(std::fs::read(&out).unwrap(), b"the last good backup");
     assert_eq!(list(&moto, "flaky", ""), vec!["breakglass-backup.xlsx"]);
+}
+
+#[tokio::test]
+async fn the_bucket_tells_its_region() {
+    let moto = Moto::start();
+    moto.tool(&["create-bucket", "in-ireland", "", "eu-west-1"]);
+    let bucket = S3Bucket::new(
+        &settings(&moto, "in-ireland", "k", "secret-value-1"),
+        "",
+        Rotation::Overwrite,
+        None,
+    );
+    assert_eq!(
+        breakglass_storage::s3::discover_region(bucket.client(), "in-ireland")
+            .await
+            .as_deref(),
+        Some("eu-west-1")
+    );
 }

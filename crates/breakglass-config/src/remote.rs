@@ -57,6 +57,9 @@ pub struct S3Settings {
     pub protocol: Protocol,
     /// Region: configured, else `us-east-1`.
     pub region: String,
+    /// False when `s3_region` was not set: for AWS the bucket's own region
+    /// is then asked for before the first upload.
+    pub region_configured: bool,
     /// Access key id (not secret, but not shown in full either).
     pub access_key_id: String,
     /// Secret access key.

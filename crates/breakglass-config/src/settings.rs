@@ -455,6 +455,7 @@ impl Checker {
                         None
                     }
                 });
+        let region_configured = raw.get("s3_region").is_some();
         let region = self
             .parse(raw, "s3_region", |v| {
                 let ok = v.len() <= 32
@@ -487,6 +488,7 @@ impl Checker {
             endpoint,
             protocol,
             region,
+            region_configured,
             access_key_id: access_key_id?,
             secret_access_key: secret_access_key?,
             checksum,

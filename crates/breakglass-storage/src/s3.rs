@@ -52,6 +52,9 @@ const MAX_ATTEMPTS: u32 = 4;
 #[derive(Clone, Debug)]
 pub struct S3Bucket {
     client: aws_sdk_s3::Client,
+    /// Ask the bucket for its region before the first upload (AWS with no
+    /// `s3_region` configured).
+    discover_region: bool,
     bucket: String,
     prefix: String,
     rotation: Rotation,
@@ -129,6 +132,7 @@ impl S3Bucket {
         };
         Self {
             client: aws_sdk_s3::Client::from_conf(config.build()),
+            discover_region: settings.endpoint.is_none() && !settings.region_configured,
             bucket: settings.bucket.clone(),
             prefix: prefix.trim_matches('/').to_owned(),
             rotation,
@@ -438,21 +442,9 @@ impl S3Bucket {
         }
         Ok(older)
     }
-}
 
-const XLSX_CONTENT_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
-
-impl Destination for S3Bucket {
-    fn describe(&self) -> String {
-        let prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("/{}", self.prefix)
-        };
-        format!("s3:{}/{}{prefix}", self.endpoint, self.bucket)
-    }
-
-    async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
+    /// Stores `upload` under the rotation, verified, then prunes.
+    async fn upload_verified(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
         let name = naming::object_name(
             self.rotation,
             upload.created_at,
@@ -486,6 +478,49 @@ impl Destination for S3Bucket {
             }
         }
         Ok(receipt)
+    }
+}
+
+const XLSX_CONTENT_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+
+impl Destination for S3Bucket {
+    fn describe(&self) -> String {
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", self.prefix)
+        };
+        format!("s3:{}/{}{prefix}", self.endpoint, self.bucket)
+    }
+
+    async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
+        if self.discover_region
+            && let Some(region) = discover_region(&self.client, &self.bucket).await
+        {
+            tracing::info!(bucket = %self.bucket, region = %region, "using the bucket's own region");
+            let mut found = self.clone();
+            found.client = aws_sdk_s3::Client::from_conf(
+                self.client
+                    .config()
+                    .to_builder()
+                    .region(Region::new(region))
+                    .build(),
+            );
+            return found.upload_verified(upload).await;
+        }
+        self.upload_verified(upload).await
+    }
+}
+
+/// The bucket's region, as S3 reports it in `x-amz-bucket-region` — also on
+/// the 301/403 answers a least-privileged writer gets to HeadBucket.
+pub async fn discover_region(client: &aws_sdk_s3::Client, bucket: &str) -> Option<String> {
+    match client.head_bucket().bucket(bucket).send().await {
+        Ok(output) => output.bucket_region().map(str::to_owned),
+        Err(err) => err
+            .raw_response()
+            .and_then(|r| r.headers().get("x-amz-bucket-region"))
+            .map(str::to_owned),
     }
 }
 
