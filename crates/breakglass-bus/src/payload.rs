@@ -10,7 +10,7 @@
 
 use crate::{Bus, BusError};
 use async_nats::jetstream::object_store::{self, ObjectStore};
-use breakglass_core::{DeviceRow, Secret, SortedInventory};
+use breakglass_core::{DeviceRow, Secret, SortedItem};
 use breakglass_proto::v1;
 use prost::Message;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -173,37 +173,32 @@ impl Bus {
     }
 }
 
-/// Writes an inventory as a snapshot stream: for each project a
-/// `ProjectStart`, then its rows, each a length-delimited `SnapshotRecord`.
-pub fn write_snapshot(inventory: &SortedInventory, out: &mut dyn Write) -> std::io::Result<()> {
+/// Writes an inventory in workbook order as a snapshot stream: for each
+/// project a `ProjectStart`, then its rows, each a length-delimited
+/// `SnapshotRecord`. Returns each project's name and row count, in order.
+pub fn write_snapshot(
+    items: impl Iterator<Item = std::io::Result<SortedItem>>,
+    out: &mut dyn Write,
+) -> std::io::Result<Vec<(String, u64)>> {
     let mut buffer = Vec::with_capacity(512);
-    let mut emit = |record: v1::SnapshotRecord, out: &mut dyn Write| -> std::io::Result<()> {
+    let mut projects = Vec::new();
+    for item in items {
+        let record = match item? {
+            SortedItem::Project { name, rows } => {
+                projects.push((name.clone(), rows));
+                v1::snapshot_record::Record::Project(v1::ProjectStart { name, rows })
+            }
+            SortedItem::Row(row) => v1::snapshot_record::Record::Row(row_to_proto(&row)),
+        };
         buffer.clear();
-        record
-            .encode_length_delimited(&mut buffer)
-            .map_err(std::io::Error::other)?;
-        out.write_all(&buffer)
-    };
-    for project in &inventory.projects {
-        emit(
-            v1::SnapshotRecord {
-                record: Some(v1::snapshot_record::Record::Project(v1::ProjectStart {
-                    name: project.name.clone(),
-                    rows: project.rows.len() as u64,
-                })),
-            },
-            out,
-        )?;
-        for row in &project.rows {
-            emit(
-                v1::SnapshotRecord {
-                    record: Some(v1::snapshot_record::Record::Row(row_to_proto(row))),
-                },
-                out,
-            )?;
+        v1::SnapshotRecord {
+            record: Some(record),
         }
+        .encode_length_delimited(&mut buffer)
+        .map_err(std::io::Error::other)?;
+        out.write_all(&buffer)?;
     }
-    Ok(())
+    Ok(projects)
 }
 
 /// One item of a snapshot stream.
@@ -371,10 +366,10 @@ mod tests {
                 },
             );
         }
-        let sorted = inventory.into_sorted();
+        let sorted = inventory.into_sorted_stream().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snap.age");
-        key.encrypt_to_file(&path, |out| write_snapshot(&sorted, out))
+        key.encrypt_to_file(&path, |out| write_snapshot(sorted.stream, out).map(|_| ()))
             .unwrap();
         let stored = std::fs::read(&path).unwrap();
         assert!(

@@ -53,7 +53,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("collecting the inventory failed")?;
     let collected_at = chrono::Utc::now();
     progress.sorting();
-    let sorted = inventory.into_sorted();
+    let sorted = inventory
+        .into_sorted_stream()
+        .context("sorting the inventory failed")?;
+    let collect_warnings = sorted.warnings.clone();
+    let collect_warning_count = sorted.warning_count;
     progress.writing(sorted.rows);
 
     let temp = tempfile::Builder::new()
@@ -68,14 +72,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         temp_dir: temp.path().to_path_buf(),
         max_rows_per_sheet: EXCEL_MAX_DATA_ROWS,
     };
-    let (sorted, report) = {
+    let report = {
         let path = workbook.clone();
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || {
-            let report = breakglass_render::render_inventory(&sorted, options, &path, || {
-                progress.row_written()
-            });
-            (sorted, report)
+            breakglass_render::render_stream(sorted, options, &path, || progress.row_written())
         })
         .await
         .context("the render task failed")?
@@ -144,8 +145,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, "age") => println!("  encrypted with age to {}", sealed.key_id),
         _ => eprintln!("  warning: the workbook is stored UNENCRYPTED (encryption: none)"),
     }
-    let warning_count = sorted.warning_count + report.warning_count;
-    for warning in sorted.warnings.iter().chain(&report.warnings).take(20) {
+    let warning_count = collect_warning_count + report.warning_count;
+    for warning in collect_warnings.iter().chain(&report.warnings).take(20) {
         eprintln!(
             "  warning: project {:?}, device {:?}, {}: {}",
             warning.project, warning.device, warning.field, warning.message

@@ -247,7 +247,7 @@ mod tests {
         assert!(inventory.row_count() >= 24);
         assert_eq!(counter.get(), inventory.row_count());
         assert_eq!(inventory.warning_count(), 0);
-        let sorted = inventory.into_sorted();
+        let sorted = inventory.into_sorted().unwrap();
         assert!(sorted.projects.len() >= 3);
         assert!(sorted.projects.iter().any(|p| {
             p.name
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn values_are_kept_exactly() {
         let text = format!("{HEADER}P,AWS,web-1,SSH,,,,0022,password,root,\"=1+1,\nx\",,TRUE\n");
-        let sorted = read(text.as_bytes()).unwrap().into_sorted();
+        let sorted = read(text.as_bytes()).unwrap().into_sorted().unwrap();
         let row = &sorted.projects[0].rows[0];
         assert_eq!(row.port, "0022");
         assert_eq!(row.password.expose(), "=1+1,\nx");

@@ -81,6 +81,6 @@ mod tests {
         assert_eq!(a, b);
         let inventory = read_csv(a.as_slice(), "gen", &RowCounter::new()).unwrap();
         assert_eq!(inventory.row_count(), 500);
-        assert!(inventory.into_sorted().projects.len() <= 7);
+        assert!(inventory.into_sorted().unwrap().projects.len() <= 7);
     }
 }

@@ -69,23 +69,31 @@ impl Stage for Collector {
                     StageFailure::permanent(err.to_string())
                 }
             })?;
-        let sorted = collected.into_sorted();
         tracing::info!(
-            rows = sorted.rows,
-            projects = sorted.projects.len(),
-            warnings = sorted.warning_count,
+            rows = collected.row_count(),
+            projects = collected.project_count(),
+            warnings = collected.warning_count(),
             "inventory read"
         );
         let temp = private_temp_dir()?;
         let path = temp.path().join("snapshot.age");
         let key = self.key.clone();
-        let (sorted, path) = tokio::task::spawn_blocking(move || {
-            key.encrypt_to_file(&path, |out| write_snapshot(&sorted, out))
-                .map(|()| (sorted, path))
+        // Sorting (merging spilled runs) and encrypting stream together on a
+        // blocking thread; the snapshot never exists in plaintext.
+        let (summary, path) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let sorted = collected.into_sorted_stream()?;
+            let summary = (sorted.rows, sorted.warnings.clone(), sorted.warning_count);
+            let mut projects = Vec::new();
+            key.encrypt_to_file(&path, |out| {
+                projects = write_snapshot(sorted.stream, out)?;
+                Ok(())
+            })?;
+            Ok(((summary, projects), path))
         })
         .await
         .map_err(|err| StageFailure::retry(format!("snapshot task failed: {err}")))?
         .map_err(|err| StageFailure::retry(format!("writing the snapshot failed: {err}")))?;
+        let ((rows, warnings, warning_count), projects) = summary;
         let reference = bus
             .store_payload(&attempt_object_name(&run_id, "snapshot"), &path)
             .await
@@ -93,18 +101,17 @@ impl Stage for Collector {
         let ready = v1::SnapshotReady {
             snapshot: Some(reference),
             source: described,
-            rows: sorted.rows,
-            projects: sorted
-                .projects
-                .iter()
-                .map(|p| v1::ProjectCount {
-                    project: p.name.clone(),
+            rows,
+            projects: projects
+                .into_iter()
+                .map(|(project, rows)| v1::ProjectCount {
+                    project,
                     sheets: Vec::new(),
-                    rows: p.rows.len() as u64,
+                    rows,
                 })
                 .collect(),
-            warnings: sorted.warnings.iter().map(warning_to_proto).collect(),
-            warning_count: sorted.warning_count,
+            warnings: warnings.iter().map(warning_to_proto).collect(),
+            warning_count,
             collected_at_unix_ms: worker::chrono_now_ms(),
             trigger: Some(trigger),
         };

@@ -6,7 +6,7 @@
 //! run names it (invariant 2).
 
 use crate::device::DeviceRow;
-use crate::order::{device_order, project_order};
+use crate::spill::{Run, SortedItem, SortedStream};
 use std::collections::HashMap;
 
 /// How many warnings are listed in full; the rest are only counted, so a
@@ -39,19 +39,58 @@ pub struct ProjectRows {
     pub rows: Vec<DeviceRow>,
 }
 
-/// Rows grouped by project, with the warnings found on the way.
-#[derive(Debug, Default)]
+/// Rows grouped by project, with the warnings found on the way. Past
+/// [`crate::spill::DEFAULT_SPILL_ROWS`] rows, sorted runs go to unnamed temp
+/// files, so memory stays bounded whatever the inventory's size.
 pub struct Inventory {
-    projects: HashMap<String, Vec<DeviceRow>>,
+    names: Vec<String>,
+    index: HashMap<String, u32>,
+    counts: Vec<u64>,
+    buffer: Vec<(u32, DeviceRow)>,
+    runs: Vec<Run>,
+    spill_rows: usize,
+    spill_error: Option<std::io::Error>,
     warnings: Vec<RowWarning>,
     warning_count: u64,
     rows: u64,
+}
+
+impl Default for Inventory {
+    fn default() -> Self {
+        Self::with_spill_rows(crate::spill::DEFAULT_SPILL_ROWS)
+    }
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory")
+            .field("rows", &self.rows)
+            .field("projects", &self.names.len())
+            .field("runs", &self.runs.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Inventory {
     /// An empty inventory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty inventory that spills a sorted run every `rows` rows.
+    pub fn with_spill_rows(rows: usize) -> Self {
+        Self {
+            names: Vec::new(),
+            index: HashMap::new(),
+            counts: Vec::new(),
+            buffer: Vec::new(),
+            runs: Vec::new(),
+            spill_rows: rows.max(1),
+            spill_error: None,
+            warnings: Vec::new(),
+            warning_count: 0,
+            rows: 0,
+        }
     }
 
     /// Adds one row to its project. An empty project or device name is
@@ -77,10 +116,27 @@ impl Inventory {
             });
         }
         self.rows += 1;
-        match self.projects.get_mut(project) {
-            Some(rows) => rows.push(row),
+        let index = match self.index.get(project) {
+            Some(index) => *index,
             None => {
-                self.projects.insert(project.to_owned(), vec![row]);
+                let index = self.names.len() as u32;
+                self.names.push(project.to_owned());
+                self.counts.push(0);
+                self.index.insert(project.to_owned(), index);
+                index
+            }
+        };
+        self.counts[index as usize] += 1;
+        self.buffer.push((index, row));
+        if self.buffer.len() >= self.spill_rows && self.spill_error.is_none() {
+            crate::spill::sort_buffer(&mut self.buffer, &self.names);
+            match Run::write(&self.buffer) {
+                Ok(run) => {
+                    self.runs.push(run);
+                    self.buffer.clear();
+                }
+                // Kept until the end: the rows stay in memory meanwhile.
+                Err(err) => self.spill_error = Some(err),
             }
         }
     }
@@ -109,24 +165,66 @@ impl Inventory {
         &self.warnings
     }
 
-    /// Consumes the inventory: projects in tab order, rows in workbook order.
-    pub fn into_sorted(self) -> SortedInventory {
-        let mut projects: Vec<ProjectRows> = self
-            .projects
-            .into_iter()
-            .map(|(name, mut rows)| {
-                rows.sort_unstable_by(device_order);
-                ProjectRows { name, rows }
-            })
-            .collect();
-        projects.sort_unstable_by(|a, b| project_order(&a.name, &b.name));
-        SortedInventory {
-            projects,
+    /// Number of projects seen so far.
+    pub fn project_count(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Consumes the inventory into a stream in workbook order (projects in
+    /// tab order, rows in sheet order), with the counts and warnings.
+    pub fn into_sorted_stream(self) -> std::io::Result<SortedRows> {
+        if let Some(err) = self.spill_error {
+            return Err(err);
+        }
+        Ok(SortedRows {
+            rows: self.rows,
+            projects: self.names.len() as u64,
             warnings: self.warnings,
             warning_count: self.warning_count,
-            rows: self.rows,
-        }
+            stream: SortedStream::new(self.names, self.counts, self.runs, self.buffer),
+        })
     }
+
+    /// Consumes the inventory into memory, in workbook order. For small
+    /// inventories and tests; big ones use [`Inventory::into_sorted_stream`].
+    pub fn into_sorted(self) -> std::io::Result<SortedInventory> {
+        let sorted = self.into_sorted_stream()?;
+        let mut projects: Vec<ProjectRows> = Vec::new();
+        let (rows, warnings, warning_count) = (sorted.rows, sorted.warnings, sorted.warning_count);
+        for item in sorted.stream {
+            match item? {
+                SortedItem::Project { name, rows } => projects.push(ProjectRows {
+                    name,
+                    rows: Vec::with_capacity(rows.min(1 << 20) as usize),
+                }),
+                SortedItem::Row(row) => {
+                    if let Some(project) = projects.last_mut() {
+                        project.rows.push(row);
+                    }
+                }
+            }
+        }
+        Ok(SortedInventory {
+            projects,
+            warnings,
+            warning_count,
+            rows,
+        })
+    }
+}
+
+/// An inventory in workbook order, streaming, with its counts.
+pub struct SortedRows {
+    /// All rows, counted.
+    pub rows: u64,
+    /// Number of projects (tabs before continuation).
+    pub projects: u64,
+    /// Warnings listed in full (at most [`MAX_LISTED_WARNINGS`]).
+    pub warnings: Vec<RowWarning>,
+    /// All warnings, counted.
+    pub warning_count: u64,
+    /// Project starts and rows, in order.
+    pub stream: SortedStream,
 }
 
 /// An inventory in workbook order, ready to render.
@@ -160,7 +258,7 @@ mod tests {
         inventory.push("b", row("web-2"));
         inventory.push("a", row(""));
         inventory.push("", row("orphan"));
-        let sorted = inventory.into_sorted();
+        let sorted = inventory.into_sorted().unwrap();
         let names: Vec<_> = sorted.projects.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec![UNNAMED_PROJECT, "a", "b"]);
         let b: Vec<_> = sorted.projects[2]
@@ -178,6 +276,49 @@ mod tests {
                 .iter()
                 .any(|w| w.field == "Device name" && w.project == "a")
         );
+    }
+
+    #[test]
+    fn spilled_runs_merge_into_the_same_order() {
+        let names = ["web-10", "web-2", "db", "WEB-2", "app-1", "app-10", "app-9"];
+        let mut small = Inventory::with_spill_rows(3);
+        let mut whole = Inventory::with_spill_rows(usize::MAX);
+        for i in 0..200u32 {
+            let project = ["b", "a", "c"][(i % 3) as usize];
+            let device = format!("{}-{}", names[(i % 7) as usize], i % 11);
+            for inventory in [&mut small, &mut whole] {
+                inventory.push(
+                    project,
+                    DeviceRow {
+                        device_name: device.clone(),
+                        account: format!("acct{i}"),
+                        ..DeviceRow::default()
+                    },
+                );
+            }
+        }
+        assert!(small.runs.len() > 10, "the small inventory spilled");
+        let a = small.into_sorted().unwrap();
+        let b = whole.into_sorted().unwrap();
+        let flat = |s: &SortedInventory| -> Vec<(String, String, String)> {
+            s.projects
+                .iter()
+                .flat_map(|p| {
+                    p.rows
+                        .iter()
+                        .map(move |r| (p.name.clone(), r.device_name.clone(), r.account.clone()))
+                })
+                .collect()
+        };
+        assert_eq!(flat(&a), flat(&b));
+        assert_eq!(
+            a.projects
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(a.rows, 200);
     }
 
     #[test]

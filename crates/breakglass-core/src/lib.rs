@@ -9,6 +9,8 @@
 //!   name, then account).
 //! - [`inventory`]: an inventory grouped by project and sorted, plus the
 //!   per-row warnings collected on the way.
+//! - [`spill`]: sorting bigger-than-memory inventories through sorted runs
+//!   on unnamed temp files.
 //! - [`run`]: run ids.
 //! - [`private_fs`]: files that may hold credentials (0600/0700) and their hash.
 //!
@@ -21,8 +23,10 @@ pub mod order;
 pub mod private_fs;
 pub mod run;
 pub mod secret;
+pub mod spill;
 
 pub use device::{COLUMNS, DeviceRow};
-pub use inventory::{Inventory, ProjectRows, RowWarning, SortedInventory};
+pub use inventory::{Inventory, ProjectRows, RowWarning, SortedInventory, SortedRows};
 pub use run::{RunId, RunIdError};
 pub use secret::Secret;
+pub use spill::{SortedItem, SortedStream};

@@ -39,14 +39,13 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
 }
 
 /// The workbook order of two rows: device name naturally, then account
-/// naturally, then raw text of both for a total order.
+/// naturally, then the raw text of every column, so the order is total:
+/// rows that compare equal are identical, and the same inventory always
+/// gives the same sheets, however it was read or spilled.
 pub fn device_order(a: &DeviceRow, b: &DeviceRow) -> Ordering {
     natural_cmp(&a.device_name, &b.device_name)
         .then_with(|| natural_cmp(&a.account, &b.account))
-        .then_with(|| a.device_name.cmp(&b.device_name))
-        .then_with(|| a.account.cmp(&b.account))
-        .then_with(|| a.protocol.cmp(&b.protocol))
-        .then_with(|| a.port.cmp(&b.port))
+        .then_with(|| a.cells().cmp(&b.cells()))
 }
 
 /// The order of project tabs: natural, then raw text.
@@ -73,6 +72,13 @@ fn cmp_numeric(a: &str, b: &str) -> Ordering {
 }
 
 fn cmp_caseless(a: &str, b: &str) -> Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        // The common case, without Unicode case tables.
+        return a
+            .bytes()
+            .map(|c| c.to_ascii_lowercase())
+            .cmp(b.bytes().map(|c| c.to_ascii_lowercase()));
+    }
     a.chars()
         .flat_map(char::to_lowercase)
         .cmp(b.chars().flat_map(char::to_lowercase))

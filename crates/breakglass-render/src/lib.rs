@@ -484,7 +484,31 @@ fn persist(file: tempfile::TempPath, path: &Path) -> Result<(), RenderError> {
     // `file` (the temp copy) is deleted when dropped here.
 }
 
-/// Renders a whole in-memory inventory (the embedded mode's path).
+/// Renders an inventory streaming in workbook order (the embedded mode's
+/// path): rows go from the sorted runs straight into the file.
+pub fn render_stream(
+    rows: breakglass_core::SortedRows,
+    options: RenderOptions,
+    path: &Path,
+    mut on_row: impl FnMut(),
+) -> Result<RenderReport, RenderError> {
+    let mut builder = WorkbookBuilder::new(options)?;
+    builder.add_collect_warnings(&rows.warnings, rows.warning_count);
+    for item in rows.stream {
+        match item.map_err(|err| RenderError::io("reading the sorted inventory", err))? {
+            breakglass_core::SortedItem::Project { name, rows } => {
+                builder.begin_project(&name, rows)?
+            }
+            breakglass_core::SortedItem::Row(row) => {
+                builder.write_row(&row)?;
+                on_row();
+            }
+        }
+    }
+    builder.finish(path)
+}
+
+/// Renders a whole in-memory inventory (small inventories and tests).
 pub fn render_inventory(
     inventory: &breakglass_core::SortedInventory,
     options: RenderOptions,

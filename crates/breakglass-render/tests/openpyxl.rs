@@ -134,7 +134,7 @@ fn openpyxl_reads_tabs_values_frozen_header_and_autofilter() {
     for i in 0..5 {
         inventory.push("財務 'core' 系統", row(&format!("web-{i}"), "pw"));
     }
-    let sorted = inventory.into_sorted();
+    let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.xlsx");
     let options = RenderOptions {

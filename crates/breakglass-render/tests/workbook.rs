@@ -67,7 +67,7 @@ fn hostile_values_round_trip_exactly_as_text() {
     for (i, password) in hostile.iter().enumerate() {
         inventory.push("P", row(&format!("host-{i}"), "root", password));
     }
-    let sorted = inventory.into_sorted();
+    let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.xlsx");
     render_inventory(&sorted, options(dir.path(), 1_048_575), &path, || {}).unwrap();
@@ -100,7 +100,7 @@ fn projects_get_distinct_valid_tabs_in_natural_order() {
         inventory.push(project, row("web-2", "root", "y"));
         inventory.push(project, row("WEB-2", "admin", "z"));
     }
-    let sorted = inventory.into_sorted();
+    let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.xlsx");
     let report = render_inventory(&sorted, options(dir.path(), 1_048_575), &path, || {}).unwrap();
@@ -166,7 +166,7 @@ fn rows_past_the_sheet_limit_continue_on_another_tab() {
     for i in 0..2_500 {
         inventory.push("big", row(&format!("host-{i}"), "root", &format!("pw-{i}")));
     }
-    let sorted = inventory.into_sorted();
+    let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.xlsx");
     let report = render_inventory(&sorted, options(dir.path(), 1_000), &path, || {}).unwrap();
@@ -189,7 +189,7 @@ fn carriage_returns_survive_and_cut_values_are_reported_on_the_summary() {
     let mut inventory = Inventory::new();
     inventory.push("P", row("host-1", "root", "line1\r\nline2\rend"));
     inventory.push("P", row("host-2", "root", &long));
-    let sorted = inventory.into_sorted();
+    let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.xlsx");
     let report = render_inventory(&sorted, options(dir.path(), 1_048_575), &path, || {}).unwrap();
@@ -232,7 +232,7 @@ fn an_unfinished_workbook_leaves_no_file_behind() {
 fn no_part_uses_zip64_extensions() {
     let mut inventory = Inventory::new();
     inventory.push("P", row("host-1", "root", "pw"));
-    let sorted = inventory.into_sorted();
+    let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.xlsx");
     render_inventory(&sorted, options(dir.path(), 1_048_575), &path, || {}).unwrap();

@@ -1,0 +1,253 @@
+//! Sorting an inventory bigger than memory: rows are buffered, and every
+//! [`DEFAULT_SPILL_ROWS`] rows the buffer is sorted and written to an
+//! unnamed temp file (unlinked at once, so no other process can open it, and
+//! gone when closed). At the end the sorted runs are merged, streaming, into
+//! workbook order. Memory stays at about one buffer, whatever the size.
+
+use crate::device::DeviceRow;
+use crate::order::{device_order, project_order};
+use crate::secret::Secret;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
+
+/// Rows held in memory before a sorted run is written out.
+pub const DEFAULT_SPILL_ROWS: usize = 50_000;
+
+/// One item of an inventory in workbook order.
+// Items are handled one at a time and never stored in bulk.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum SortedItem {
+    /// A project starts; `rows` rows follow.
+    Project {
+        /// The project name.
+        name: String,
+        /// How many rows follow.
+        rows: u64,
+    },
+    /// The next row of the current project.
+    Row(DeviceRow),
+}
+
+/// A sorted run written to disk.
+pub(crate) struct Run {
+    reader: BufReader<std::fs::File>,
+}
+
+impl Run {
+    /// Writes `rows` (already sorted) to a new unnamed temp file.
+    pub(crate) fn write(rows: &[(u32, DeviceRow)]) -> std::io::Result<Self> {
+        let mut file = tempfile::tempfile()?;
+        {
+            let mut out = BufWriter::with_capacity(1 << 16, &mut file);
+            for (project, row) in rows {
+                out.write_all(&project.to_le_bytes())?;
+                for cell in row.cells() {
+                    out.write_all(&(cell.len() as u32).to_le_bytes())?;
+                    out.write_all(cell.as_bytes())?;
+                }
+            }
+            out.flush()?;
+        }
+        file.rewind()?;
+        Ok(Self {
+            reader: BufReader::with_capacity(1 << 16, file),
+        })
+    }
+
+    fn next(&mut self) -> std::io::Result<Option<(u32, DeviceRow)>> {
+        let mut word = [0u8; 4];
+        match self.reader.read_exact(&mut word) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(err) => return Err(err),
+        }
+        let project = u32::from_le_bytes(word);
+        let mut cells: [String; 12] = Default::default();
+        for cell in &mut cells {
+            self.reader.read_exact(&mut word)?;
+            let mut bytes = vec![0u8; u32::from_le_bytes(word) as usize];
+            self.reader.read_exact(&mut bytes)?;
+            *cell = String::from_utf8(bytes).map_err(std::io::Error::other)?;
+        }
+        let [
+            provider,
+            device_name,
+            protocol,
+            public_ip,
+            private_ip,
+            url,
+            port,
+            access_type,
+            account,
+            password,
+            pem_file_name,
+            extra,
+        ] = cells;
+        Ok(Some((
+            project,
+            DeviceRow {
+                provider,
+                device_name,
+                protocol,
+                public_ip,
+                private_ip,
+                url,
+                port,
+                access_type,
+                account,
+                password: Secret::new(password),
+                pem_file_name,
+                extra_credential: Secret::new(extra),
+            },
+        )))
+    }
+}
+
+/// Ranks of project indices in tab order.
+pub(crate) fn project_ranks(names: &[String]) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_unstable_by(|a, b| project_order(&names[*a], &names[*b]));
+    let mut ranks = vec![0u32; names.len()];
+    for (rank, index) in order.into_iter().enumerate() {
+        ranks[index] = rank as u32;
+    }
+    ranks
+}
+
+/// Sorts a buffer into workbook order.
+pub(crate) fn sort_buffer(buffer: &mut [(u32, DeviceRow)], names: &[String]) {
+    let ranks = project_ranks(names);
+    buffer.sort_unstable_by(|a, b| {
+        ranks[a.0 as usize]
+            .cmp(&ranks[b.0 as usize])
+            .then_with(|| device_order(&a.1, &b.1))
+    });
+}
+
+struct Head {
+    rank: u32,
+    project: u32,
+    row: DeviceRow,
+    source: usize,
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Head {}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Head {
+    /// Reversed, so the max-heap pops the smallest row first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .rank
+            .cmp(&self.rank)
+            .then_with(|| device_order(&other.row, &self.row))
+            .then_with(|| other.source.cmp(&self.source))
+    }
+}
+
+enum Source {
+    Disk(Run),
+    Memory(std::vec::IntoIter<(u32, DeviceRow)>),
+}
+
+impl Source {
+    fn next(&mut self) -> std::io::Result<Option<(u32, DeviceRow)>> {
+        match self {
+            Self::Disk(run) => run.next(),
+            Self::Memory(rows) => Ok(rows.next()),
+        }
+    }
+}
+
+/// The merged, sorted rows: project starts and rows, streaming.
+pub struct SortedStream {
+    names: Vec<String>,
+    counts: Vec<u64>,
+    ranks: Vec<u32>,
+    sources: Vec<Source>,
+    heap: BinaryHeap<Head>,
+    current: Option<u32>,
+    pending: Option<DeviceRow>,
+    started: bool,
+}
+
+impl SortedStream {
+    pub(crate) fn new(
+        names: Vec<String>,
+        counts: Vec<u64>,
+        runs: Vec<Run>,
+        mut buffer: Vec<(u32, DeviceRow)>,
+    ) -> Self {
+        sort_buffer(&mut buffer, &names);
+        let ranks = project_ranks(&names);
+        let mut sources: Vec<Source> = runs.into_iter().map(Source::Disk).collect();
+        sources.push(Source::Memory(buffer.into_iter()));
+        Self {
+            names,
+            counts,
+            ranks,
+            sources,
+            heap: BinaryHeap::new(),
+            current: None,
+            pending: None,
+            started: false,
+        }
+    }
+
+    fn fill(&mut self, source: usize) -> std::io::Result<()> {
+        if let Some((project, row)) = self.sources[source].next()? {
+            self.heap.push(Head {
+                rank: self.ranks[project as usize],
+                project,
+                row,
+                source,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for SortedStream {
+    type Item = std::io::Result<SortedItem>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.started {
+            self.started = true;
+            for source in 0..self.sources.len() {
+                if let Err(err) = self.fill(source) {
+                    return Some(Err(err));
+                }
+            }
+        }
+        if let Some(row) = self.pending.take() {
+            return Some(Ok(SortedItem::Row(row)));
+        }
+        let head = self.heap.pop()?;
+        if let Err(err) = self.fill(head.source) {
+            return Some(Err(err));
+        }
+        if self.current != Some(head.project) {
+            self.current = Some(head.project);
+            self.pending = Some(head.row);
+            let index = head.project as usize;
+            return Some(Ok(SortedItem::Project {
+                name: self.names[index].clone(),
+                rows: self.counts[index],
+            }));
+        }
+        Some(Ok(SortedItem::Row(head.row)))
+    }
+}
