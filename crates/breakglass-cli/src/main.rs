@@ -9,6 +9,7 @@
 //!
 //! Errors print as one line on stderr and exit non-zero.
 
+mod bus_args;
 mod progress;
 mod run_once;
 mod status;

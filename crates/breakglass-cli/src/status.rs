@@ -5,24 +5,15 @@
 //! or a monitoring check.
 
 use breakglass_bus::Bus;
-use breakglass_config::{RawConfig, Settings};
 use breakglass_proto::v1;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags of `status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A `key: value` config file (for `nats_url`, `bus_prefix`).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// NATS URL (overrides `nats_url`).
-    #[arg(long)]
-    nats: Option<String>,
-    /// Subject prefix (overrides `bus_prefix`).
-    #[arg(long)]
-    prefix: Option<String>,
+    #[command(flatten)]
+    bus: crate::bus_args::BusArgs,
     /// A copy older than this many hours makes the check fail.
     #[arg(long, default_value_t = 26.0)]
     max_age: f64,
@@ -38,19 +29,7 @@ struct DestinationState {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _telemetry =
         breakglass_telemetry::init_with_default("breakglass-cli", tracing::Level::WARN)?;
-    let mut raw = match &args.config {
-        Some(path) => RawConfig::from_file(path)?,
-        None => RawConfig::new(),
-    };
-    if let Some(nats) = &args.nats {
-        raw.override_with("nats_url", nats, "--nats")
-            .map_err(|p| anyhow::anyhow!("{p}"))?;
-    }
-    if let Some(prefix) = &args.prefix {
-        raw.override_with("bus_prefix", prefix, "--prefix")
-            .map_err(|p| anyhow::anyhow!("{p}"))?;
-    }
-    let settings = Settings::from_raw(&raw)?;
+    let settings = args.bus.settings()?;
     let bus = Bus::connect(breakglass_service::bus_options(&settings)).await?;
     let runs = bus.recent_runs().await?;
     bus.close().await;

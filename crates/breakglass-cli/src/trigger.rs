@@ -3,10 +3,8 @@
 
 use anyhow::Context;
 use breakglass_bus::Bus;
-use breakglass_config::{RawConfig, Settings};
 use breakglass_core::RunId;
 use breakglass_proto::v1;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tracing::Instrument;
@@ -14,15 +12,8 @@ use tracing::Instrument;
 /// Flags of `trigger`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A `key: value` config file (for `nats_url`, `bus_prefix`).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// NATS URL (overrides `nats_url`).
-    #[arg(long)]
-    nats: Option<String>,
-    /// Subject prefix (overrides `bus_prefix`).
-    #[arg(long)]
-    prefix: Option<String>,
+    #[command(flatten)]
+    bus: crate::bus_args::BusArgs,
     /// Why the run is wanted; shown in the run log.
     #[arg(long, default_value = "")]
     reason: String,
@@ -43,32 +34,12 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _telemetry =
         breakglass_telemetry::init_with_default("breakglass-cli", tracing::Level::WARN)?;
-    let mut raw = match &args.config {
-        Some(path) => RawConfig::from_file(path)?,
-        None => RawConfig::new(),
-    };
-    if let Some(nats) = &args.nats {
-        raw.override_with("nats_url", nats, "--nats")
-            .map_err(|p| anyhow::anyhow!("{p}"))?;
-    }
-    if let Some(prefix) = &args.prefix {
-        raw.override_with("bus_prefix", prefix, "--prefix")
-            .map_err(|p| anyhow::anyhow!("{p}"))?;
-    }
-    let settings = Settings::from_raw(&raw)?;
+    let settings = args.bus.settings()?;
     let run_id = match &args.run_id {
         Some(id) => RunId::parse(id)?,
         None => RunId::generate(),
     };
-    let bus = Bus::connect(breakglass_bus::BusOptions {
-        url: settings.nats_url.clone(),
-        prefix: settings.bus_prefix.clone(),
-        ack_wait: settings.ack_wait,
-        max_deliver: settings.max_deliver,
-        payload_ttl: settings.payload_ttl,
-        payload_key: None,
-    })
-    .await?;
+    let bus = Bus::connect(breakglass_service::bus_options(&settings)).await?;
     let trigger = v1::TriggerRequested {
         run_id: run_id.to_string(),
         reason: v1::TriggerReason::OnDemand as i32,

@@ -7,7 +7,7 @@
 //! empty project) becomes a warning instead.
 
 use crate::{CSV_HEADER, CollectError, RowCounter, Source};
-use breakglass_core::{DeviceRow, Inventory, Secret};
+use breakglass_core::{DeviceRow, Inventory};
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -143,38 +143,8 @@ pub fn read_csv(
                 rule: "is not valid UTF-8 (save the file as UTF-8)".into(),
             })?;
         }
-        let [
-            project,
-            provider,
-            device_name,
-            protocol,
-            public_ip,
-            private_ip,
-            url,
-            port,
-            access_type,
-            account,
-            password,
-            pem_file_name,
-            extra,
-        ] = fields;
-        inventory.push(
-            &project,
-            DeviceRow {
-                provider,
-                device_name,
-                protocol,
-                public_ip,
-                private_ip,
-                url,
-                port,
-                access_type,
-                account,
-                password: Secret::new(password),
-                pem_file_name,
-                extra_credential: Secret::new(extra),
-            },
-        );
+        let [project, cells @ ..] = fields;
+        inventory.push(&project, DeviceRow::from_cells(cells));
         counter.add();
     }
     Ok(inventory)

@@ -117,38 +117,8 @@ impl SqlSource {
                         rule: format!("cannot be read as text: {err}"),
                     })?;
             }
-            let [
-                project,
-                provider,
-                device_name,
-                protocol,
-                public_ip,
-                private_ip,
-                url,
-                port,
-                access_type,
-                account,
-                password,
-                pem_file_name,
-                extra,
-            ] = fields;
-            inventory.push(
-                &project,
-                DeviceRow {
-                    provider,
-                    device_name,
-                    protocol,
-                    public_ip,
-                    private_ip,
-                    url,
-                    port,
-                    access_type,
-                    account,
-                    password: Secret::new(password),
-                    pem_file_name,
-                    extra_credential: Secret::new(extra),
-                },
-            );
+            let [project, cells @ ..] = fields;
+            inventory.push(&project, DeviceRow::from_cells(cells));
             counter.add();
         }
         Ok(inventory)

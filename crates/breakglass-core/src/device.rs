@@ -68,6 +68,39 @@ impl DeviceRow {
         ]
     }
 
+    /// A row from the 12 cell values in [`COLUMNS`] order (the inverse of
+    /// [`DeviceRow::cells`]).
+    pub fn from_cells(cells: [String; 12]) -> Self {
+        let [
+            provider,
+            device_name,
+            protocol,
+            public_ip,
+            private_ip,
+            url,
+            port,
+            access_type,
+            account,
+            password,
+            pem_file_name,
+            extra,
+        ] = cells;
+        Self {
+            provider,
+            device_name,
+            protocol,
+            public_ip,
+            private_ip,
+            url,
+            port,
+            access_type,
+            account,
+            password: Secret::new(password),
+            pem_file_name,
+            extra_credential: Secret::new(extra),
+        }
+    }
+
     /// True for the columns that hold a credential ([`COLUMNS`] index).
     pub fn is_secret_column(index: usize) -> bool {
         matches!(index, 9 | 11)

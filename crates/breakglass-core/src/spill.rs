@@ -6,7 +6,6 @@
 
 use crate::device::DeviceRow;
 use crate::order::{device_order, project_order};
-use crate::secret::Secret;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
@@ -71,37 +70,7 @@ impl Run {
             self.reader.read_exact(&mut bytes)?;
             *cell = String::from_utf8(bytes).map_err(std::io::Error::other)?;
         }
-        let [
-            provider,
-            device_name,
-            protocol,
-            public_ip,
-            private_ip,
-            url,
-            port,
-            access_type,
-            account,
-            password,
-            pem_file_name,
-            extra,
-        ] = cells;
-        Ok(Some((
-            project,
-            DeviceRow {
-                provider,
-                device_name,
-                protocol,
-                public_ip,
-                private_ip,
-                url,
-                port,
-                access_type,
-                account,
-                password: Secret::new(password),
-                pem_file_name,
-                extra_credential: Secret::new(extra),
-            },
-        )))
+        Ok(Some((project, DeviceRow::from_cells(cells))))
     }
 }
 

@@ -25,6 +25,7 @@
 //!   `SSL_CERT_FILE`) plus the configured `ca_bundle`; no OpenSSL.
 
 use crate::naming::{self, is_rotated_name};
+use crate::transport::{explain_transport, md5_file, read_full};
 use crate::{Destination, Receipt, StorageError, Upload};
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{
@@ -46,9 +47,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use md5::{Digest, Md5};
 use std::collections::HashMap;
-use std::io::Read;
 use std::num::NonZero;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -573,7 +572,10 @@ impl AzureContainer {
                     .unwrap_or_default();
                 format!("{action} failed with {other}: {message}")
             }
-            None => explain_transport(detail),
+            None => explain_transport(
+                detail,
+                "blob_endpoint (or blob_account_name / blob_endpoint_suffix)",
+            ),
         }
     }
 
@@ -844,64 +846,6 @@ fn error_chain(err: &azure_core::Error) -> String {
         source = inner.source();
     }
     text
-}
-
-/// Names the connection problem (DNS, refused, TLS) and its fix.
-fn explain_transport(detail: &str) -> String {
-    let lower = detail.to_ascii_lowercase();
-    if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
-        format!(
-            "the server's TLS certificate is not signed by a trusted CA (unknown issuer): set ca_bundle to the CA's PEM file ({detail})"
-        )
-    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
-        format!(
-            "the server's TLS certificate is for another host name: use the name on the certificate in the blob endpoint ({detail})"
-        )
-    } else if lower.contains("invalid peer certificate") && lower.contains("expired") {
-        format!("the server's TLS certificate has expired ({detail})")
-    } else if lower.contains("dns error")
-        || lower.contains("failed to lookup")
-        || lower.contains("name or service not known")
-    {
-        format!(
-            "the endpoint's host name does not resolve (DNS): check the account name, blob_endpoint_suffix or blob_endpoint ({detail})"
-        )
-    } else if lower.contains("connection refused") {
-        format!(
-            "the endpoint refused the connection: check the blob endpoint and that the service runs ({detail})"
-        )
-    } else if lower.contains("timed out") || lower.contains("operation timeout") {
-        format!("the endpoint did not answer in time ({detail})")
-    } else {
-        detail.to_owned()
-    }
-}
-
-fn md5_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Md5::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher.finalize().to_vec())
-}
-
-/// Reads until `buffer` is full or the file ends; returns the bytes read.
-fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        let n = file.read(&mut buffer[filled..])?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]

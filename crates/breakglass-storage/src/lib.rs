@@ -17,6 +17,7 @@ pub mod azure;
 pub mod local;
 pub mod naming;
 pub mod s3;
+mod transport;
 
 use breakglass_config::{Rotation, Settings, StorageKind};
 use chrono::{DateTime, Utc};

@@ -23,6 +23,7 @@
 //!   the configured `ca_bundle`.
 
 use crate::naming::{self, is_rotated_name};
+use crate::transport::{explain_transport, md5_file, read_full};
 use crate::{Destination, Receipt, StorageError, Upload};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -37,8 +38,6 @@ use breakglass_config::{CaBundle, ChecksumMode, Rotation, S3Settings};
 use breakglass_core::Secret;
 use breakglass_core::secret::MASK;
 use md5::{Digest, Md5};
-use std::io::Read;
-use std::path::Path;
 use std::time::Duration;
 
 /// Files up to this size go as one PUT; larger ones as multipart.
@@ -573,34 +572,7 @@ fn explain(
             format!("the bucket is in another region ({}): set s3_region to the bucket's region", code.unwrap_or_default())
         }
         Some("SlowDown") => "the server asks to slow down (SlowDown); retried with back-off".into(),
-        _ => explain_transport(detail),
-    }
-}
-
-/// Names the connection problem (DNS, refused, TLS) and its fix.
-fn explain_transport(detail: &str) -> String {
-    let lower = detail.to_ascii_lowercase();
-    if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
-        format!(
-            "the server's TLS certificate is not signed by a trusted CA (unknown issuer): set ca_bundle to the CA's PEM file ({detail})"
-        )
-    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
-        format!(
-            "the server's TLS certificate is for another host name: use the name on the certificate in s3_url ({detail})"
-        )
-    } else if lower.contains("expired") {
-        format!("the server's TLS certificate has expired ({detail})")
-    } else if lower.contains("dns error")
-        || lower.contains("failed to lookup")
-        || lower.contains("name or service not known")
-    {
-        format!("the endpoint's host name does not resolve (DNS): check s3_url ({detail})")
-    } else if lower.contains("connection refused") {
-        format!(
-            "the endpoint refused the connection: check s3_url and that the server runs ({detail})"
-        )
-    } else {
-        detail.to_owned()
+        _ => explain_transport(detail, "s3_url"),
     }
 }
 
@@ -610,33 +582,6 @@ fn shorten_key_id(key: &str) -> String {
     } else {
         format!("{}…{}", &key[..4], &key[key.len() - 4..])
     }
-}
-
-fn md5_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Md5::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher.finalize().to_vec())
-}
-
-/// Reads until `buffer` is full or the file ends; returns the bytes read.
-fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        let n = file.read(&mut buffer[filled..])?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
