@@ -357,14 +357,16 @@ mod tests {
             ("b", "web-2", "x"),
             ("a", "db", "=1+1"),
         ] {
-            inventory.push(
-                project,
-                DeviceRow {
-                    device_name: device.into(),
-                    password: Secret::new(password),
-                    ..DeviceRow::default()
-                },
-            );
+            inventory
+                .push(
+                    project,
+                    DeviceRow {
+                        device_name: device.into(),
+                        password: Secret::new(password),
+                        ..DeviceRow::default()
+                    },
+                )
+                .unwrap();
         }
         let sorted = inventory.into_sorted_stream().unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -60,10 +60,25 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let collect_warning_count = sorted.warning_count;
     progress.writing(sorted.rows);
 
+    breakglass_core::private_fs::sweep_stale_dirs(
+        &["breakglass-run-once-"],
+        std::time::Duration::from_secs(3600),
+    );
     let temp = tempfile::Builder::new()
         .prefix("breakglass-run-once-")
         .tempdir()
         .context("cannot create a private temp directory")?;
+    // Ctrl-C must not leave the plain workbook behind.
+    let cleanup = temp.path().to_path_buf();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = std::fs::remove_dir_all(&cleanup);
+            eprintln!(
+                "breakglass: interrupted; nothing was stored and the working files are removed"
+            );
+            std::process::exit(130);
+        }
+    });
     let workbook = temp.path().join("workbook.xlsx");
     let options = RenderOptions {
         run_id: run_id.to_string(),

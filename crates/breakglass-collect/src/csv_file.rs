@@ -144,7 +144,12 @@ pub fn read_csv(
             })?;
         }
         let [project, cells @ ..] = fields;
-        inventory.push(&project, DeviceRow::from_cells(cells));
+        inventory
+            .push(&project, DeviceRow::from_cells(cells))
+            .map_err(|err| CollectError::Io {
+                path: name.into(),
+                reason: format!("sorting needs temp space: {err}"),
+            })?;
         counter.add();
     }
     Ok(inventory)

@@ -118,7 +118,9 @@ impl SqlSource {
                     })?;
             }
             let [project, cells @ ..] = fields;
-            inventory.push(&project, DeviceRow::from_cells(cells));
+            inventory
+                .push(&project, DeviceRow::from_cells(cells))
+                .map_err(|err| self.fail(format!("sorting needs temp space: {err}")))?;
             counter.add();
         }
         Ok(inventory)

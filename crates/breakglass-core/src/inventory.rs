@@ -49,7 +49,7 @@ pub struct Inventory {
     buffer: Vec<(u32, DeviceRow)>,
     runs: Vec<Run>,
     spill_rows: usize,
-    spill_error: Option<std::io::Error>,
+    spill_key: Option<age::x25519::Identity>,
     warnings: Vec<RowWarning>,
     warning_count: u64,
     rows: u64,
@@ -86,7 +86,7 @@ impl Inventory {
             buffer: Vec::new(),
             runs: Vec::new(),
             spill_rows: rows.max(1),
-            spill_error: None,
+            spill_key: None,
             warnings: Vec::new(),
             warning_count: 0,
             rows: 0,
@@ -94,8 +94,9 @@ impl Inventory {
     }
 
     /// Adds one row to its project. An empty project or device name is
-    /// kept and reported, never dropped.
-    pub fn push(&mut self, project: &str, row: DeviceRow) {
+    /// kept and reported, never dropped. Fails only when a sorted run cannot
+    /// be written to temp storage (disk full): the caller stops reading.
+    pub fn push(&mut self, project: &str, row: DeviceRow) -> std::io::Result<()> {
         let project = if project.trim().is_empty() {
             self.warn(RowWarning {
                 project: UNNAMED_PROJECT.into(),
@@ -128,17 +129,15 @@ impl Inventory {
         };
         self.counts[index as usize] += 1;
         self.buffer.push((index, row));
-        if self.buffer.len() >= self.spill_rows && self.spill_error.is_none() {
+        if self.buffer.len() >= self.spill_rows {
             crate::spill::sort_buffer(&mut self.buffer, &self.names);
-            match Run::write(&self.buffer) {
-                Ok(run) => {
-                    self.runs.push(run);
-                    self.buffer.clear();
-                }
-                // Kept until the end: the rows stay in memory meanwhile.
-                Err(err) => self.spill_error = Some(err),
-            }
+            let key = self
+                .spill_key
+                .get_or_insert_with(age::x25519::Identity::generate);
+            self.runs.push(Run::write(&self.buffer, key)?);
+            self.buffer.clear();
         }
+        Ok(())
     }
 
     /// Records a warning; only the first [`MAX_LISTED_WARNINGS`] are kept in
@@ -173,9 +172,6 @@ impl Inventory {
     /// Consumes the inventory into a stream in workbook order (projects in
     /// tab order, rows in sheet order), with the counts and warnings.
     pub fn into_sorted_stream(self) -> std::io::Result<SortedRows> {
-        if let Some(err) = self.spill_error {
-            return Err(err);
-        }
         Ok(SortedRows {
             rows: self.rows,
             projects: self.names.len() as u64,
@@ -254,10 +250,10 @@ mod tests {
     #[test]
     fn groups_and_sorts_and_keeps_bad_rows() {
         let mut inventory = Inventory::new();
-        inventory.push("b", row("web-10"));
-        inventory.push("b", row("web-2"));
-        inventory.push("a", row(""));
-        inventory.push("", row("orphan"));
+        inventory.push("b", row("web-10")).unwrap();
+        inventory.push("b", row("web-2")).unwrap();
+        inventory.push("a", row("")).unwrap();
+        inventory.push("", row("orphan")).unwrap();
         let sorted = inventory.into_sorted().unwrap();
         let names: Vec<_> = sorted.projects.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec![UNNAMED_PROJECT, "a", "b"]);
@@ -287,14 +283,16 @@ mod tests {
             let project = ["b", "a", "c"][(i % 3) as usize];
             let device = format!("{}-{}", names[(i % 7) as usize], i % 11);
             for inventory in [&mut small, &mut whole] {
-                inventory.push(
-                    project,
-                    DeviceRow {
-                        device_name: device.clone(),
-                        account: format!("acct{i}"),
-                        ..DeviceRow::default()
-                    },
-                );
+                inventory
+                    .push(
+                        project,
+                        DeviceRow {
+                            device_name: device.clone(),
+                            account: format!("acct{i}"),
+                            ..DeviceRow::default()
+                        },
+                    )
+                    .unwrap();
             }
         }
         assert!(small.runs.len() > 10, "the small inventory spilled");
@@ -325,7 +323,7 @@ mod tests {
     fn warnings_are_capped_but_counted() {
         let mut inventory = Inventory::new();
         for _ in 0..(MAX_LISTED_WARNINGS + 5) {
-            inventory.push("p", row(""));
+            inventory.push("p", row("")).unwrap();
         }
         assert_eq!(inventory.warnings().len(), MAX_LISTED_WARNINGS);
         assert_eq!(inventory.warning_count(), (MAX_LISTED_WARNINGS + 5) as u64);

@@ -34,6 +34,31 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// Removes this program's working folders in the system temp dir that were
+/// left by a crash (a SIGKILL skips the clean-up): folders whose name starts
+/// with one of `prefixes` and that nobody touched for `older_than`, so a
+/// concurrent process's folder is never removed. Returns how many went.
+pub fn sweep_stale_dirs(prefixes: &[&str], older_than: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let Some(cutoff) = std::time::SystemTime::now().checked_sub(older_than) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = prefixes.iter().any(|prefix| name.starts_with(prefix));
+        let stale = entry
+            .metadata()
+            .is_ok_and(|m| m.is_dir() && m.modified().is_ok_and(|t| t < cutoff));
+        if ours && stale && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Size and lowercase hex SHA-256 of a file's content.
 pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     let mut file = File::open(path)?;

@@ -1,7 +1,7 @@
 //! Sorting an inventory bigger than memory: rows are buffered, and every
-//! [`DEFAULT_SPILL_ROWS`] rows the buffer is sorted and written to an
-//! unnamed temp file (unlinked at once, so no other process can open it, and
-//! gone when closed). At the end the sorted runs are merged, streaming, into
+//! [`DEFAULT_SPILL_ROWS`] rows the buffer is sorted and written, age-encrypted
+//! to a key held only in memory, to an unnamed temp file (unlinked at once,
+//! so no other process can open it, and gone when closed). At the end the sorted runs are merged, streaming, into
 //! workbook order. Memory stays at about one buffer, whatever the size.
 
 use crate::device::DeviceRow;
@@ -29,29 +29,46 @@ pub enum SortedItem {
     Row(DeviceRow),
 }
 
-/// A sorted run written to disk.
+/// A sorted run written to disk, age-encrypted to a key that exists only in
+/// this process's memory: even the freed disk blocks of the unlinked file
+/// hold no plaintext.
 pub(crate) struct Run {
-    reader: BufReader<std::fs::File>,
+    reader: BufReader<age::stream::StreamReader<BufReader<std::fs::File>>>,
 }
 
 impl Run {
     /// Writes `rows` (already sorted) to a new unnamed temp file.
-    pub(crate) fn write(rows: &[(u32, DeviceRow)]) -> std::io::Result<Self> {
-        let mut file = tempfile::tempfile()?;
+    pub(crate) fn write(
+        rows: &[(u32, DeviceRow)],
+        key: &age::x25519::Identity,
+    ) -> std::io::Result<Self> {
+        let file = tempfile::tempfile()?;
+        let recipient = key.to_public();
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                .map_err(std::io::Error::other)?;
+        let mut out = encryptor.wrap_output(BufWriter::with_capacity(1 << 16, file))?;
         {
-            let mut out = BufWriter::with_capacity(1 << 16, &mut file);
+            let mut out = BufWriter::with_capacity(1 << 16, &mut out);
             for (project, row) in rows {
                 out.write_all(&project.to_le_bytes())?;
                 for cell in row.cells() {
-                    out.write_all(&(cell.len() as u32).to_le_bytes())?;
+                    let length = u32::try_from(cell.len()).map_err(std::io::Error::other)?;
+                    out.write_all(&length.to_le_bytes())?;
                     out.write_all(cell.as_bytes())?;
                 }
             }
             out.flush()?;
         }
+        let mut file = out.finish()?.into_inner().map_err(|err| err.into_error())?;
         file.rewind()?;
+        let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 16, file))
+            .map_err(std::io::Error::other)?;
+        let reader = decryptor
+            .decrypt(std::iter::once(key as &dyn age::Identity))
+            .map_err(std::io::Error::other)?;
         Ok(Self {
-            reader: BufReader::with_capacity(1 << 16, file),
+            reader: BufReader::with_capacity(1 << 16, reader),
         })
     }
 
@@ -128,7 +145,7 @@ impl Ord for Head {
 }
 
 enum Source {
-    Disk(Run),
+    Disk(Box<Run>),
     Memory(std::vec::IntoIter<(u32, DeviceRow)>),
 }
 
@@ -151,6 +168,7 @@ pub struct SortedStream {
     current: Option<u32>,
     pending: Option<DeviceRow>,
     started: bool,
+    failed: bool,
 }
 
 impl SortedStream {
@@ -162,7 +180,10 @@ impl SortedStream {
     ) -> Self {
         sort_buffer(&mut buffer, &names);
         let ranks = project_ranks(&names);
-        let mut sources: Vec<Source> = runs.into_iter().map(Source::Disk).collect();
+        let mut sources: Vec<Source> = runs
+            .into_iter()
+            .map(|run| Source::Disk(Box::new(run)))
+            .collect();
         sources.push(Source::Memory(buffer.into_iter()));
         Self {
             names,
@@ -173,6 +194,7 @@ impl SortedStream {
             current: None,
             pending: None,
             started: false,
+            failed: false,
         }
     }
 
@@ -193,6 +215,20 @@ impl Iterator for SortedStream {
     type Item = std::io::Result<SortedItem>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            // After an error the stream is incomplete: end it for good.
+            return None;
+        }
+        let item = self.advance();
+        if matches!(item, Some(Err(_))) {
+            self.failed = true;
+        }
+        item
+    }
+}
+
+impl SortedStream {
+    fn advance(&mut self) -> Option<std::io::Result<SortedItem>> {
         if !self.started {
             self.started = true;
             for source in 0..self.sources.len() {

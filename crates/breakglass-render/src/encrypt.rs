@@ -43,8 +43,16 @@ pub enum SealError {
 }
 
 /// Encrypts `plain` into `out` as the settings say. `out` is created new,
-/// readable only by this user.
+/// readable only by this user, and removed again if anything fails.
 pub fn seal(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed, SealError> {
+    let result = seal_into(plain, out, encryption);
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+fn seal_into(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed, SealError> {
     let io = |err: std::io::Error| SealError::Io(err.to_string());
     match encryption {
         Encryption::None => {
@@ -107,32 +115,28 @@ pub fn seal(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed,
 }
 
 fn seal_with_password(plain: &Path, out: &Path, passphrase: &Secret) -> std::io::Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(out)?;
-    restrict(out)?;
+    // Open the input first: the writer must never be dropped half-way, since
+    // its destructor finishes the file and panics if that fails.
+    let mut input = BufReader::with_capacity(1 << 16, std::fs::File::open(plain)?);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(out)?;
     let mut writer = ms_offcrypto_writer::Ecma376AgileWriter::create(
         &mut rand::rng(),
         passphrase.expose(),
         file,
     )?;
-    let mut input = BufReader::with_capacity(1 << 16, std::fs::File::open(plain)?);
-    std::io::copy(&mut input, &mut writer)?;
-    let file = writer.into_inner()?;
-    file.sync_all()
-}
-
-#[cfg(unix)]
-fn restrict(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-}
-
-#[cfg(not(unix))]
-fn restrict(_path: &Path) -> std::io::Result<()> {
-    Ok(())
+    let copied = std::io::copy(&mut input, &mut writer);
+    // Finish (or abandon) explicitly, so no error path reaches the
+    // destructor; on a copy error the caller removes the partial file.
+    let finished = writer.into_inner();
+    copied?;
+    finished?.sync_all()
 }
 
 /// A strong passphrase for `run-once` when none is configured: 24

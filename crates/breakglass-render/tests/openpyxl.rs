@@ -129,10 +129,14 @@ fn openpyxl_reads_tabs_values_frozen_header_and_autofilter() {
     let hostile = ["=1+1", "0012", "1E5", "emoji 🔐🙂", "a & <b>", "  padded  "];
     let mut inventory = Inventory::new();
     for (i, password) in hostile.iter().enumerate() {
-        inventory.push("Ops/DB", row(&format!("db-{i}"), password));
+        inventory
+            .push("Ops/DB", row(&format!("db-{i}"), password))
+            .unwrap();
     }
     for i in 0..5 {
-        inventory.push("財務 'core' 系統", row(&format!("web-{i}"), "pw"));
+        inventory
+            .push("財務 'core' 系統", row(&format!("web-{i}"), "pw"))
+            .unwrap();
     }
     let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();

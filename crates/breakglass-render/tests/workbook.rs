@@ -65,7 +65,9 @@ fn hostile_values_round_trip_exactly_as_text() {
     ];
     let mut inventory = Inventory::new();
     for (i, password) in hostile.iter().enumerate() {
-        inventory.push("P", row(&format!("host-{i}"), "root", password));
+        inventory
+            .push("P", row(&format!("host-{i}"), "root", password))
+            .unwrap();
     }
     let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -96,9 +98,9 @@ fn projects_get_distinct_valid_tabs_in_natural_order() {
     let forty = format!("{long_chinese}一二三四五六七");
     let mut inventory = Inventory::new();
     for project in ["a/b", "a:b", "History", &forty, "Summary", "'quoted'"] {
-        inventory.push(project, row("web-10", "root", "x"));
-        inventory.push(project, row("web-2", "root", "y"));
-        inventory.push(project, row("WEB-2", "admin", "z"));
+        inventory.push(project, row("web-10", "root", "x")).unwrap();
+        inventory.push(project, row("web-2", "root", "y")).unwrap();
+        inventory.push(project, row("WEB-2", "admin", "z")).unwrap();
     }
     let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -164,7 +166,9 @@ fn projects_get_distinct_valid_tabs_in_natural_order() {
 fn rows_past_the_sheet_limit_continue_on_another_tab() {
     let mut inventory = Inventory::new();
     for i in 0..2_500 {
-        inventory.push("big", row(&format!("host-{i}"), "root", &format!("pw-{i}")));
+        inventory
+            .push("big", row(&format!("host-{i}"), "root", &format!("pw-{i}")))
+            .unwrap();
     }
     let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -187,8 +191,10 @@ fn rows_past_the_sheet_limit_continue_on_another_tab() {
 fn carriage_returns_survive_and_cut_values_are_reported_on_the_summary() {
     let long = "x".repeat(40_000);
     let mut inventory = Inventory::new();
-    inventory.push("P", row("host-1", "root", "line1\r\nline2\rend"));
-    inventory.push("P", row("host-2", "root", &long));
+    inventory
+        .push("P", row("host-1", "root", "line1\r\nline2\rend"))
+        .unwrap();
+    inventory.push("P", row("host-2", "root", &long)).unwrap();
     let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.xlsx");
@@ -231,7 +237,7 @@ fn an_unfinished_workbook_leaves_no_file_behind() {
 #[test]
 fn no_part_uses_zip64_extensions() {
     let mut inventory = Inventory::new();
-    inventory.push("P", row("host-1", "root", "pw"));
+    inventory.push("P", row("host-1", "root", "pw")).unwrap();
     let sorted = inventory.into_sorted().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.xlsx");

@@ -150,6 +150,18 @@ pub struct ServiceContext {
 pub async fn start(service: &'static str) -> anyhow::Result<ServiceContext> {
     let args = <ServiceArgs as clap::Parser>::parse();
     let telemetry = breakglass_telemetry::init(service).context("starting telemetry")?;
+    // A crashed predecessor may have left a private working folder behind.
+    let swept = breakglass_core::private_fs::sweep_stale_dirs(
+        &[
+            "breakglass-collector-",
+            "breakglass-renderer-",
+            "breakglass-uploader-",
+        ],
+        std::time::Duration::from_secs(3600),
+    );
+    if swept > 0 {
+        tracing::info!(swept, "removed working folders left by an earlier crash");
+    }
     let config = ConfigSource::new(args.config.clone());
     let settings = config.load().context("invalid configuration")?;
     if settings.encryption == breakglass_config::Encryption::Password(None) {
