@@ -53,10 +53,7 @@ impl Stage for Collector {
         let trigger: v1::TriggerRequested = decode(message, "TriggerRequested")?;
         let run_id = RunId::parse(&trigger.run_id)
             .map_err(|err| StageFailure::permanent(err.to_string()))?;
-        let settings = self
-            .config
-            .load()
-            .map_err(|err| StageFailure::permanent(format!("configuration: {err:#}")))?;
+        let settings = self.config.load_for_run()?;
         let source = AnySource::for_location(&settings.inventory, &settings.inventory_view);
         let described = source.describe();
         let collected = async { source.collect(&RowCounter::new()).await }

@@ -81,11 +81,7 @@ impl Stage for Renderer {
             .await
             .map_err(|err| StageFailure::retry(err.to_string()))?;
 
-        let encryption = self
-            .config
-            .load()
-            .map_err(|err| StageFailure::permanent(format!("configuration: {err:#}")))?
-            .encryption;
+        let encryption = self.config.load_for_run()?.encryption;
         if encryption == Encryption::None {
             tracing::warn!("the workbook is stored unencrypted (encryption: none)");
         }

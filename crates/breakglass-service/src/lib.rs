@@ -79,6 +79,16 @@ impl ConfigSource {
     }
 }
 
+impl ConfigSource {
+    /// [`ConfigSource::load`] for a stage handling a run: an invalid file
+    /// fails the run permanently, with the validation message.
+    pub fn load_for_run(&self) -> Result<Settings, breakglass_bus::worker::StageFailure> {
+        self.load().map_err(|err| {
+            breakglass_bus::worker::StageFailure::permanent(format!("configuration: {err:#}"))
+        })
+    }
+}
+
 /// Loads and validates the settings (defaults when there is no file).
 pub fn load_settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {
     let raw = match path {

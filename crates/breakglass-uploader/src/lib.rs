@@ -102,10 +102,7 @@ impl Stage for Uploader {
         let trigger = snapshot.trigger.clone().unwrap_or_default();
         let run_id = RunId::parse(&trigger.run_id)
             .map_err(|err| StageFailure::permanent(err.to_string()))?;
-        let settings = self
-            .config
-            .load()
-            .map_err(|err| StageFailure::permanent(format!("configuration: {err:#}")))?;
+        let settings = self.config.load_for_run()?;
         let reference = ready.workbook.clone().ok_or_else(|| {
             StageFailure::permanent("workbook.ready carries no workbook reference")
         })?;
