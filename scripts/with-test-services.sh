@@ -95,6 +95,13 @@ if [[ -z "${BREAKGLASS_TEST_NATS_URL:-}" ]]; then
   fi
 fi
 
+# One installer at a time per machine: two runs side by side (two
+# checkouts, or CI next to a developer) must not build one venv together.
+tools_cache="${XDG_CACHE_HOME:-$HOME/.cache}/breakglass"
+mkdir -p "$tools_cache"
+exec 9>"$tools_cache/.install.lock"
+flock 9
+
 # --- Python test tools: moto (S3-compatible server), boto3, azure-storage-blob
 if [[ -z "${BREAKGLASS_TEST_PYTHON:-}" ]]; then
   venv="${XDG_CACHE_HOME:-$HOME/.cache}/breakglass/test-venv"
@@ -126,6 +133,8 @@ if [[ -z "${BREAKGLASS_TEST_AZURITE:-}" ]]; then
   fi
   export BREAKGLASS_TEST_AZURITE="$azurite_dir/node_modules/.bin/azurite-blob"
 fi
+flock -u 9
+exec 9>&-
 
 # --- PostgreSQL ----------------------------------------------------------
 if [[ -z "${BREAKGLASS_TEST_DATABASE_URL:-}" ]]; then

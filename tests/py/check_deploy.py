@@ -98,8 +98,34 @@ def check_k8s(root):
             for peer in rule.get("to", []):
                 if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0":
                     open_egress.append(policy["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/name"))
-    if open_egress != ["breakglass-uploader"]:
-        problem("networkpolicy.yaml", f"only the uploader may reach the outside, found {open_egress}")
+    if sorted(open_egress) != ["breakglass-drill", "breakglass-uploader"]:
+        problem("networkpolicy.yaml", f"only the uploader and the drill may reach the outside, found {open_egress}")
+    drills = docs.get("CronJob", [])
+    if not drills:
+        problem("deploy/k8s", "no CronJob runs the drill")
+    for name, job in drills:
+        spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        if not spec.get("securityContext", {}).get("runAsNonRoot"):
+            problem(name, "the drill must run as non-root")
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in spec["containers"]:
+            command = container.get("command", [])
+            if command[:2] != ["/usr/local/bin/breakglass", "drill"]:
+                problem(name, f"runs {command[:2]}, not `breakglass drill`")
+            context = container.get("securityContext", {})
+            if not context.get("readOnlyRootFilesystem") or context.get("allowPrivilegeEscalation") is not False:
+                problem(name, "containers need a read-only root and no privilege escalation")
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            for flag in ("--config", "--passphrase-file"):
+                if flag not in command:
+                    continue
+                path = command[command.index(flag) + 1]
+                volume = volumes.get(mounts.get(os.path.dirname(path), ""), {})
+                secret = volume.get("secret", {}).get("secretName")
+                if secret not in secrets:
+                    problem(name, f"{flag} {path} is not on a mounted secret")
+                elif os.path.basename(path) not in secrets[secret].get("stringData", {}):
+                    problem(name, f"secret {secret} has no key {os.path.basename(path)}")
 
 
 def check_compose(root):

@@ -53,6 +53,14 @@ def main(endpoint, ca, command, *args):
     elif command == "put":
         bucket, key, text = args
         s3.put_object(Bucket=bucket, Key=key, Body=text.encode())
+    elif command == "tamper":
+        # Rewrites an object as an attacker or a broken disk would: the
+        # bytes change (flip one, or cut in half), the metadata stays.
+        bucket, key, mode = args
+        response = s3.get_object(Bucket=bucket, Key=key)
+        body = response["Body"].read()
+        body = body[: len(body) // 2] if mode == "truncate" else body[:-1] + bytes([body[-1] ^ 1])
+        s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=response["Metadata"])
     elif command == "iam-user":
         name, policy = args
         iam = client("iam", endpoint, ca)

@@ -83,6 +83,8 @@ async fn put(
                 .unwrap(),
             extension: ".xlsx",
             encryption: "none",
+            key_id: "",
+            projects: &[],
         })
         .await
 }
@@ -91,7 +93,16 @@ fn get(azurite: &Azurite, container: &str, blob: &str, out: &Path) -> serde_json
     serde_json::from_str(&azurite.tool(&["get", container, blob, out.to_str().unwrap()])).unwrap()
 }
 
+/// The backups under `prefix`, without their sidecar manifests.
 fn list(azurite: &Azurite, container: &str, prefix: &str) -> Vec<String> {
+    list_all(azurite, container, prefix)
+        .into_iter()
+        .filter(|name| !name.ends_with(".manifest.json"))
+        .collect()
+}
+
+/// Every blob under `prefix`.
+fn list_all(azurite: &Azurite, container: &str, prefix: &str) -> Vec<String> {
     serde_json::from_str(&azurite.tool(&["list", container, prefix])).unwrap()
 }
 
@@ -256,9 +267,10 @@ async fn unique_never_replaces_and_prune_deletes_only_older_breakglass_blobs() {
     );
     assert!(receipt.warnings.is_empty(), "{:?}", receipt.warnings);
     assert_eq!(
-        list(&azurite, "rotating", "p/"),
+        list_all(&azurite, "rotating", "p/"),
         vec![
             "p/breakglass-backup-20261127T020000Z-run-2.xlsx",
+            "p/breakglass-backup-20261127T020000Z-run-2.xlsx.manifest.json",
             "p/notes.txt",
             "p/sub/breakglass-backup-20200101T000000Z-x.xlsx"
         ]
@@ -289,6 +301,11 @@ async fn least_privilege_sas_tokens_are_enough_and_too_little_is_explained() {
         .await
         .unwrap();
     assert_eq!(list(&azurite, "locked", "c/").len(), 3);
+    assert_eq!(
+        list_all(&azurite, "locked", "c/").len(),
+        6,
+        "a create-only SAS writes each sidecar manifest too"
+    );
 
     // Create + write: overwrite works, in one piece and in blocks.
     let create_write = with_sas(&azurite, "locked", &azurite.sas("locked", "cw"));

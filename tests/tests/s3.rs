@@ -66,6 +66,8 @@ async fn put(
                 .unwrap(),
             extension: ".xlsx",
             encryption: "none",
+            key_id: "",
+            projects: &[],
         })
         .await
 }
@@ -74,7 +76,16 @@ fn get(moto: &Moto, bucket: &str, key: &str, out: &Path) -> serde_json::Value {
     serde_json::from_str(&moto.tool(&["get", bucket, key, out.to_str().unwrap()])).unwrap()
 }
 
+/// The backups under `prefix`, without their sidecar manifests.
 fn list(moto: &Moto, bucket: &str, prefix: &str) -> Vec<String> {
+    list_all(moto, bucket, prefix)
+        .into_iter()
+        .filter(|key| !key.ends_with(".manifest.json"))
+        .collect()
+}
+
+/// Every object under `prefix`.
+fn list_all(moto: &Moto, bucket: &str, prefix: &str) -> Vec<String> {
     serde_json::from_str(&moto.tool(&["list", bucket, prefix])).unwrap()
 }
 
@@ -192,9 +203,10 @@ async fn unique_never_replaces_and_prune_deletes_only_older_breakglass_objects()
         vec!["p/breakglass-backup-20261127T010000Z-run-1.xlsx"]
     );
     assert_eq!(
-        list(&moto, "rotating", "p/"),
+        list_all(&moto, "rotating", "p/"),
         vec![
             "p/breakglass-backup-20261127T020000Z-run-2.xlsx",
+            "p/breakglass-backup-20261127T020000Z-run-2.xlsx.manifest.json",
             "p/notes.txt",
             "p/sub/breakglass-backup-20200101T000000Z-x.xlsx"
         ]

@@ -6,11 +6,13 @@
 //! - `generate`: a synthetic inventory for benchmarks.
 //! - `keygen`: a payload key for the services' config.
 //! - `config check`: validate a config file offline.
+//! - `fetch`, `verify`, `show`, `drill`: the emergency path (docs/RUNBOOK.md).
 //!
 //! Errors print as one line on stderr and exit non-zero.
 
 mod bus_args;
 mod progress;
+mod retrieve;
 mod run_once;
 mod status;
 mod trigger;
@@ -57,6 +59,16 @@ enum Command {
     /// Print a new payload key (an age X25519 identity) for the services'
     /// `payload_key` setting.
     Keygen,
+    /// Emergency: download the newest backup with the break-glass (read)
+    /// credential, verify it against its manifest and decrypt it.
+    Fetch(retrieve::FetchArgs),
+    /// Check a downloaded file against its manifest (size and SHA-256).
+    Verify(retrieve::VerifyArgs),
+    /// Print one device's login from a fetched workbook, for quick copy.
+    Show(retrieve::ShowArgs),
+    /// Rehearse the emergency path: list, download, verify, decrypt and
+    /// count rows against the manifest; exits 1 when any step fails.
+    Drill(retrieve::DrillArgs),
     /// Configuration file tools.
     Config {
         #[command(subcommand)]
@@ -90,6 +102,10 @@ fn main() -> ExitCode {
             Command::RunOnce(args) => run_once::run(args).await,
             Command::Trigger(args) => trigger::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Fetch(args) => retrieve::fetch(args).await,
+            Command::Verify(args) => retrieve::verify(args),
+            Command::Show(args) => retrieve::show(args),
+            Command::Drill(args) => retrieve::drill(args).await,
             Command::Generate {
                 rows,
                 projects,

@@ -11,6 +11,7 @@ use breakglass_collect::{AnySource, Source};
 use breakglass_config::{Encryption, RawConfig, Settings};
 use breakglass_core::RunId;
 use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions};
+use breakglass_storage::manifest::ProjectRows;
 use breakglass_storage::{Destination, Upload};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +112,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (size, sha256) = breakglass_core::private_fs::hash_file(&stored_file)
         .context("reading the workbook back")?;
 
+    let projects: Vec<ProjectRows> = report
+        .projects
+        .iter()
+        .map(|p| ProjectRows {
+            project: p.project.clone(),
+            sheets: p.sheets.clone(),
+            rows: p.rows,
+        })
+        .collect();
     let upload = Upload {
         file: &stored_file,
         size,
@@ -119,6 +129,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         created_at: collected_at,
         extension: sealed.extension,
         encryption: sealed.encryption,
+        key_id: &sealed.key_id,
+        projects: &projects,
     };
     let mut failures = Vec::new();
     let mut stored = Vec::new();

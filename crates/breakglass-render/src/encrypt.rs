@@ -76,7 +76,7 @@ fn seal_into(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed
             Ok(Sealed {
                 encryption: "password",
                 extension: ".xlsx",
-                key_id: "passphrase".into(),
+                key_id: passphrase_key_id(passphrase),
             })
         }
         Encryption::Age(recipients) => {
@@ -137,6 +137,30 @@ fn seal_with_password(plain: &Path, out: &Path, passphrase: &Secret) -> std::io:
     let finished = writer.into_inner();
     copied?;
     finished?.sync_all()
+}
+
+/// Iterations of the key id's hash: as many as the file's own password
+/// verifier (ECMA-376 agile, spin count 100,000), so the key id is no
+/// cheaper an oracle for guessing the passphrase than the file itself.
+const KEY_ID_ROUNDS: u32 = 100_000;
+
+/// Names a passphrase without revealing it: `passphrase <8 hex digits>`,
+/// 32 bits of an iterated, salted SHA-512. Recorded in the manifest so an
+/// old file tells which passphrase opens it, and so `fetch` and `drill`
+/// can say "this file needs another passphrase" before trying it.
+pub fn passphrase_key_id(passphrase: &Secret) -> String {
+    use sha2::{Digest, Sha512};
+    let mut digest = Sha512::new()
+        .chain_update(b"breakglass key id v1\0")
+        .chain_update(passphrase.expose().as_bytes())
+        .finalize();
+    for round in 0..KEY_ID_ROUNDS {
+        digest = Sha512::new()
+            .chain_update(round.to_le_bytes())
+            .chain_update(digest)
+            .finalize();
+    }
+    format!("passphrase {}", hex::encode(&digest[..4]))
 }
 
 /// A strong passphrase for `run-once` when none is configured: 24

@@ -24,6 +24,8 @@
 //! - TLS: rustls (ring) with the system roots (which honour
 //!   `SSL_CERT_FILE`) plus the configured `ca_bundle`; no OpenSSL.
 
+use crate::archive::{self, Downloaded, StoredObject};
+use crate::manifest::{self, Manifest};
 use crate::naming::{self, is_rotated_name};
 use crate::transport::{explain_transport, md5_file, read_full};
 use crate::{Destination, Receipt, StorageError, Upload};
@@ -48,6 +50,7 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use std::collections::HashMap;
 use std::num::NonZero;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -412,6 +415,16 @@ impl AzureContainer {
                 .delete(None)
                 .await
                 .map_err(|err| self.remote_error("Delete Blob", &err))?;
+            match self
+                .blob_client(container_url, &manifest::sidecar_name(key))?
+                .delete(None)
+                .await
+            {
+                Err(err) if err.http_status().map(u16::from) != Some(404) => {
+                    return Err(self.remote_error("Delete Blob", &err));
+                }
+                _ => {}
+            }
         }
         Ok(older)
     }
@@ -651,6 +664,16 @@ impl Destination for AzureContainer {
             pruned: Vec::new(),
             warnings: Vec::new(),
         };
+        // The sidecar follows the verified blob: a failure here leaves a
+        // good backup whose metadata still carries the manifest's summary.
+        if let Err(err) = self
+            .put_sidecar(&container_url, &key, &Manifest::for_upload(upload, &name))
+            .await
+        {
+            receipt.warnings.push(format!(
+                "the new copy is stored, but its sidecar manifest was not: {err}"
+            ));
+        }
         if self.rotation == Rotation::Prune {
             match self.prune_older_than(&container_url, &key).await {
                 Ok(pruned) => receipt.pruned = pruned,
@@ -660,6 +683,147 @@ impl Destination for AzureContainer {
             }
         }
         Ok(receipt)
+    }
+}
+
+impl AzureContainer {
+    /// Writes the sidecar manifest next to the blob, in one Put Blob
+    /// (create-only under `unique`/`prune`, like the blob itself).
+    async fn put_sidecar(
+        &self,
+        container_url: &Url,
+        blob_key: &str,
+        manifest: &Manifest,
+    ) -> Result<(), StorageError> {
+        let key = manifest::sidecar_name(blob_key);
+        let body = manifest.to_json();
+        let md5 = Md5::digest(&body).to_vec();
+        let options = BlockBlobClientUploadOptions {
+            blob_content_md5: Some(md5.clone()),
+            blob_content_type: Some("application/json".into()),
+            if_none_match: self.if_none_match(),
+            method_options: ClientMethodOptions {
+                context: Context::new().with_value(TransactionalMd5(md5)),
+            },
+            ..Default::default()
+        };
+        self.blob_client(container_url, &key)?
+            .block_blob_client()
+            .upload(bytes::Bytes::from(body).into(), Some(options))
+            .await
+            .map_err(|err| self.put_error("Put Blob", &key, &err))?;
+        Ok(())
+    }
+
+    /// The container URL for reading: the configured SAS, or one signed
+    /// from the account key with read and list rights only.
+    fn reader_url(&self) -> Result<Url, StorageError> {
+        let sas = match &self.credential {
+            BlobCredential::Sas(token) => token.clone(),
+            BlobCredential::AccountKey { account, key } => sign_container_sas(
+                account,
+                key,
+                &self.container,
+                "rl",
+                self.protocol,
+                Utc::now(),
+            )
+            .map_err(|reason| StorageError::Io {
+                destination: self.describe(),
+                action: "signing a SAS from the account key",
+                reason,
+            })?,
+        };
+        self.container_url(&sas)
+    }
+
+    /// Every blob under the prefix (one level), for `fetch`: needs List.
+    pub async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
+        let container_url = self.reader_url()?;
+        let list_prefix = self.key("");
+        let container = self.container_client(&container_url)?;
+        let mut pager = container
+            .list_blobs(Some(BlobContainerClientListBlobsOptions {
+                prefix: (!list_prefix.is_empty()).then(|| list_prefix.clone()),
+                ..Default::default()
+            }))
+            .map_err(|err| self.remote_error("List Blobs", &err))?;
+        let mut found = Vec::new();
+        while let Some(item) = pager.next().await {
+            let item = item.map_err(|err| self.remote_error("List Blobs", &err))?;
+            let Some(key) = item.name else { continue };
+            let name = key.strip_prefix(&list_prefix).unwrap_or(&key).to_owned();
+            if name.contains('/') {
+                continue;
+            }
+            let properties = item.properties.as_ref();
+            found.push(StoredObject {
+                name,
+                size: properties
+                    .and_then(|p| p.content_length)
+                    .unwrap_or_default(),
+                last_modified: properties.and_then(|p| p.last_modified).and_then(|t| {
+                    DateTime::<Utc>::from_timestamp(t.unix_timestamp(), t.nanosecond())
+                }),
+                key,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Downloads `key` into `to` (created new, `0600`), hashing on the way;
+    /// needs Read.
+    pub async fn download(&self, key: &str, to: &Path) -> Result<Downloaded, StorageError> {
+        let container_url = self.reader_url()?;
+        let result = self
+            .blob_client(&container_url, key)?
+            .download(None)
+            .await
+            .map_err(|err| self.remote_error("Get Blob", &err))?;
+        let metadata = manifest::normalise_metadata(
+            result
+                .properties
+                .metadata
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        let io = |action: &'static str, err: std::io::Error| StorageError::Io {
+            destination: self.describe(),
+            action,
+            reason: err.to_string(),
+        };
+        let mut sink = archive::HashingFile::create(to)
+            .map_err(|err| io("creating the download file", err))?;
+        let mut body = result.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| self.remote_error("Get Blob", &err))?;
+            sink.write(&chunk)
+                .map_err(|err| io("writing the download", err))?;
+        }
+        let (size, sha256) = sink
+            .finish()
+            .map_err(|err| io("writing the download", err))?;
+        Ok(Downloaded {
+            size,
+            sha256,
+            metadata,
+        })
+    }
+
+    /// A small blob's bytes, or `None` when there is no such blob.
+    pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let container_url = self.reader_url()?;
+        let result = match self.blob_client(&container_url, key)?.download(None).await {
+            Ok(result) => result,
+            Err(err) if err.http_status().map(u16::from) == Some(404) => return Ok(None),
+            Err(err) => return Err(self.remote_error("Get Blob", &err)),
+        };
+        let bytes = result
+            .body
+            .collect()
+            .await
+            .map_err(|err| self.remote_error("Get Blob", &err))?;
+        Ok(Some(bytes.to_vec()))
     }
 }
 
@@ -784,23 +948,15 @@ pub fn sign_container_sas(
     Ok(breakglass_core::Secret::new(query))
 }
 
-/// The metadata every breakglass blob carries (`x-ms-meta-*`). Azure
-/// metadata names must be C# identifiers, hence the underscores.
+/// The metadata every breakglass blob carries (`x-ms-meta-breakglass_*`):
+/// the manifest's summary. Azure metadata names must be C# identifiers,
+/// hence the underscores.
 fn metadata(upload: &Upload<'_>) -> HashMap<String, String> {
-    HashMap::from([
-        ("breakglass_run_id".to_owned(), upload.run_id.to_owned()),
-        ("breakglass_sha256".to_owned(), upload.sha256.to_owned()),
-        ("breakglass_size".to_owned(), upload.size.to_string()),
-        (
-            "breakglass_created_at".to_owned(),
-            upload.created_at.to_rfc3339(),
-        ),
-        ("breakglass_format".to_owned(), "xlsx".to_owned()),
-        (
-            "breakglass_encryption".to_owned(),
-            upload.encryption.to_owned(),
-        ),
-    ])
+    Manifest::for_upload(upload, "")
+        .metadata()
+        .into_iter()
+        .map(|(name, value)| (format!("breakglass_{name}"), value))
+        .collect()
 }
 
 /// The service's error code (`x-ms-error-code` or the body's `<Code>`).

@@ -4,6 +4,9 @@
 //! - [`Destination`]: upload one finished file, verified by size and
 //!   SHA-256, under the configured rotation; never disturb the previous
 //!   good copy unless the new one is verified (invariant 1).
+//! - [`manifest`]: what each upload carries as metadata and as a sidecar.
+//! - [`archive`]: the reading side (list, download, check) for `fetch`,
+//!   `verify` and `drill`, with list + read rights only.
 //! - [`naming`]: object names for each rotation mode, shared by backends so
 //!   `fetch` finds the newest copy everywhere.
 //! - [`local`]: a folder (atomic temp-file + fsync + rename).
@@ -13,8 +16,10 @@
 //! This crate knows nothing of NATS.
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod azure;
 pub mod local;
+pub mod manifest;
 pub mod naming;
 pub mod s3;
 mod transport;
@@ -40,6 +45,10 @@ pub struct Upload<'a> {
     pub extension: &'a str,
     /// How the file is protected (`password`, `age`, `none`), for metadata.
     pub encryption: &'a str,
+    /// Which key opens it, without revealing it, for the manifest.
+    pub key_id: &'a str,
+    /// Rows per project, for the manifest.
+    pub projects: &'a [manifest::ProjectRows],
 }
 
 /// Where a verified upload went.

@@ -7,6 +7,8 @@
 //! reader therefore always sees a whole file, and a failed run leaves the
 //! previous file in place. Files are created `0600`: they hold passwords.
 
+use crate::archive::{Downloaded, HashingFile, StoredObject};
+use crate::manifest::{self, Manifest};
 use crate::naming::{self, is_rotated_name};
 use crate::{Destination, Receipt, StorageError, Upload};
 use breakglass_config::Rotation;
@@ -25,6 +27,7 @@ struct OwnedUpload {
     size: u64,
     sha256: String,
     created_at: SystemTime,
+    manifest: Manifest,
 }
 
 /// The modification time of `path` when it is later than `than`.
@@ -130,6 +133,13 @@ impl LocalFolder {
             pruned: Vec::new(),
             warnings: Vec::new(),
         };
+        // The sidecar follows the verified file; without it the backup is
+        // still whole, and `fetch` says the manifest is missing.
+        if let Err(err) = self.write_sidecar(name, &upload.manifest) {
+            receipt.warnings.push(format!(
+                "the new copy is stored, but its sidecar manifest was not: {err}"
+            ));
+        }
         if self.rotation == Rotation::Prune {
             // The new copy is stored and verified; a failure to delete an
             // old one is worth a warning, not a failed run.
@@ -214,6 +224,12 @@ impl LocalFolder {
             if is_rotated_name(&name) && name.as_str() < newest {
                 fs::remove_file(entry.path())
                     .map_err(|err| self.fail("pruning an older copy", err))?;
+                match fs::remove_file(self.dir.join(manifest::sidecar_name(&name))) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(self.fail("pruning an older manifest", err));
+                    }
+                    _ => {}
+                }
                 pruned.push(name);
             }
         }
@@ -240,10 +256,86 @@ impl Destination for LocalFolder {
             size: upload.size,
             sha256: upload.sha256.to_owned(),
             created_at: upload.created_at.into(),
+            manifest: Manifest::for_upload(upload, &name),
         };
         tokio::task::spawn_blocking(move || folder.upload_blocking(&source, &name, &owned))
             .await
             .map_err(|err| self.fail("the upload task", err))?
+    }
+}
+
+impl LocalFolder {
+    /// Writes `name`'s sidecar manifest atomically (temp file + rename).
+    fn write_sidecar(&self, name: &str, manifest: &Manifest) -> Result<(), StorageError> {
+        let mut temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(&self.dir)
+            .map_err(|err| self.fail("creating the manifest", err))?;
+        temp.write_all(&manifest.to_json())
+            .and_then(|()| temp.as_file().sync_all())
+            .map_err(|err| self.fail("writing the manifest", err))?;
+        temp.persist(self.dir.join(manifest::sidecar_name(name)))
+            .map_err(|err| self.fail("renaming the manifest into place", err.error))?;
+        Ok(())
+    }
+
+    /// Every file in the folder, for `fetch`.
+    pub fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
+        let entries = fs::read_dir(&self.dir).map_err(|err| self.fail("listing", err))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|err| self.fail("listing", err))?;
+            let metadata = entry.metadata().map_err(|err| self.fail("listing", err))?;
+            if !metadata.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            found.push(StoredObject {
+                key: name.clone(),
+                name,
+                size: metadata.len(),
+                last_modified: metadata.modified().ok().map(chrono::DateTime::from),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Copies `key` into `to` (created new, `0600`), hashing on the way.
+    /// A folder keeps no object metadata: the sidecar is the manifest.
+    pub fn download(&self, key: &str, to: &Path) -> Result<Downloaded, StorageError> {
+        let mut input =
+            File::open(self.dir.join(key)).map_err(|err| self.fail("opening the backup", err))?;
+        let mut sink =
+            HashingFile::create(to).map_err(|err| self.fail("creating the copy", err))?;
+        let mut buffer = vec![0u8; 1 << 16];
+        loop {
+            let n = input
+                .read(&mut buffer)
+                .map_err(|err| self.fail("reading the backup", err))?;
+            if n == 0 {
+                break;
+            }
+            sink.write(&buffer[..n])
+                .map_err(|err| self.fail("writing the copy", err))?;
+        }
+        let (size, sha256) = sink
+            .finish()
+            .map_err(|err| self.fail("writing the copy", err))?;
+        Ok(Downloaded {
+            size,
+            sha256,
+            metadata: Default::default(),
+        })
+    }
+
+    /// A small file's bytes, or `None` when there is no such file.
+    pub fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        match fs::read(self.dir.join(key)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(self.fail("reading", err)),
+        }
     }
 }
 
@@ -285,6 +377,8 @@ mod tests {
             created_at: Utc.with_ymd_and_hms(2026, 11, 27, hour, 0, 0).unwrap(),
             extension: ".xlsx",
             encryption: "none",
+            key_id: "",
+            projects: &[],
         };
         folder.upload(&upload).await
     }
@@ -310,8 +404,8 @@ mod tests {
         }
         assert_eq!(
             fs::read_dir(folder.dir()).unwrap().count(),
-            1,
-            "no temp file left behind"
+            2,
+            "the file and its manifest, no temp file left behind"
         );
     }
 
@@ -332,9 +426,20 @@ mod tests {
         );
         assert_eq!(
             fs::read_dir(folder.dir()).unwrap().count(),
-            1,
+            2,
             "temp file removed"
         );
+        // The manifest still describes the good copy.
+        let manifest = Manifest::from_json(
+            &fs::read(
+                folder
+                    .dir()
+                    .join(manifest::sidecar_name(naming::FIXED_NAME)),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((manifest.run_id.as_str(), manifest.size), ("r1", 4));
     }
 
     #[tokio::test]
@@ -355,8 +460,8 @@ mod tests {
         put(&folder, &src, size, &sha, 5, "r5").await.unwrap();
         assert_eq!(
             fs::read_dir(folder.dir()).unwrap().count(),
-            1,
-            "no temp file left behind"
+            2,
+            "the file and its manifest, no temp file left behind"
         );
     }
 
@@ -376,7 +481,11 @@ mod tests {
         assert!(matches!(err, StorageError::Exists { .. }), "{err}");
         let (src, size, sha) = workbook(tmp.path(), b"data");
         put(&unique, &src, size, &sha, 2, "r2").await.unwrap();
-        assert_eq!(fs::read_dir(unique.dir()).unwrap().count(), 2);
+        assert_eq!(
+            fs::read_dir(unique.dir()).unwrap().count(),
+            4,
+            "two files, two manifests"
+        );
 
         let prune = LocalFolder::new(tmp.path().join("p"), "", Rotation::Prune);
         fs::create_dir_all(prune.dir()).unwrap();
@@ -394,7 +503,12 @@ mod tests {
         left.sort();
         assert_eq!(
             left,
-            vec!["breakglass-backup-20261127T020000Z-r2.xlsx", "notes.txt"]
+            vec![
+                "breakglass-backup-20261127T020000Z-r2.xlsx",
+                "breakglass-backup-20261127T020000Z-r2.xlsx.manifest.json",
+                "notes.txt"
+            ],
+            "the pruned copy's manifest went with it"
         );
     }
 }

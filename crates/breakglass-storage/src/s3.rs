@@ -22,6 +22,8 @@
 //! - TLS: rustls with the system roots (which honour `SSL_CERT_FILE`) plus
 //!   the configured `ca_bundle`.
 
+use crate::archive::{self, Downloaded, StoredObject};
+use crate::manifest::{self, Manifest};
 use crate::naming::{self, is_rotated_name};
 use crate::transport::{explain_transport, md5_file, read_full};
 use crate::{Destination, Receipt, StorageError, Upload};
@@ -37,7 +39,9 @@ use base64::Engine;
 use breakglass_config::{CaBundle, ChecksumMode, Rotation, S3Settings};
 use breakglass_core::Secret;
 use breakglass_core::secret::MASK;
+use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
+use std::path::Path;
 use std::time::Duration;
 
 /// Files up to this size go as one PUT; larger ones as multipart.
@@ -438,6 +442,14 @@ impl S3Bucket {
                 .send()
                 .await
                 .map_err(|err| self.remote_error("DeleteObject", &err))?;
+            // S3 answers 204 for a key that is not there: no sidecar is fine.
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(manifest::sidecar_name(key))
+                .send()
+                .await
+                .map_err(|err| self.remote_error("DeleteObject", &err))?;
         }
         Ok(older)
     }
@@ -468,6 +480,16 @@ impl S3Bucket {
             pruned: Vec::new(),
             warnings: Vec::new(),
         };
+        // The sidecar follows the verified object: a failure here leaves a
+        // good backup whose metadata still carries the manifest's summary.
+        if let Err(err) = self
+            .put_sidecar(&key, &Manifest::for_upload(upload, &name))
+            .await
+        {
+            receipt.warnings.push(format!(
+                "the new copy is stored, but its sidecar manifest was not: {err}"
+            ));
+        }
         if self.rotation == Rotation::Prune {
             match self.prune_older_than(&key).await {
                 Ok(pruned) => receipt.pruned = pruned,
@@ -493,11 +515,20 @@ impl Destination for S3Bucket {
     }
 
     async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
+        self.regional().await.upload_verified(upload).await
+    }
+}
+
+impl S3Bucket {
+    /// This bucket with a client for its own region, when no `s3_region`
+    /// was configured for AWS (else itself).
+    async fn regional(&self) -> std::borrow::Cow<'_, Self> {
         if self.discover_region
             && let Some(region) = discover_region(&self.client, &self.bucket).await
         {
             tracing::info!(bucket = %self.bucket, region = %region, "using the bucket's own region");
             let mut found = self.clone();
+            found.discover_region = false;
             found.client = aws_sdk_s3::Client::from_conf(
                 self.client
                     .config()
@@ -505,9 +536,145 @@ impl Destination for S3Bucket {
                     .region(Region::new(region))
                     .build(),
             );
-            return found.upload_verified(upload).await;
+            return std::borrow::Cow::Owned(found);
         }
-        self.upload_verified(upload).await
+        std::borrow::Cow::Borrowed(self)
+    }
+
+    /// Writes the sidecar manifest next to the object (create-only under
+    /// `unique`, like the object itself).
+    async fn put_sidecar(&self, object_key: &str, manifest: &Manifest) -> Result<(), StorageError> {
+        let body = manifest.to_json();
+        let md5 = Md5::digest(&body);
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(manifest::sidecar_name(object_key))
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        if self.rotation != Rotation::Overwrite {
+            request = request.if_none_match("*");
+        }
+        request
+            .send()
+            .await
+            .map_err(|err| self.remote_error("PutObject", &err))?;
+        Ok(())
+    }
+
+    /// Every object under the prefix (one level), for `fetch`: needs
+    /// `s3:ListBucket`.
+    pub async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
+        let this = self.regional().await;
+        let list_prefix = this.key("");
+        let mut pages = this
+            .client
+            .list_objects_v2()
+            .bucket(&this.bucket)
+            .prefix(&list_prefix)
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| this.remote_error("ListObjectsV2", &err))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let name = key.strip_prefix(&list_prefix).unwrap_or(key);
+                if name.contains('/') {
+                    continue;
+                }
+                found.push(StoredObject {
+                    key: key.to_owned(),
+                    name: name.to_owned(),
+                    size: object.size().unwrap_or_default().max(0) as u64,
+                    last_modified: object
+                        .last_modified()
+                        .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Downloads `key` into `to` (created new, `0600`), hashing on the way;
+    /// needs `s3:GetObject`.
+    pub async fn download(&self, key: &str, to: &Path) -> Result<Downloaded, StorageError> {
+        let this = self.regional().await;
+        let output = this
+            .client
+            .get_object()
+            .bucket(&this.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| this.remote_error("GetObject", &err))?;
+        let metadata = manifest::normalise_metadata(
+            output
+                .metadata()
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        let mut body = output.body;
+        let mut sink = archive::HashingFile::create(to).map_err(|err| StorageError::Io {
+            destination: this.describe(),
+            action: "creating the download file",
+            reason: err.to_string(),
+        })?;
+        while let Some(chunk) = body.try_next().await.map_err(|err| StorageError::Remote {
+            destination: this.describe(),
+            action: "GetObject",
+            code: "connection".into(),
+            reason: format!("the download broke off: {}", this.scrub(&err.to_string())),
+            transient: true,
+        })? {
+            sink.write(&chunk).map_err(|err| StorageError::Io {
+                destination: this.describe(),
+                action: "writing the download",
+                reason: err.to_string(),
+            })?;
+        }
+        let (size, sha256) = sink.finish().map_err(|err| StorageError::Io {
+            destination: this.describe(),
+            action: "writing the download",
+            reason: err.to_string(),
+        })?;
+        Ok(Downloaded {
+            size,
+            sha256,
+            metadata,
+        })
+    }
+
+    /// A small object's bytes, or `None` when there is no such key.
+    pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let this = self.regional().await;
+        let output = match this
+            .client
+            .get_object()
+            .bucket(&this.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(err) if err.code() == Some("NoSuchKey") => return Ok(None),
+            Err(err) => return Err(this.remote_error("GetObject", &err)),
+        };
+        let bytes = output
+            .body
+            .collect()
+            .await
+            .map_err(|err| StorageError::Remote {
+                destination: this.describe(),
+                action: "GetObject",
+                code: "connection".into(),
+                reason: format!("the download broke off: {}", this.scrub(&err.to_string())),
+                transient: true,
+            })?;
+        Ok(Some(bytes.into_bytes().to_vec()))
     }
 }
 
@@ -523,22 +690,14 @@ pub async fn discover_region(client: &aws_sdk_s3::Client, bucket: &str) -> Optio
     }
 }
 
-/// The metadata every breakglass object carries (`x-amz-meta-*`).
+/// The metadata every breakglass object carries (`x-amz-meta-breakglass-*`):
+/// the manifest's summary.
 fn metadata(upload: &Upload<'_>) -> std::collections::HashMap<String, String> {
-    std::collections::HashMap::from([
-        ("breakglass-run-id".to_owned(), upload.run_id.to_owned()),
-        ("breakglass-sha256".to_owned(), upload.sha256.to_owned()),
-        ("breakglass-size".to_owned(), upload.size.to_string()),
-        (
-            "breakglass-created-at".to_owned(),
-            upload.created_at.to_rfc3339(),
-        ),
-        ("breakglass-format".to_owned(), "xlsx".to_owned()),
-        (
-            "breakglass-encryption".to_owned(),
-            upload.encryption.to_owned(),
-        ),
-    ])
+    Manifest::for_upload(upload, "")
+        .metadata()
+        .into_iter()
+        .map(|(name, value)| (format!("breakglass-{}", name.replace('_', "-")), value))
+        .collect()
 }
 
 /// Plain words for the errors an admin can fix.

@@ -15,6 +15,7 @@ use breakglass_bus::{Bus, worker};
 use breakglass_core::RunId;
 use breakglass_proto::v1;
 use breakglass_service::ConfigSource;
+use breakglass_storage::manifest::ProjectRows;
 use breakglass_storage::{Destination, Upload};
 use breakglass_telemetry::metrics::{DestinationLabel, StatusLabel};
 use tracing::Instrument;
@@ -148,6 +149,15 @@ impl Stage for Uploader {
         } else {
             ready.encryption.as_str()
         };
+        let projects: Vec<ProjectRows> = ready
+            .projects
+            .iter()
+            .map(|p| ProjectRows {
+                project: p.project.clone(),
+                sheets: p.sheets.clone(),
+                rows: p.rows,
+            })
+            .collect();
         let upload = Upload {
             file: &plain,
             size,
@@ -156,6 +166,8 @@ impl Stage for Uploader {
             created_at,
             extension,
             encryption,
+            key_id: &ready.key_id,
+            projects: &projects,
         };
         let mut results = Vec::new();
         let mut transient = Vec::new();
@@ -206,6 +218,12 @@ impl Stage for Uploader {
                     }
                 }
             });
+        }
+        // The working files go before the run is reported: whoever acts on
+        // run.finished (a test, an operator stopping the pod) finds nothing
+        // of this run left on disk.
+        if let Err(err) = temp.close() {
+            tracing::warn!(error = %err, "could not remove the working folder; the next start sweeps it");
         }
         if !transient.is_empty() && !attempt.is_last() {
             // Try the whole message again later; destinations that already

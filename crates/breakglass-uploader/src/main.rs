@@ -1,4 +1,7 @@
 //! `uploader`: binds the upload stage to the bus. See the crate docs.
+// The upload future nests every destination's (S3 region discovery, sidecar,
+// prune); its type is deeper than the default query limit allows.
+#![recursion_limit = "256"]
 
 use breakglass_uploader::Uploader;
 use std::process::ExitCode;
