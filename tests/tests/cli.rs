@@ -363,3 +363,128 @@ fn run_once_with_age_opens_only_with_the_identity() {
     assert_eq!(workbook.sheet_names().len(), 7);
     assert!(workbook.worksheet_range("Payments").unwrap().height() > 1);
 }
+
+#[test]
+fn config_secret_writes_a_checked_manifest_without_taking_secrets_from_argv_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(bin("breakglass"));
+        command.args(args).current_dir(d);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().unwrap()
+    };
+    let base = [
+        "config",
+        "secret",
+        "--name",
+        "bg-config",
+        "--namespace",
+        "mavis",
+        "--set",
+        "storage_provider=s3",
+        "--set",
+        "s3_bucket=mavis-breakglass",
+        "--set",
+        "s3_access_key_id=AKIAEXAMPLE",
+        "--set",
+        "execute_time=02:30",
+        "--set",
+        "time_zone=Asia/Taipei",
+    ];
+    // Secrets from the environment: no warning, and the manifest holds them.
+    let out = d.join("secret.yaml");
+    let mut args = base.to_vec();
+    args.extend(["--out", out.to_str().unwrap()]);
+    let output = run(
+        &args,
+        &[
+            ("BREAKGLASS_S3_SECRET_ACCESS_KEY", "env-secret-key-123"),
+            ("BREAKGLASS_ENCRYPTION_PASSPHRASE", "env-passphrase-456"),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("warning"), "{}", stderr(&output));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the manifest holds credentials: private");
+    }
+    // An independent YAML reader takes the manifest apart; the file inside
+    // passes `config check` and kept `02:30` a time.
+    let conf = d.join("from-manifest.conf");
+    let extract = Command::new(breakglass_e2e::test_python())
+        .args([
+            "-c",
+            "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); \
+             assert d['kind'] == 'Secret' and d['metadata']['name'] == 'bg-config' and d['metadata']['namespace'] == 'mavis'; \
+             open(sys.argv[2], 'w').write(d['stringData']['breakglass.conf'])",
+        ])
+        .arg(&out)
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(extract.status.success(), "{}", stderr(&extract));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("execute_time: 02:30\n"), "{text}");
+    assert!(
+        text.contains("s3_secret_access_key: env-secret-key-123\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("encryption_passphrase: env-passphrase-456\n"),
+        "{text}"
+    );
+    let check = run(&["config", "check", conf.to_str().unwrap()], &[]);
+    assert!(check.status.success(), "{}", stderr(&check));
+
+    // A secret on argv works but warns, naming the safer way.
+    let mut args = base.to_vec();
+    args.extend([
+        "--format",
+        "file",
+        "--set",
+        "s3_secret_access_key=argv-secret",
+        "--set",
+        "encryption=none",
+    ]);
+    let output = run(&args, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("warning: s3_secret_access_key given on the command line")
+            && stderr(&output).contains("BREAKGLASS_S3_SECRET_ACCESS_KEY"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("# breakglass settings"));
+
+    // Bad values: every problem at once, exit 1, nothing written.
+    let bad_out = d.join("bad.yaml");
+    let output = run(
+        &[
+            "config",
+            "secret",
+            "--set",
+            "execute_time=24:00",
+            "--set",
+            "time_zone=Mars/Base",
+            "--set",
+            "storage_provider=s3",
+            "--set",
+            "s3_bucket=",
+            "--out",
+            bad_out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("execute_time") && err.contains("24:00") && err.contains("time_zone"),
+        "{err}"
+    );
+    assert!(!bad_out.exists());
+}

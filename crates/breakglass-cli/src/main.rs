@@ -5,12 +5,14 @@
 //! - `status`: how fresh the copy in each destination is.
 //! - `generate`: a synthetic inventory for benchmarks.
 //! - `keygen`: a payload key for the services' config.
-//! - `config check`: validate a config file offline.
+//! - `config check`: validate a config file offline; `config secret`:
+//!   build one (or a Kubernetes Secret manifest) from flags or prompts.
 //! - `fetch`, `verify`, `show`, `drill`: the emergency path (docs/RUNBOOK.md).
 //!
 //! Errors print as one line on stderr and exit non-zero.
 
 mod bus_args;
+mod config_secret;
 mod progress;
 mod retrieve;
 mod run_once;
@@ -83,6 +85,9 @@ enum ConfigCommand {
         /// The file.
         file: PathBuf,
     },
+    /// Build the `key: value` file from flags, the environment or prompts,
+    /// validated, as the plain file or a Kubernetes Secret manifest.
+    Secret(config_secret::Args),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +127,9 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_check(&file),
+            Command::Config {
+                command: ConfigCommand::Secret(args),
+            } => config_secret::run(args),
         }
     });
     match result {
