@@ -237,6 +237,26 @@ fn service_config(
     write_config(dir, &entries)
 }
 
+/// Waits until the run log holds run `run_id` as finished.
+async fn wait_for_logged_run(
+    log: &breakglass_runlog::RunLog,
+    run_id: &str,
+) -> breakglass_runlog::RunRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(run) = log.get(run_id).await.unwrap()
+            && run.finished_at.is_some()
+        {
+            return run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run log did not record run {run_id} as finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn connect(iso: &Isolation) -> Bus {
     Bus::connect(BusOptions {
         url: nats_url(),
@@ -267,6 +287,7 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
     let dir = tempfile::tempdir().unwrap();
     let key = breakglass_bus::payload::PayloadKey::generate();
     let view = format!("{}.breakglass_inventory", iso.schema);
+    let run_log_schema = format!("{}_log", iso.schema);
     let db = database_url();
     let config = service_config(
         dir.path(),
@@ -277,6 +298,8 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
             ("inventory_view", view.as_str()),
             ("encryption", "password"),
             ("encryption_passphrase", PASSPHRASE),
+            ("database_url", db.as_str()),
+            ("database_schema", run_log_schema.as_str()),
         ],
     );
     let bus = connect(&iso).await;
@@ -331,6 +354,40 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
     );
     breakglass_e2e::office_decrypt(stored, PASSPHRASE, &decrypted).unwrap();
     check_workbook(&decrypted);
+
+    // The scheduler recorded the run in PostgreSQL, stage by stage, with
+    // what each destination holds.
+    let log = breakglass_runlog::RunLog::connect(&db, &run_log_schema)
+        .await
+        .unwrap();
+    let logged = wait_for_logged_run(&log, &run_id).await;
+    assert_eq!(
+        (
+            logged.status.as_str(),
+            logged.reason.as_str(),
+            logged.requested_by.as_str()
+        ),
+        ("succeeded", "on_demand", "mavis-core")
+    );
+    assert_eq!(logged.rows, ROWS.len() as i64);
+    assert_eq!(logged.destinations.len(), 1);
+    assert_eq!(
+        logged.destinations[0].sha256,
+        finished.destinations[0].sha256
+    );
+    assert_eq!(
+        logged.destinations[0].location,
+        finished.destinations[0].location
+    );
+    let stages: Vec<String> = log
+        .events_after(&run_id, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stage)
+        .collect();
+    assert_eq!(stages, ["triggered", "collected", "rendered", "finished"]);
+    assert_eq!(log.list(10, None).await.unwrap()[0].run_id, run_id);
 
     // Give a second (duplicate) run a chance to show up, then count events.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -786,6 +843,7 @@ async fn canary_credentials_appear_nowhere_but_in_the_decrypted_workbook() {
     let temp = dir.path().join("tmp");
     std::fs::create_dir_all(&temp).unwrap();
     let key = breakglass_bus::payload::PayloadKey::generate();
+    let db = database_url();
     let inventory_url = inventory.display().to_string();
     let config = service_config(
         dir.path(),
@@ -795,6 +853,8 @@ async fn canary_credentials_appear_nowhere_but_in_the_decrypted_workbook() {
             ("inventory_url", inventory_url.as_str()),
             ("encryption", "password"),
             ("encryption_passphrase", CANARY_PASSPHRASE),
+            ("database_url", db.as_str()),
+            ("database_schema", iso.schema.as_str()),
         ],
     );
     let bus = connect(&iso).await;
@@ -821,6 +881,12 @@ async fn canary_credentials_appear_nowhere_but_in_the_decrypted_workbook() {
         finished.warning_count, 1,
         "the row without a device name is kept and named: {finished:?}"
     );
+    // The scheduler records the run in PostgreSQL before it is stopped.
+    let log = breakglass_runlog::RunLog::connect(&db, &iso.schema)
+        .await
+        .unwrap();
+    let logged = wait_for_logged_run(&log, &run_id).await;
+    assert_eq!(logged.status, "succeeded");
     drop(services);
 
     let found_in = |what: &str, bytes: &[u8]| {
@@ -857,6 +923,28 @@ async fn canary_credentials_appear_nowhere_but_in_the_decrypted_workbook() {
             &format!("object store {}", message.subject),
             &message.payload,
         );
+    }
+    // Every row of every table of the run log in PostgreSQL.
+    let mut pg = PgConnection::connect(&db).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+    )
+    .bind(&iso.schema)
+    .fetch_all(&mut pg)
+    .await
+    .unwrap();
+    assert!(tables.len() >= 3, "the run log's tables exist: {tables:?}");
+    for table in &tables {
+        let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT t::text FROM {}.{table} t",
+            iso.schema
+        )))
+        .fetch_all(&mut pg)
+        .await
+        .unwrap();
+        for row in rows {
+            found_in(&format!("database table {table}"), row.as_bytes());
+        }
     }
     // The services' temp directory is left empty.
     let left: Vec<_> = walk(&temp);

@@ -93,13 +93,15 @@ pub trait Stage: Send + Sync {
     fn trigger_of(&self, message: &jetstream::Message) -> Option<v1::TriggerRequested>;
 }
 
-/// The stages and the subjects their consumers read.
-pub fn stage_subjects(bus: &Bus) -> [(&'static str, String); 3] {
+/// The stages and the subjects their consumers read. `runlog` (the
+/// scheduler's recorder of the PostgreSQL run log) reads every event.
+pub fn stage_subjects(bus: &Bus) -> [(&'static str, String); 4] {
     let subjects = bus.subjects();
     [
         ("collector", subjects.trigger()),
         ("renderer", subjects.snapshot_ready()),
         ("uploader", subjects.workbook_ready()),
+        ("runlog", subjects.all()),
     ]
 }
 

@@ -45,6 +45,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "inventory_view",
     "nats_url",
     "database_url",
+    "database_schema",
     "bus_prefix",
     "payload_key",
     "payload_ttl_hours",

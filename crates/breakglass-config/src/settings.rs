@@ -151,6 +151,11 @@ pub struct Settings {
     pub inventory_view: String,
     /// NATS server URL(s) for the services.
     pub nats_url: String,
+    /// The run log's PostgreSQL (`database_url`); the scheduler records
+    /// runs there when it is set. A secret: it may hold a password.
+    pub database_url: Option<Secret>,
+    /// The run log's PostgreSQL schema (`database_schema`).
+    pub database_schema: String,
     /// Subject prefix and stream-name base; lets tests and several
     /// installations share one NATS.
     pub bus_prefix: String,
@@ -174,6 +179,8 @@ pub struct Settings {
 
 /// Default folder of the `local` destination (run-once's default too).
 pub const DEFAULT_LOCAL_DIR: &str = "./breakglass-out";
+/// The default PostgreSQL schema of the run log.
+pub const DEFAULT_DATABASE_SCHEMA: &str = "breakglass";
 /// Default subject prefix.
 pub const DEFAULT_BUS_PREFIX: &str = "breakglass";
 /// Default view the SQL inventory sources read.
@@ -185,17 +192,6 @@ impl Settings {
         let mut check = Checker {
             problems: Vec::new(),
         };
-        for key in ["database_url"] {
-            // Known keys whose features are not built yet: say so instead of
-            // silently ignoring a setting the admin relies on.
-            if let Some(value) = raw.get(key) {
-                check.fail(
-                    key,
-                    value,
-                    "is not supported by this version of breakglass yet",
-                );
-            }
-        }
         let execute_time = check.parse(raw, "execute_time", |v| DailyTime::parse(v).map(Some));
         let time_zone = check
             .parse(raw, "time_zone", |v| {
@@ -253,6 +249,27 @@ impl Settings {
             .get("nats_url")
             .map(|v| v.value.clone())
             .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+        let database_url = check.parse(raw, "database_url", |v| {
+            if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+                Ok(Secret::new(v))
+            } else {
+                Err("must be a postgres://user:password@host:port/database URL")
+            }
+        });
+        let database_schema = check
+            .parse(raw, "database_schema", |v| {
+                let ok = !v.is_empty()
+                    && v.len() <= 63
+                    && v.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && !v.as_bytes()[0].is_ascii_digit();
+                if ok {
+                    Ok(v.to_owned())
+                } else {
+                    Err("must be 1-63 characters from a-z 0-9 _, not starting with a digit")
+                }
+            })
+            .unwrap_or_else(|| DEFAULT_DATABASE_SCHEMA.into());
         let bus_prefix = check
             .parse(raw, "bus_prefix", |v| {
                 let ok = !v.is_empty()
@@ -306,6 +323,8 @@ impl Settings {
             inventory,
             inventory_view,
             nats_url,
+            database_url,
+            database_schema,
             bus_prefix,
             payload_key: payload_key.flatten(),
             payload_ttl,
@@ -905,12 +924,26 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_features_are_an_error_not_ignored() {
-        let err = settings("database_url: postgres://x/y\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("database_url"), "{err}");
-        assert!(err.contains("not supported by this version"), "{err}");
+    fn the_run_log_database_is_a_masked_postgres_url_with_a_plain_schema() {
+        let parsed =
+            settings("database_url: postgres://u:pw-canary@h/db\ndatabase_schema: runs_2\n")
+                .unwrap();
+        assert_eq!(parsed.database_schema, "runs_2");
+        assert!(!format!("{parsed:?}").contains("pw-canary"));
+        assert_eq!(settings("").unwrap().database_schema, "breakglass");
+        let err =
+            settings("database_url: mysql://user:pw-canary@h/db\ndatabase_schema: Bad-Name\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("database_url") && err.contains("postgres://"),
+            "{err}"
+        );
+        assert!(
+            err.contains("database_schema") && err.contains("Bad-Name"),
+            "{err}"
+        );
+        assert!(!err.contains("pw-canary"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! forward) runs at the first valid minute after it; a local time that
 //! happens twice (fall back) runs once, at its first occurrence.
 
+pub mod runlog;
+
 use breakglass_bus::Bus;
 use breakglass_bus::worker::chrono_now_ms;
 use breakglass_config::DailyTime;
@@ -61,6 +63,38 @@ pub fn slot_on(date: NaiveDate, time: DailyTime, zone: Tz) -> Slot {
     Slot {
         at: Utc.from_utc_datetime(&wanted),
         run_id,
+    }
+}
+
+/// Connects the run log (retrying every 10 s while PostgreSQL is away, so
+/// the schedule never waits for it) and records every bus event into it
+/// until `shutdown`. The connected log goes to `connected` for the gRPC
+/// run history.
+pub async fn record_runs(
+    bus: Bus,
+    database_url: breakglass_core::Secret,
+    schema: String,
+    connected: tokio::sync::watch::Sender<Option<breakglass_runlog::RunLog>>,
+    shutdown: CancellationToken,
+) {
+    let log = loop {
+        match breakglass_runlog::RunLog::connect(database_url.expose(), &schema).await {
+            Ok(log) => break log,
+            Err(err) => {
+                tracing::error!(error = %err, "the run log is unavailable; retrying in 10 s (runs go on)");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(schema = %schema, "recording runs in the run log");
+    let _ = connected.send(Some(log.clone()));
+    if let Err(err) =
+        breakglass_bus::worker::run(bus, runlog::RunLogStage::new(log), shutdown).await
+    {
+        tracing::error!(error = %err, "the run log recorder stopped");
     }
 }
 

@@ -1,0 +1,128 @@
+//! Binds the PostgreSQL run log to the bus: the `runlog` consumer reads
+//! every event on the stream and records it (trigger, snapshot, workbook,
+//! outcome, dead letters). Two scheduler replicas share the durable
+//! consumer, so each event is recorded once; the log's writes are
+//! idempotent, so a redelivery changes nothing.
+//!
+//! A run log that cannot be written never fails a run: its messages are
+//! retried and, in the end, dead-lettered to `breakglass.dead.runlog`
+//! without reporting the run as failed.
+
+use async_nats::jetstream;
+use breakglass_bus::Bus;
+use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
+use breakglass_proto::v1;
+use breakglass_runlog::RunLog;
+use chrono::{DateTime, Utc};
+
+/// The recorder stage.
+pub struct RunLogStage {
+    log: RunLog,
+}
+
+impl RunLogStage {
+    /// Records into `log`.
+    pub fn new(log: RunLog) -> Self {
+        Self { log }
+    }
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_else(Utc::now)
+}
+
+impl Stage for RunLogStage {
+    fn name(&self) -> &'static str {
+        "runlog"
+    }
+
+    fn failed_stage(&self) -> &'static str {
+        "runlog"
+    }
+
+    async fn handle(
+        &self,
+        bus: &Bus,
+        message: &jetstream::Message,
+        _attempt: Attempt,
+    ) -> Result<(), StageFailure> {
+        let subjects = bus.subjects();
+        let subject = message.subject.as_str();
+        let failed = |err: breakglass_runlog::RunLogError| StageFailure::retry(err.to_string());
+        if subject == subjects.trigger() {
+            let trigger: v1::TriggerRequested = decode(message, "TriggerRequested")?;
+            self.log.record_trigger(&trigger).await.map_err(failed)
+        } else if subject == subjects.snapshot_ready() {
+            let ready: v1::SnapshotReady = decode(message, "SnapshotReady")?;
+            let detail = format!(
+                "collected {} rows in {} projects from {}; {} warnings",
+                ready.rows,
+                ready.projects.len(),
+                ready.source,
+                ready.warning_count
+            );
+            self.log
+                .record_stage(
+                    &ready.trigger.unwrap_or_default(),
+                    "collected",
+                    at(ready.collected_at_unix_ms),
+                    &detail,
+                )
+                .await
+                .map_err(failed)
+        } else if subject == subjects.workbook_ready() {
+            let ready: v1::WorkbookReady = decode(message, "WorkbookReady")?;
+            let detail = format!(
+                "rendered {} bytes, encryption {}",
+                ready.workbook_size,
+                if ready.encryption.is_empty() {
+                    "none"
+                } else {
+                    &ready.encryption
+                }
+            );
+            let trigger = ready.snapshot.and_then(|s| s.trigger).unwrap_or_default();
+            self.log
+                .record_stage(&trigger, "rendered", at(ready.rendered_at_unix_ms), &detail)
+                .await
+                .map_err(failed)
+        } else if subject.starts_with(&subjects.run_finished("")) {
+            let finished: v1::RunFinished = decode(message, "RunFinished")?;
+            self.log.record_finished(&finished).await.map_err(failed)
+        } else if let Some(stage) = subject.strip_prefix(&subjects.dead_letter("")) {
+            if stage == self.name() {
+                // Our own give-ups: recording them would loop.
+                return Ok(());
+            }
+            let dead: v1::DeadLetter = decode(message, "DeadLetter")?;
+            if dead.run_id.is_empty() {
+                return Ok(());
+            }
+            let trigger = v1::TriggerRequested {
+                run_id: dead.run_id.clone(),
+                requested_at_unix_ms: breakglass_bus::worker::chrono_now_ms(),
+                ..Default::default()
+            };
+            self.log
+                .record_stage(
+                    &trigger,
+                    &format!("dead_letter:{stage}"),
+                    Utc::now(),
+                    &format!(
+                        "{} gave up after {} deliveries: {}",
+                        dead.stage, dead.deliveries, dead.error
+                    ),
+                )
+                .await
+                .map_err(failed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Always `None`: a run log that cannot record a message must not
+    /// report that run as failed.
+    fn trigger_of(&self, _message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+        None
+    }
+}
