@@ -962,3 +962,5 @@ mod tests {
         );
     }
 }
+
+pub mod probe;

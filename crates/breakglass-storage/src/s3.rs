@@ -631,3 +631,5 @@ mod tests {
         );
     }
 }
+
+pub mod probe;
