@@ -6,6 +6,7 @@
 //! - `generate`: a synthetic inventory for benchmarks.
 //! - `keygen`: a payload key for the services' config.
 //! - `config check`: validate a config file offline.
+//! - `test`: the destination Test, stage by stage (exit 1 when one failed).
 //!
 //! Errors print as one line on stderr and exit non-zero.
 
@@ -13,6 +14,7 @@ mod bus_args;
 mod progress;
 mod run_once;
 mod status;
+mod test_destination;
 mod trigger;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +59,10 @@ enum Command {
     /// Print a new payload key (an age X25519 identity) for the services'
     /// `payload_key` setting.
     Keygen,
+    /// Test every destination of a config file stage by stage
+    /// (connection, authentication, bucket/container, upload, least
+    /// privilege, retention); exits 1 when a stage failed.
+    Test(test_destination::Args),
     /// Configuration file tools.
     Config {
         #[command(subcommand)]
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
             Command::RunOnce(args) => run_once::run(args).await,
             Command::Trigger(args) => trigger::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Test(args) => test_destination::run(args).await,
             Command::Generate {
                 rows,
                 projects,
