@@ -30,7 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         report
     } else {
         println!(
-            "{:<28} {:<8} {:>8}  {}",
+            "  {:<26} {:<8} {:>8}  {}",
             "STAGE", "STATUS", "TIME", "MESSAGE"
         );
         let mut destination = String::new();
