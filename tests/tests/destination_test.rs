@@ -316,6 +316,20 @@ fn s3_over_privileged_and_versioned_get_warnings() {
     assert_eq!(status, "warning");
     assert!(message.contains("encryption is none"), "{message}");
 
+    // A bucket in another region than s3_region.
+    moto.tool(&["create-bucket", "regional", "", "eu-west-1"]);
+    let (code, json, _) = run_test(&config(
+        dir.path(),
+        "region",
+        &s3_entries(
+            &moto.endpoint,
+            "regional",
+            "AKIAADMIN",
+            "admin-secret-value",
+        ),
+    ));
+    assert_fails_at(code, &json, "container_exists", "set s3_region: eu-west-1");
+
     // No bucket at all, asked directly (HeadBucket is allowed here).
     let (code, json, _) = run_test(&config(
         dir.path(),

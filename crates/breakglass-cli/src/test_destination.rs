@@ -29,10 +29,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", report.to_json());
         report
     } else {
-        println!(
-            "  {:<26} {:<8} {:>8}  {}",
-            "STAGE", "STATUS", "TIME", "MESSAGE"
-        );
+        println!("  {:<26} {:<8} {:>8}  MESSAGE", "STAGE", "STATUS", "TIME");
         let mut destination = String::new();
         let mut print = |result: &StageResult| {
             if result.destination != destination {

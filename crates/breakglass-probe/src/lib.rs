@@ -358,6 +358,90 @@ mod tests {
         assert_eq!(report.to_json()["stages"][1]["stage"], "authentication");
     }
 
+    /// Every provider answer the Test must turn into plain, actionable
+    /// words, with the stage it belongs to (through its kind).
+    #[test]
+    fn provider_errors_become_actionable_messages() {
+        use breakglass_storage::probe_support::FailureKind;
+        use breakglass_storage::s3::probe::explain_code;
+        let explain = |code, detail| {
+            explain_code(
+                code,
+                "PutObject",
+                "backups",
+                "mavis",
+                "AKIAEXAMPLEKEY1234",
+                detail,
+            )
+        };
+        let cases = [
+            (
+                "SignatureDoesNotMatch",
+                "",
+                FailureKind::Authentication,
+                "check s3_secret_access_key",
+            ),
+            (
+                "InvalidAccessKeyId",
+                "",
+                FailureKind::Authentication,
+                "check s3_access_key_id",
+            ),
+            (
+                "NoSuchBucket",
+                "",
+                FailureKind::NoSuchContainer,
+                "bucket backups does not exist",
+            ),
+            (
+                "AccessDenied",
+                "",
+                FailureKind::AccessDenied,
+                "lacks s3:PutObject on backups/mavis/*",
+            ),
+            (
+                "AuthorizationHeaderMalformed",
+                "",
+                FailureKind::WrongRegion,
+                "set s3_region",
+            ),
+            (
+                "RequestTimeTooSkewed",
+                "",
+                FailureKind::ClockSkew,
+                "fix the time (NTP)",
+            ),
+            (
+                "connection",
+                "dns error: failed to lookup address information",
+                FailureKind::Connection,
+                "does not resolve (DNS)",
+            ),
+            (
+                "connection",
+                "tcp connect error: Connection refused (os error 111)",
+                FailureKind::Connection,
+                "refused the connection",
+            ),
+            (
+                "connection",
+                "invalid peer certificate: UnknownIssuer",
+                FailureKind::Connection,
+                "set ca_bundle",
+            ),
+        ];
+        for (code, detail, kind, words) in cases {
+            let failure = explain(code, detail);
+            assert_eq!(failure.kind, kind, "{code}");
+            assert!(
+                failure.message.contains(words),
+                "{code}: {}",
+                failure.message
+            );
+            assert!(!failure.message.contains("AKIAEXAMPLEKEY1234"));
+        }
+    }
+
     #[test]
     fn key_ids_are_shortened() {
         assert_eq!(key_hint("AKIAEXAMPLEKEY1234"), "AKIA…1234");

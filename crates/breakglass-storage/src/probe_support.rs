@@ -343,6 +343,36 @@ mod tests {
         );
     }
 
+    #[test]
+    fn certificate_problems_name_the_fix() {
+        use rustls::CertificateError;
+        let wrap = |cert: CertificateError| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(cert),
+            )
+        };
+        let unknown = explain_tls("s3.example", &wrap(CertificateError::UnknownIssuer), false);
+        assert!(unknown.contains("unknown CA"), "{unknown}");
+        assert!(unknown.contains("set ca_bundle"), "{unknown}");
+        let with_bundle = explain_tls("s3.example", &wrap(CertificateError::UnknownIssuer), true);
+        assert!(
+            with_bundle.contains("does not contain the CA"),
+            "{with_bundle}"
+        );
+        let expired = explain_tls("s3.example", &wrap(CertificateError::Expired), false);
+        assert!(expired.contains("expired"), "{expired}");
+        let wrong_host = explain_tls(
+            "s3.example",
+            &wrap(CertificateError::NotValidForName),
+            false,
+        );
+        assert!(
+            wrong_host.contains("not issued for s3.example"),
+            "{wrong_host}"
+        );
+    }
+
     #[tokio::test]
     async fn refused_and_unresolvable_endpoints_are_named() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -286,6 +286,25 @@ impl S3Bucket {
     }
 }
 
+/// The Test's reading of an S3 error code: its kind and the upload path's
+/// plain words for it (for `action` on `bucket`/`prefix`, naming the key id
+/// only shortened). Used where no request was made, e.g. to show what each
+/// answer would say.
+pub fn explain_code(
+    code: &str,
+    action: &str,
+    bucket: &str,
+    prefix: &str,
+    access_key_id: &str,
+    detail: &str,
+) -> Failure {
+    Failure {
+        kind: crate::probe_support::classify(code, None),
+        code: code.to_owned(),
+        message: super::explain(Some(code), action, bucket, prefix, access_key_id, detail),
+    }
+}
+
 /// The text of the first `<name>...</name>` element, if any.
 fn xml_text(xml: &str, name: &str) -> Option<String> {
     let open = format!("<{name}>");
