@@ -7,6 +7,7 @@ usage: s3tool.py ENDPOINT CA_BUNDLE|- COMMAND ARGS...
   get BUCKET KEY OUT        download KEY to OUT, print its metadata as JSON
   list BUCKET PREFIX        print the keys under PREFIX as JSON
   put BUCKET KEY TEXT       write an object (to seed an older copy)
+  lifecycle BUCKET PREFIX DAYS  expire objects under PREFIX after DAYS days
   iam-user NAME POLICY_JSON create a user with an inline policy, print keys as JSON
   enforce-iam               make moto check credentials from now on
   ping                      succeed once the server answers
@@ -53,6 +54,11 @@ def main(endpoint, ca, command, *args):
     elif command == "put":
         bucket, key, text = args
         s3.put_object(Bucket=bucket, Key=key, Body=text.encode())
+    elif command == "lifecycle":
+        bucket, prefix, days = args
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+            {"ID": "breakglass-expire", "Status": "Enabled", "Filter": {"Prefix": prefix},
+             "Expiration": {"Days": int(days)}}]})
     elif command == "iam-user":
         name, policy = args
         iam = client("iam", endpoint, ca)

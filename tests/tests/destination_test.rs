@@ -316,6 +316,29 @@ fn s3_over_privileged_and_versioned_get_warnings() {
     assert_eq!(status, "warning");
     assert!(message.contains("encryption is none"), "{message}");
 
+    // Unique rotation with a lifecycle rule over the prefix: reported, and
+    // no warning that old copies pile up.
+    moto.tool(&["create-bucket", "expiring"]);
+    moto.tool(&["lifecycle", "expiring", "mavis/prod/", "30"]);
+    let mut unique = s3_entries(
+        &moto.endpoint,
+        "expiring",
+        "AKIAADMIN",
+        "admin-secret-value",
+    );
+    unique.push(("rotation", "unique"));
+    let (code, json, _) = run_test(&config(dir.path(), "lifecycle", &unique));
+    assert_eq!(code, 0, "{json:#}");
+    let stages = stages_of(&json);
+    let (status, message) = status_of(&stages, "retention");
+    assert_eq!(status, "ok", "{message}");
+    assert!(
+        message.contains(
+            "breakglass-expire (enabled, prefix \"mavis/prod/\", objects expire after 30 days)"
+        ),
+        "{message}"
+    );
+
     // A bucket in another region than s3_region.
     moto.tool(&["create-bucket", "regional", "", "eu-west-1"]);
     let (code, json, _) = run_test(&config(
@@ -464,6 +487,27 @@ fn azure_failures_and_over_privileged_credentials() {
     missing.push(("blob_account_key", Azurite::KEY));
     let (code, json, _) = run_test(&config(dir.path(), "missing", &missing));
     assert_fails_at(code, &json, "container_exists", "does not exist");
+
+    // DNS failure and a refused connection.
+    let mut dns = blob_entries(&azurite, "backups");
+    dns[1] = (
+        "blob_endpoint",
+        "http://nonexistent.invalid:10000/devstoreaccount1",
+    );
+    dns.push(("blob_sas_token", all.as_str()));
+    let (code, json, _) = run_test(&config(dir.path(), "dns", &dns));
+    assert_fails_at(code, &json, "connection", "does not resolve");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed = format!("http://127.0.0.1:{port}/devstoreaccount1");
+    let mut refused = blob_entries(&azurite, "backups");
+    refused[1] = ("blob_endpoint", closed.as_str());
+    refused.push(("blob_sas_token", all.as_str()));
+    let (code, json, _) = run_test(&config(dir.path(), "refused", &refused));
+    assert_fails_at(code, &json, "connection", "refused");
 
     // A read-only SAS: the upload is refused.
     let read_only = azurite.sas("backups", "rl");
