@@ -717,3 +717,48 @@ async fn the_uploader_serves_the_test_over_grpc_with_masked_secrets() {
     uploader.terminate(Duration::from_secs(10)).unwrap();
     iso.cleanup_bus().await;
 }
+
+#[tokio::test]
+async fn the_grpc_api_refuses_to_start_without_a_token() {
+    let iso = Isolation::new("grpc_no_token");
+    let dir = tempfile::tempdir().unwrap();
+    let payload_key = breakglass_bus::payload::PayloadKey::generate();
+    let nats = nats_url();
+    let file = config(
+        dir.path(),
+        "no-token",
+        &[
+            ("nats_url", nats.as_str()),
+            ("bus_prefix", iso.prefix.as_str()),
+            ("payload_key", payload_key.expose()),
+            ("encryption_passphrase", "grpc test passphrase 2026"),
+        ],
+    );
+    let mut child = Command::new(bin("uploader"))
+        .arg("--config")
+        .arg(&file)
+        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .env_remove("BREAKGLASS_GRPC_TOKEN")
+        .env("BREAKGLASS_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the uploader kept running without a gRPC token");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("needs a bearer token"), "{stderr}");
+    assert!(!stderr.contains(payload_key.expose()));
+    iso.cleanup_bus().await;
+}
