@@ -3,7 +3,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let protos = [root.join("breakglass/v1/events.proto")];
+    let protos = [
+        root.join("breakglass/v1/events.proto"),
+        root.join("breakglass/v1/destination_test.proto"),
+    ];
     println!("cargo:rerun-if-changed={}", root.display());
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

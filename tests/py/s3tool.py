@@ -7,6 +7,7 @@ usage: s3tool.py ENDPOINT CA_BUNDLE|- COMMAND ARGS...
   get BUCKET KEY OUT        download KEY to OUT, print its metadata as JSON
   list BUCKET PREFIX        print the keys under PREFIX as JSON
   put BUCKET KEY TEXT       write an object (to seed an older copy)
+  lifecycle BUCKET PREFIX DAYS  expire objects under PREFIX after DAYS days
   iam-user NAME POLICY_JSON create a user with an inline policy, print keys as JSON
   enforce-iam               make moto check credentials from now on
   ping                      succeed once the server answers
@@ -61,6 +62,11 @@ def main(endpoint, ca, command, *args):
         body = response["Body"].read()
         body = body[: len(body) // 2] if mode == "truncate" else body[:-1] + bytes([body[-1] ^ 1])
         s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=response["Metadata"])
+    elif command == "lifecycle":
+        bucket, prefix, days = args
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+            {"ID": "breakglass-expire", "Status": "Enabled", "Filter": {"Prefix": prefix},
+             "Expiration": {"Days": int(days)}}]})
     elif command == "iam-user":
         name, policy = args
         iam = client("iam", endpoint, ca)

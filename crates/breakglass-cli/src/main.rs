@@ -8,6 +8,7 @@
 //! - `config check`: validate a config file offline; `config secret`:
 //!   build one (or a Kubernetes Secret manifest) from flags or prompts.
 //! - `fetch`, `verify`, `show`, `drill`: the emergency path (docs/RUNBOOK.md).
+//! - `test`: the destination Test, stage by stage (exit 1 when one failed).
 //!
 //! Errors print as one line on stderr and exit non-zero.
 
@@ -17,6 +18,7 @@ mod progress;
 mod retrieve;
 mod run_once;
 mod status;
+mod test_destination;
 mod trigger;
 
 use clap::{Parser, Subcommand};
@@ -71,6 +73,10 @@ enum Command {
     /// Rehearse the emergency path: list, download, verify, decrypt and
     /// count rows against the manifest; exits 1 when any step fails.
     Drill(retrieve::DrillArgs),
+    /// Test every destination of a config file stage by stage
+    /// (connection, authentication, bucket/container, upload, least
+    /// privilege, retention); exits 1 when a stage failed.
+    Test(test_destination::Args),
     /// Configuration file tools.
     Config {
         #[command(subcommand)]
@@ -111,6 +117,7 @@ fn main() -> ExitCode {
             Command::Verify(args) => retrieve::verify(args),
             Command::Show(args) => retrieve::show(args),
             Command::Drill(args) => retrieve::drill(args).await,
+            Command::Test(args) => test_destination::run(args).await,
             Command::Generate {
                 rows,
                 projects,

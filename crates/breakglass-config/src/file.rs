@@ -51,6 +51,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "payload_ttl_hours",
     "ack_wait_seconds",
     "max_deliver",
+    "grpc_token",
 ];
 
 /// Keys whose values are credentials: shown only as a mask.
@@ -61,6 +62,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "blob_sas_token",
     "encryption_passphrase",
     "payload_key",
+    "grpc_token",
 ];
 
 /// Keys that are URLs which may embed a password (`postgres://u:p@h/db`).

@@ -7,6 +7,7 @@
 //! documented defaults apply.
 #![warn(missing_docs)]
 
+pub mod grpc;
 pub mod http;
 
 use anyhow::Context;
@@ -158,7 +159,15 @@ pub struct ServiceContext {
 /// Parses the command line, starts telemetry, loads config, connects the
 /// bus. Errors are meant for `main` to print as one line and exit non-zero.
 pub async fn start(service: &'static str) -> anyhow::Result<ServiceContext> {
-    let args = <ServiceArgs as clap::Parser>::parse();
+    start_with(<ServiceArgs as clap::Parser>::parse(), service).await
+}
+
+/// [`start`] with arguments a service parsed itself (one that adds flags,
+/// like the uploader's `--grpc`, flattens [`ServiceArgs`] into its own).
+pub async fn start_with(
+    args: ServiceArgs,
+    service: &'static str,
+) -> anyhow::Result<ServiceContext> {
     let telemetry = breakglass_telemetry::init(service).context("starting telemetry")?;
     // A crashed predecessor may have left a private working folder behind.
     let swept = breakglass_core::private_fs::sweep_stale_dirs(

@@ -1118,3 +1118,5 @@ mod tests {
         );
     }
 }
+
+pub mod probe;

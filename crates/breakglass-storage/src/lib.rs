@@ -12,6 +12,9 @@
 //! - [`local`]: a folder (atomic temp-file + fsync + rename).
 //! - [`s3`]: an S3 bucket, AWS or S3-compatible.
 //! - [`azure`]: an Azure Blob container (Azure, sovereign clouds, Azurite).
+//! - [`probe_support`]: what the destination Test (`breakglass-probe`)
+//!   needs: the connection check and classified answers; the per-backend
+//!   probes are `s3::probe` and `azure::probe`.
 //!
 //! This crate knows nothing of NATS.
 #![warn(missing_docs)]
@@ -21,6 +24,7 @@ pub mod azure;
 pub mod local;
 pub mod manifest;
 pub mod naming;
+pub mod probe_support;
 pub mod s3;
 mod transport;
 

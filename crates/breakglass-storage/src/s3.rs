@@ -790,3 +790,5 @@ mod tests {
         );
     }
 }
+
+pub mod probe;

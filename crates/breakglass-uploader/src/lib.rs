@@ -7,6 +7,10 @@
 //! run is `succeeded` only when all succeeded (`partially_failed` when some
 //! did). The outcome goes out as `run.finished` (`Nats-Msg-Id =
 //! finished-<run id>`).
+//!
+//! [`grpc`] serves the destination Test (`--grpc ADDR`).
+
+pub mod grpc;
 
 use async_nats::jetstream;
 use breakglass_bus::payload::{PayloadKey, hash_file};

@@ -1,10 +1,29 @@
-//! `uploader`: binds the upload stage to the bus. See the crate docs.
+//! `uploader`: binds the upload stage to the bus, and serves the
+//! destination Test over gRPC when `--grpc` is given. See the crate docs.
 // The upload future nests every destination's (S3 region discovery, sidecar,
 // prune); its type is deeper than the default query limit allows.
 #![recursion_limit = "256"]
 
+use anyhow::Context;
 use breakglass_uploader::Uploader;
+use breakglass_uploader::grpc::{DestinationTestService, serve};
 use std::process::ExitCode;
+
+/// The uploader's command line: the services' flags plus `--grpc`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    version,
+    about = "The breakglass uploader. Reads the breakglass key: value config file."
+)]
+struct Args {
+    #[command(flatten)]
+    service: breakglass_service::ServiceArgs,
+    /// Serve the gRPC API (the destination Test) on this address; needs
+    /// grpc_token in the config file or $BREAKGLASS_GRPC_TOKEN. Off when
+    /// not given.
+    #[arg(long, env = "BREAKGLASS_GRPC_ADDR")]
+    grpc: Option<std::net::SocketAddr>,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -18,7 +37,31 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let context = breakglass_service::start("breakglass-uploader").await?;
+    let args = <Args as clap::Parser>::parse();
+    let context = breakglass_service::start_with(args.service, "breakglass-uploader").await?;
+    if let Some(addr) = args.grpc {
+        let raw = match context.config.path() {
+            Some(path) => breakglass_config::RawConfig::from_file(path)?,
+            None => breakglass_config::RawConfig::new(),
+        };
+        let token = breakglass_service::grpc::token_from(
+            std::env::var(breakglass_service::grpc::TOKEN_ENV).ok(),
+            &raw,
+        )?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the gRPC API (--grpc)"))?;
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!(addr = %local, "gRPC API listening");
+        let service = DestinationTestService::new(context.config.clone());
+        let auth = breakglass_service::grpc::BearerAuth::new(token);
+        let shutdown = context.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = serve(listener, service, auth, shutdown).await {
+                tracing::error!(error = %err, "the gRPC API stopped");
+            }
+        });
+    }
     breakglass_uploader::seed_last_success(&context.bus).await;
     let uploader = Uploader::new(
         context.config.clone(),

@@ -1,0 +1,336 @@
+//! The stages for an S3 bucket.
+
+use crate::{Notes, Recorder, Stage, encryption_warning, key_hint};
+use breakglass_config::{Protocol, Rotation, S3Settings, Settings};
+use breakglass_storage::probe_support::{
+    ABSENT_OBJECT_NAME, Failure, FailureKind, TEST_OBJECT_BODY, TEST_OBJECT_NAME, check_connection,
+};
+use breakglass_storage::s3::S3Bucket;
+use breakglass_storage::s3::probe::{BucketAnswer, LifecycleRule};
+use std::time::{Duration, Instant};
+
+pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder<'_>) {
+    let base = S3Bucket::new(
+        s3,
+        &settings.path_prefix,
+        settings.rotation,
+        settings.ca_bundle.as_ref(),
+    );
+    let name = s3.bucket.clone();
+
+    // 1. Connection.
+    let started = Instant::now();
+    let check = check_connection(base.endpoint_url(), settings.ca_bundle.as_ref()).await;
+    if let Some(failure) = check.failure {
+        return rec.fail(
+            Stage::Connection,
+            started,
+            format!("{failure} (setting: s3_url / s3_protocol)"),
+        );
+    }
+    let mut notes = Notes::default();
+    if s3.protocol == Protocol::Http {
+        notes.warn(
+            "plain HTTP: the credential's signed requests and the workbook travel in clear; use HTTPS (s3_protocol: https)",
+        );
+    }
+    notes.note(check.summary);
+    rec.finish(Stage::Connection, started, notes);
+
+    // 2. Authentication.
+    let started = Instant::now();
+    let mut notes = Notes::default();
+    let bucket = if base.discovers_region() {
+        match base.bucket_region().await {
+            Some(region) => {
+                notes.note(format!(
+                    "no s3_region set: using the bucket's own region {region}"
+                ));
+                base.for_probe(Some(&region))
+            }
+            None => base.for_probe(None),
+        }
+    } else {
+        base.for_probe(None)
+    };
+    let who = format!("the access key id {}", key_hint(&s3.access_key_id));
+    match bucket.probe_get(ABSENT_OBJECT_NAME).await {
+        Err(f)
+            if matches!(
+                f.kind,
+                FailureKind::Authentication | FailureKind::ClockSkew | FailureKind::Connection
+            ) =>
+        {
+            return rec.fail(Stage::Authentication, started, f.message);
+        }
+        Err(f) if f.kind == FailureKind::Other => {
+            return rec.fail(Stage::Authentication, started, f.message);
+        }
+        answer => {
+            let said = match &answer {
+                Ok(()) => "200".to_owned(),
+                Err(f) => f.code.clone(),
+            };
+            notes.note(format!(
+                "{who} and its secret are accepted (the signature is valid: a read of a key that does not exist answered {said}, not a credential error)"
+            ));
+        }
+    }
+    rec.finish(Stage::Authentication, started, notes);
+
+    // 3. Bucket exists, in the configured region.
+    let started = Instant::now();
+    let conditional = settings.rotation != Rotation::Overwrite;
+    let mut upload: Option<(Result<String, Failure>, Duration)> = None;
+    let region_problem = |found: Option<&String>| -> Option<String> {
+        let found = found?;
+        (s3.region_configured && !found.is_empty() && *found != s3.region).then(|| {
+            format!(
+                "bucket {name} is in region {found}, but s3_region is {}: set s3_region: {found}",
+                s3.region
+            )
+        })
+    };
+    let answer = bucket.probe_head_bucket().await;
+    let decided = match answer {
+        BucketAnswer::Exists { region } => {
+            if let Some(problem) = region_problem(region.as_ref()) {
+                return rec.fail(Stage::ContainerExists, started, problem);
+            }
+            Ok(format!(
+                "bucket {name} exists (asked directly with HeadBucket{})",
+                region.map(|r| format!("; region {r}")).unwrap_or_default()
+            ))
+        }
+        BucketAnswer::Missing => Err(format!(
+            "bucket {name} does not exist (HeadBucket answered 404, NoSuchBucket): check s3_bucket and s3_url"
+        )),
+        BucketAnswer::OtherRegion { region } => Err(format!(
+            "bucket {name} is in another region ({}), not s3_region {}: set s3_region to the bucket's region",
+            region.as_deref().unwrap_or("the server did not say which"),
+            s3.region
+        )),
+        BucketAnswer::Denied { region } => {
+            if let Some(problem) = region_problem(region.as_ref()) {
+                return rec.fail(Stage::ContainerExists, started, problem);
+            }
+            infer_from_upload(&bucket, conditional, &name, "HeadBucket is denied to this credential, as it should be for a least-privileged writer", &mut upload).await
+        }
+        BucketAnswer::Failed(f) if f.kind == FailureKind::WrongRegion => Err(f.message),
+        BucketAnswer::Failed(f) => {
+            let why = format!("HeadBucket gave no usable answer ({})", f.code);
+            infer_from_upload(&bucket, conditional, &name, &why, &mut upload).await
+        }
+    };
+    match decided {
+        Ok(message) => rec.ok(Stage::ContainerExists, started, message),
+        Err(message) => return rec.fail(Stage::ContainerExists, started, message),
+    }
+
+    // 4. Upload.
+    let started = Instant::now();
+    let (put, took) = match upload {
+        Some(done) => done,
+        None => {
+            let result = bucket.probe_put(conditional).await;
+            (result, started.elapsed())
+        }
+    };
+    let mut notes = Notes::default();
+    let rule = if conditional {
+        " as a conditional create (If-None-Match: *), like unique and prune uploads"
+    } else {
+        ", replacing it, like overwrite uploads"
+    };
+    match put {
+        Ok(key) => notes.note(format!(
+            "wrote s3://{name}/{key} ({} bytes{rule}); the server checked Content-MD5 and its ETag matches",
+            TEST_OBJECT_BODY.len()
+        )),
+        Err(f) if f.kind == FailureKind::Exists => notes.note(format!(
+            "s3://{name}/{} is already there from an earlier Test: the conditional create was allowed and refused to replace it, as {} rotation needs",
+            bucket_key(&bucket, TEST_OBJECT_NAME),
+            rotation_name(settings.rotation)
+        )),
+        Err(f) => {
+            return rec.fail(Stage::Upload, Instant::now() - took, f.message);
+        }
+    }
+    if let Some(warning) = encryption_warning(settings) {
+        notes.warn(warning);
+    }
+    rec.finish(Stage::Upload, Instant::now() - took, notes);
+
+    // 5. Least privilege audit.
+    let started = Instant::now();
+    let read = bucket.probe_get(TEST_OBJECT_NAME).await;
+    let delete = bucket.probe_delete(ABSENT_OBJECT_NAME).await;
+    let list = bucket.probe_list().await;
+    let rights = Rights {
+        read: allowed(&read),
+        delete: allowed(&delete),
+        list: allowed(&list),
+    };
+    let mut notes = Notes::default();
+    let prune = settings.rotation == Rotation::Prune;
+    let mut extra = Vec::new();
+    if rights.read == Some(true) {
+        extra.push("read (s3:GetObject)");
+    }
+    if rights.delete == Some(true) && !prune {
+        extra.push("delete (s3:DeleteObject)");
+    }
+    if rights.list == Some(true) && !prune {
+        extra.push("list (s3:ListBucket)");
+    }
+    if extra.is_empty() {
+        notes.note(format!(
+            "{who} cannot read{}: it can only write, as a backup writer should",
+            if prune {
+                " (list and delete are allowed: prune rotation needs them)"
+            } else {
+                ", delete or list"
+            }
+        ));
+    } else {
+        notes.warn(format!(
+            "{who} can also {}: the writer should only create; remove these rights from its policy, so a leaked key cannot read or destroy the backups",
+            extra.join(", ")
+        ));
+    }
+    for (what, answer) in [("read", &read), ("delete", &delete), ("list", &list)] {
+        if let Err(f) = answer
+            && allowed(answer).is_none()
+        {
+            notes.note(format!("could not tell whether it may {what} ({})", f.code));
+        }
+    }
+    rec.finish(Stage::LeastPrivilege, started, notes);
+
+    // 6. Retention and rotation fit.
+    let started = Instant::now();
+    let mut notes = Notes::default();
+    let mut modes = vec!["overwrite", "unique"];
+    let prune_ok = rights.list == Some(true) && rights.delete == Some(true);
+    if prune_ok {
+        modes.push("prune");
+    }
+    let configured = rotation_name(settings.rotation);
+    if modes.contains(&configured) {
+        notes.note(format!(
+            "this credential allows rotation {}; the configured {configured} is among them",
+            modes.join(", ")
+        ));
+    } else {
+        notes.warn(format!(
+            "this credential allows rotation {} but not the configured prune: prune needs s3:ListBucket and s3:DeleteObject; without them each run stores its copy, older ones stay and the run warns",
+            modes.join(", ")
+        ));
+    }
+    let rules = bucket.probe_lifecycle().await;
+    let covering: Vec<&LifecycleRule> = match &rules {
+        Ok(rules) => rules.iter().filter(|r| r.covers(bucket.prefix())).collect(),
+        Err(_) => Vec::new(),
+    };
+    match bucket.probe_versioning().await {
+        Ok(Some(state)) if state == "Enabled" => {
+            if settings.rotation == Rotation::Overwrite {
+                if covering.iter().any(|r| r.noncurrent_days.is_some()) {
+                    notes.note("bucket versioning is Enabled; a lifecycle rule expires the old versions that overwrite leaves");
+                } else {
+                    notes.warn("bucket versioning is Enabled: every overwrite keeps the previous workbook as an old version, so old copies (with old passwords) stay; add a lifecycle rule with NoncurrentVersionExpiration, or use a bucket without versioning");
+                }
+            } else {
+                notes.note("bucket versioning is Enabled");
+            }
+        }
+        Ok(state) => notes.note(format!(
+            "bucket versioning is {}",
+            state.as_deref().unwrap_or("off")
+        )),
+        Err(f) => notes.note(format!(
+            "bucket versioning could not be read ({}; this credential lacks s3:GetBucketVersioning, as a writer should): if it is on, overwrite keeps old copies",
+            f.code
+        )),
+    }
+    match &rules {
+        Ok(rules) if rules.is_empty() => notes.note("the bucket has no lifecycle rules"),
+        Ok(rules) => notes.note(format!(
+            "lifecycle rules: {}",
+            rules
+                .iter()
+                .map(LifecycleRule::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Err(f) => notes.note(format!(
+            "lifecycle rules could not be read ({}; this credential lacks s3:GetLifecycleConfiguration)",
+            f.code
+        )),
+    }
+    if settings.rotation == Rotation::Unique
+        && !covering.iter().any(|r| r.expiration_days.is_some())
+    {
+        notes.warn("unique rotation keeps every copy and deletes none: no lifecycle rule expiring breakglass-backup-* under the prefix could be confirmed; add one (see the README, S3 destination) or old copies pile up");
+    }
+    rec.finish(Stage::Retention, started, notes);
+}
+
+/// Stage 3 when the bucket cannot be asked: the probe upload's answer
+/// decides, and the message says so.
+async fn infer_from_upload(
+    bucket: &S3Bucket,
+    conditional: bool,
+    name: &str,
+    why: &str,
+    upload: &mut Option<(Result<String, Failure>, Duration)>,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let put = bucket.probe_put(conditional).await;
+    let took = started.elapsed();
+    let decided = match &put {
+        Err(f) if f.kind == FailureKind::NoSuchContainer => Err(format!(
+            "bucket {name} does not exist: the probe upload answered {} (decided from the upload, because {why}); check s3_bucket and s3_url",
+            f.code
+        )),
+        Err(f) if f.kind == FailureKind::WrongRegion => Err(f.message.clone()),
+        Err(f) if f.kind == FailureKind::Connection => Err(f.message.clone()),
+        answer => Ok(format!(
+            "bucket {name} exists: decided from the probe upload, because {why}; PutObject answered {}, not NoSuchBucket",
+            match answer {
+                Ok(_) => "200".to_owned(),
+                Err(f) => f.code.clone(),
+            }
+        )),
+    };
+    *upload = Some((put, took));
+    decided
+}
+
+/// Allowed (`Some(true)`), refused (`Some(false)`) or unknown.
+fn allowed<T>(answer: &Result<T, Failure>) -> Option<bool> {
+    match answer {
+        Ok(_) => Some(true),
+        Err(f) if f.kind == FailureKind::NotFound => Some(true),
+        Err(f) if f.kind == FailureKind::AccessDenied => Some(false),
+        Err(_) => None,
+    }
+}
+
+struct Rights {
+    read: Option<bool>,
+    delete: Option<bool>,
+    list: Option<bool>,
+}
+
+fn bucket_key(bucket: &S3Bucket, name: &str) -> String {
+    bucket.key(name)
+}
+
+pub(crate) fn rotation_name(rotation: Rotation) -> &'static str {
+    match rotation {
+        Rotation::Overwrite => "overwrite",
+        Rotation::Unique => "unique",
+        Rotation::Prune => "prune",
+    }
+}

@@ -1,0 +1,167 @@
+//! Authentication of the services' gRPC APIs: a bearer token.
+//!
+//! Every call must carry `authorization: Bearer <token>`, the token being
+//! the `grpc_token` setting or `$BREAKGLASS_GRPC_TOKEN` (the environment
+//! wins, so a Kubernetes Secret can provide it apart from the config file).
+//! Refused calls answer UNAUTHENTICATED and are logged with the peer and the
+//! reason, never with the token presented or expected.
+
+use breakglass_config::RawConfig;
+use breakglass_core::Secret;
+
+/// The environment variable that provides the token.
+pub const TOKEN_ENV: &str = "BREAKGLASS_GRPC_TOKEN";
+/// The config key that provides the token.
+pub const TOKEN_KEY: &str = "grpc_token";
+/// The shortest token accepted: a guessable token is no protection.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Why no usable token was found.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Neither the environment nor the config file has one.
+    #[error("the gRPC API needs a bearer token: set grpc_token in the config file or {TOKEN_ENV}")]
+    Missing,
+    /// The token is too short.
+    #[error(
+        "the gRPC token ({TOKEN_KEY} / {TOKEN_ENV}) must be at least {MIN_TOKEN_CHARS} characters"
+    )]
+    TooShort,
+}
+
+/// The token from `$BREAKGLASS_GRPC_TOKEN` (given as `env`) or the config.
+pub fn token_from(env: Option<String>, raw: &RawConfig) -> Result<Secret, TokenError> {
+    let token = env
+        .filter(|t| !t.is_empty())
+        .or_else(|| raw.get(TOKEN_KEY).map(|v| v.value.clone()))
+        .ok_or(TokenError::Missing)?;
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Err(TokenError::TooShort);
+    }
+    Ok(Secret::new(token))
+}
+
+/// A tonic interceptor that admits only calls with the bearer token.
+#[derive(Clone)]
+pub struct BearerAuth {
+    expected: std::sync::Arc<Secret>,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerAuth").finish_non_exhaustive()
+    }
+}
+
+impl BearerAuth {
+    /// Admits calls carrying `token`.
+    pub fn new(token: Secret) -> Self {
+        Self {
+            expected: std::sync::Arc::new(token),
+        }
+    }
+
+    fn check(&self, request: &tonic::Request<()>) -> Result<(), &'static str> {
+        let value = request
+            .metadata()
+            .get("authorization")
+            .ok_or("no authorization header")?;
+        let value = value
+            .to_str()
+            .map_err(|_| "authorization header is not text")?;
+        let presented = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or("authorization is not a bearer token")?;
+        if constant_time_eq(presented.as_bytes(), self.expected.expose().as_bytes()) {
+            Ok(())
+        } else {
+            Err("wrong bearer token")
+        }
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        match self.check(&request) {
+            Ok(()) => Ok(request),
+            Err(reason) => {
+                tracing::warn!(
+                    peer = ?request.remote_addr(),
+                    reason,
+                    "refused an unauthenticated gRPC call"
+                );
+                Err(tonic::Status::unauthenticated(
+                    "a valid bearer token is required (authorization: Bearer <grpc_token>)",
+                ))
+            }
+        }
+    }
+}
+
+/// Compares without returning early, so timing does not reveal how much
+/// of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor;
+
+    fn call(auth: &mut BearerAuth, header: Option<&str>) -> Result<(), tonic::Code> {
+        let mut request = tonic::Request::new(());
+        if let Some(value) = header {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().unwrap());
+        }
+        auth.call(request).map(|_| ()).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn only_the_bearer_token_is_admitted() {
+        let mut auth = BearerAuth::new(Secret::new("a-long-enough-token-1"));
+        assert_eq!(
+            call(&mut auth, Some("Bearer a-long-enough-token-1")),
+            Ok(())
+        );
+        assert_eq!(
+            call(&mut auth, Some("Bearer a-long-enough-token-2")),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(call(&mut auth, None), Err(tonic::Code::Unauthenticated));
+        assert_eq!(
+            call(&mut auth, Some("a-long-enough-token-1")),
+            Err(tonic::Code::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn the_token_comes_from_env_or_config_and_must_be_long() {
+        let raw = RawConfig::parse("grpc_token: from-the-config-file\n", "c").unwrap();
+        assert_eq!(
+            token_from(None, &raw).unwrap().expose(),
+            "from-the-config-file"
+        );
+        assert_eq!(
+            token_from(Some("from-the-environment".into()), &raw)
+                .unwrap()
+                .expose(),
+            "from-the-environment"
+        );
+        assert!(matches!(
+            token_from(None, &RawConfig::new()),
+            Err(TokenError::Missing)
+        ));
+        assert!(matches!(
+            token_from(Some("short".into()), &raw),
+            Err(TokenError::TooShort)
+        ));
+    }
+}

@@ -1,0 +1,149 @@
+//! The uploader's gRPC API: the destination Test (`DestinationTest`), served
+//! here because the Test must take the same network path as real uploads.
+//!
+//! Listening only with `--grpc ADDR` (`$BREAKGLASS_GRPC_ADDR`), behind the
+//! bearer-token check of [`breakglass_service::grpc`]. The request's
+//! settings are the settings page's fields; a secret field holding the mask
+//! takes the value from the config file as it is now.
+
+use breakglass_config::RawConfig;
+use breakglass_probe::{Stage, StageResult, Status};
+use breakglass_proto::v1;
+use breakglass_proto::v1::destination_test_server::{DestinationTest, DestinationTestServer};
+use breakglass_service::ConfigSource;
+use breakglass_service::grpc::BearerAuth;
+use std::pin::Pin;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+/// The `DestinationTest` service.
+#[derive(Clone, Debug)]
+pub struct DestinationTestService {
+    config: ConfigSource,
+}
+
+impl DestinationTestService {
+    /// Resolves masked secrets against the file `config` points to.
+    pub fn new(config: ConfigSource) -> Self {
+        Self { config }
+    }
+
+    fn settings(
+        &self,
+        request: &v1::TestRequest,
+    ) -> Result<breakglass_config::Settings, GrpcStatus> {
+        let stored = match self.config.path() {
+            Some(path) => Some(RawConfig::from_file(path).map_err(|err| {
+                tracing::warn!(error = %err, "the stored config cannot be read for a Test");
+                GrpcStatus::failed_precondition(format!(
+                    "the uploader's config file cannot be read: {err}"
+                ))
+            })?),
+            None => None,
+        };
+        breakglass_probe::request::settings_from_pairs(
+            request
+                .settings
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            stored.as_ref(),
+        )
+        .map_err(|err| {
+            tracing::info!(
+                problems = err.problems.len(),
+                "a Test request has invalid settings"
+            );
+            GrpcStatus::invalid_argument(err.to_string())
+        })
+    }
+}
+
+/// The wire form of one stage result.
+pub fn to_proto(result: &StageResult) -> v1::StageResult {
+    let stage = match result.stage {
+        Stage::Connection => v1::Stage::Connection,
+        Stage::Authentication => v1::Stage::Authentication,
+        Stage::ContainerExists => v1::Stage::ContainerExists,
+        Stage::Upload => v1::Stage::Upload,
+        Stage::LeastPrivilege => v1::Stage::LeastPrivilege,
+        Stage::Retention => v1::Stage::Retention,
+    };
+    let status = match result.status {
+        Status::Ok => v1::StageStatus::Ok,
+        Status::Warning => v1::StageStatus::Warning,
+        Status::Failed => v1::StageStatus::Failed,
+        Status::Skipped => v1::StageStatus::Skipped,
+    };
+    v1::StageResult {
+        destination: result.destination.clone(),
+        stage: stage as i32,
+        status: status as i32,
+        duration_ms: result.duration.as_millis() as u64,
+        message: result.message.clone(),
+        stage_name: result.stage.name().to_owned(),
+    }
+}
+
+type ResultStream =
+    Pin<Box<dyn futures::Stream<Item = Result<v1::StageResult, GrpcStatus>> + Send>>;
+
+#[tonic::async_trait]
+impl DestinationTest for DestinationTestService {
+    type RunStream = ResultStream;
+
+    async fn run(
+        &self,
+        request: Request<v1::TestRequest>,
+    ) -> Result<Response<Self::RunStream>, GrpcStatus> {
+        let settings = self.settings(request.get_ref())?;
+        tracing::info!(
+            destinations = settings.storage.len(),
+            "destination test (streaming)"
+        );
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut sink = |result: &StageResult| {
+                // A caller that went away just stops listening.
+                let _ = sender.send(Ok(to_proto(result)));
+            };
+            breakglass_probe::run(&settings, &mut sink).await;
+        });
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn run_unary(
+        &self,
+        request: Request<v1::TestRequest>,
+    ) -> Result<Response<v1::TestReport>, GrpcStatus> {
+        let settings = self.settings(request.get_ref())?;
+        tracing::info!(
+            destinations = settings.storage.len(),
+            "destination test (unary)"
+        );
+        let report = breakglass_probe::run(&settings, &mut |_| {}).await;
+        Ok(Response::new(v1::TestReport {
+            passed: !report.failed(),
+            stages: report.results.iter().map(to_proto).collect(),
+        }))
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: DestinationTestService,
+    auth: BearerAuth,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tonic::transport::Server::builder()
+        .serve_with_incoming_shutdown(
+            DestinationTestServer::with_interceptor(service, auth),
+            incoming,
+            shutdown.cancelled_owned(),
+        )
+        .await
+}
