@@ -8,6 +8,7 @@
 //! - `config check`: validate a config file offline; `config secret`:
 //!   build one (or a Kubernetes Secret manifest) from flags or prompts.
 //! - `fetch`, `verify`, `show`, `drill`: the emergency path (docs/RUNBOOK.md).
+//! - `runs`: the run history from the scheduler's gRPC API.
 //! - `test`: the destination Test, stage by stage (exit 1 when one failed).
 //!
 //! Errors print as one line on stderr and exit non-zero.
@@ -17,6 +18,7 @@ mod config_secret;
 mod progress;
 mod retrieve;
 mod run_once;
+mod runs;
 mod status;
 mod test_destination;
 mod trigger;
@@ -73,6 +75,9 @@ enum Command {
     /// Rehearse the emergency path: list, download, verify, decrypt and
     /// count rows against the manifest; exits 1 when any step fails.
     Drill(retrieve::DrillArgs),
+    /// The run history from the scheduler's gRPC API: list (default),
+    /// `show ID`, `watch ID`, `trigger`.
+    Runs(runs::Args),
     /// Test every destination of a config file stage by stage
     /// (connection, authentication, bucket/container, upload, least
     /// privilege, retention); exits 1 when a stage failed.
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
             Command::Show(args) => retrieve::show(args),
             Command::Drill(args) => retrieve::drill(args).await,
             Command::Test(args) => test_destination::run(args).await,
+            Command::Runs(args) => runs::run(args).await,
             Command::Generate {
                 rows,
                 projects,

@@ -9,6 +9,7 @@
 //! forward) runs at the first valid minute after it; a local time that
 //! happens twice (fall back) runs once, at its first occurrence.
 
+pub mod grpc;
 pub mod runlog;
 
 use breakglass_bus::Bus;

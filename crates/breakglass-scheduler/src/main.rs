@@ -1,6 +1,26 @@
-//! `scheduler`: publishes the daily trigger. See the crate docs.
+//! `scheduler`: publishes the daily trigger, records the run log when
+//! `database_url` is set, and serves the run history over gRPC when
+//! `--grpc` is given. See the crate docs.
 
+use anyhow::Context;
+use breakglass_scheduler::grpc::{RunHistoryService, serve};
 use std::process::ExitCode;
+
+/// The scheduler's command line: the services' flags plus `--grpc`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    version,
+    about = "The breakglass scheduler. Reads the breakglass key: value config file."
+)]
+struct Args {
+    #[command(flatten)]
+    service: breakglass_service::ServiceArgs,
+    /// Serve the run history API (TriggerNow, GetRun, ListRuns, WatchRun)
+    /// on this address; needs database_url, and grpc_token in the config
+    /// file or $BREAKGLASS_GRPC_TOKEN. Off when not given.
+    #[arg(long, env = "BREAKGLASS_GRPC_ADDR")]
+    grpc: Option<std::net::SocketAddr>,
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,8 +34,35 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let context = breakglass_service::start("breakglass-scheduler").await?;
-    let (runlog_tx, _runlog_rx) = tokio::sync::watch::channel(None);
+    let args = <Args as clap::Parser>::parse();
+    let context = breakglass_service::start_with(args.service, "breakglass-scheduler").await?;
+    let (runlog_tx, runlog_rx) = tokio::sync::watch::channel(None);
+    if let Some(addr) = args.grpc {
+        if context.settings.database_url.is_none() {
+            anyhow::bail!("--grpc serves the run history from PostgreSQL: set database_url");
+        }
+        let raw = match context.config.path() {
+            Some(path) => breakglass_config::RawConfig::from_file(path)?,
+            None => breakglass_config::RawConfig::new(),
+        };
+        let token = breakglass_service::grpc::token_from(
+            std::env::var(breakglass_service::grpc::TOKEN_ENV).ok(),
+            &raw,
+        )?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the gRPC API (--grpc)"))?;
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!(addr = %local, "gRPC API listening");
+        let service = RunHistoryService::new(context.bus.clone(), runlog_rx);
+        let auth = breakglass_service::grpc::BearerAuth::new(token);
+        let shutdown = context.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = serve(listener, service, auth, shutdown).await {
+                tracing::error!(error = %err, "the gRPC API stopped");
+            }
+        });
+    }
     let recorder = context.settings.database_url.clone().map(|url| {
         tokio::spawn(breakglass_scheduler::record_runs(
             context.bus.clone(),
