@@ -2,7 +2,6 @@
 //! `database_url` is set, and serves the run history over gRPC when
 //! `--grpc` is given. See the crate docs.
 
-use anyhow::Context;
 use breakglass_scheduler::grpc::{RunHistoryService, serve};
 use std::process::ExitCode;
 
@@ -41,21 +40,8 @@ async fn run() -> anyhow::Result<()> {
         if context.settings.database_url.is_none() {
             anyhow::bail!("--grpc serves the run history from PostgreSQL: set database_url");
         }
-        let raw = match context.config.path() {
-            Some(path) => breakglass_config::RawConfig::from_file(path)?,
-            None => breakglass_config::RawConfig::new(),
-        };
-        let token = breakglass_service::grpc::token_from(
-            std::env::var(breakglass_service::grpc::TOKEN_ENV).ok(),
-            &raw,
-        )?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for the gRPC API (--grpc)"))?;
-        let local = listener.local_addr().unwrap_or(addr);
-        tracing::info!(addr = %local, "gRPC API listening");
+        let (listener, auth) = breakglass_service::grpc::listen(addr, &context.config).await?;
         let service = RunHistoryService::new(context.bus.clone(), runlog_rx);
-        let auth = breakglass_service::grpc::BearerAuth::new(token);
         let shutdown = context.shutdown.clone();
         tokio::spawn(async move {
             if let Err(err) = serve(listener, service, auth, shutdown).await {

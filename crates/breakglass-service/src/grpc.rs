@@ -42,6 +42,26 @@ pub fn token_from(env: Option<String>, raw: &RawConfig) -> Result<Secret, TokenE
     Ok(Secret::new(token))
 }
 
+/// Binds a service's gRPC API on `addr` and reads its bearer token
+/// (`$BREAKGLASS_GRPC_TOKEN`, else `grpc_token` in the config file), so
+/// `--grpc` fails at start-up with one line when either is missing.
+pub async fn listen(
+    addr: std::net::SocketAddr,
+    config: &crate::ConfigSource,
+) -> anyhow::Result<(tokio::net::TcpListener, BearerAuth)> {
+    use anyhow::Context;
+    let raw = match config.path() {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::new(),
+    };
+    let token = token_from(std::env::var(TOKEN_ENV).ok(), &raw)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the gRPC API (--grpc)"))?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "gRPC API listening");
+    Ok((listener, BearerAuth::new(token)))
+}
+
 /// A tonic interceptor that admits only calls with the bearer token.
 #[derive(Clone)]
 pub struct BearerAuth {

@@ -389,27 +389,13 @@ impl AzureContainer {
         container_url: &Url,
         newest_key: &str,
     ) -> Result<Vec<String>, StorageError> {
-        let list_prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
-        let container = self.container_client(container_url)?;
-        let mut pager = container
-            .list_blobs(Some(BlobContainerClientListBlobsOptions {
-                prefix: (!list_prefix.is_empty()).then(|| list_prefix.clone()),
-                ..Default::default()
-            }))
-            .map_err(|err| self.remote_error("List Blobs", &err))?;
-        let mut older = Vec::new();
-        while let Some(item) = pager.next().await {
-            let item = item.map_err(|err| self.remote_error("List Blobs", &err))?;
-            let Some(key) = item.name else { continue };
-            let name = key.strip_prefix(&list_prefix).unwrap_or(&key);
-            if !name.contains('/') && is_rotated_name(name) && key.as_str() < newest_key {
-                older.push(key);
-            }
-        }
+        let older: Vec<String> = self
+            .list_objects()
+            .await?
+            .into_iter()
+            .filter(|object| is_rotated_name(&object.name) && object.key.as_str() < newest_key)
+            .map(|object| object.key)
+            .collect();
         for key in &older {
             self.blob_client(container_url, key)?
                 .delete(None)

@@ -411,29 +411,13 @@ impl S3Bucket {
     }
 
     async fn prune_older_than(&self, newest_key: &str) -> Result<Vec<String>, StorageError> {
-        let list_prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&list_prefix)
-            .into_paginator()
-            .send();
-        let mut older = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| self.remote_error("ListObjectsV2", &err))?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                let name = key.strip_prefix(&list_prefix).unwrap_or(key);
-                if !name.contains('/') && is_rotated_name(name) && key < newest_key {
-                    older.push(key.to_owned());
-                }
-            }
-        }
+        let older: Vec<String> = self
+            .list_objects()
+            .await?
+            .into_iter()
+            .filter(|object| is_rotated_name(&object.name) && object.key.as_str() < newest_key)
+            .map(|object| object.key)
+            .collect();
         for key in &older {
             self.client
                 .delete_object()

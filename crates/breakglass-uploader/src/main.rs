@@ -4,7 +4,6 @@
 // prune); its type is deeper than the default query limit allows.
 #![recursion_limit = "256"]
 
-use anyhow::Context;
 use breakglass_uploader::Uploader;
 use breakglass_uploader::grpc::{DestinationTestService, serve};
 use std::process::ExitCode;
@@ -40,21 +39,8 @@ async fn run() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     let context = breakglass_service::start_with(args.service, "breakglass-uploader").await?;
     if let Some(addr) = args.grpc {
-        let raw = match context.config.path() {
-            Some(path) => breakglass_config::RawConfig::from_file(path)?,
-            None => breakglass_config::RawConfig::new(),
-        };
-        let token = breakglass_service::grpc::token_from(
-            std::env::var(breakglass_service::grpc::TOKEN_ENV).ok(),
-            &raw,
-        )?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for the gRPC API (--grpc)"))?;
-        let local = listener.local_addr().unwrap_or(addr);
-        tracing::info!(addr = %local, "gRPC API listening");
+        let (listener, auth) = breakglass_service::grpc::listen(addr, &context.config).await?;
         let service = DestinationTestService::new(context.config.clone());
-        let auth = breakglass_service::grpc::BearerAuth::new(token);
         let shutdown = context.shutdown.clone();
         tokio::spawn(async move {
             if let Err(err) = serve(listener, service, auth, shutdown).await {
