@@ -72,8 +72,8 @@ fn only_file_ending(dir: &Path, ending: &str) -> PathBuf {
     found.into_iter().next().unwrap()
 }
 
-#[test]
-fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_account() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_account() {
     let mut moto = Moto::start();
     moto.tool(&["create-bucket", "vault"]);
     let writer = moto.iam_user(
@@ -407,6 +407,106 @@ fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_account() {
         "{stdout}"
     );
     assert!(!stdout.contains(&"x".repeat(40)), "{stdout}");
+    // --record: the drill's result goes to the run log, and the scheduler
+    // (what Prometheus scrapes) exports when each destination last passed
+    // and last failed a drill.
+    let iso = breakglass_e2e::Isolation::new("drill");
+    let db = breakglass_e2e::database_url();
+    let recording = write(
+        d,
+        "recording.conf",
+        &s3_config(
+            &moto,
+            &reader,
+            &format!("database_url: {db}\ndatabase_schema: {}\n", iso.schema),
+        ),
+    );
+    let recording_path = recording.to_str().unwrap();
+    for (max_age, expected) in [("26", 0), ("0.00001", 1)] {
+        let drill = breakglass(
+            d,
+            &[
+                "drill",
+                "--config",
+                recording_path,
+                "--record",
+                "--max-age",
+                max_age,
+                "--passphrase-file",
+                passphrase_file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(
+            drill.status.code(),
+            Some(expected),
+            "{}{}",
+            text(&drill).0,
+            text(&drill).1
+        );
+    }
+    let log = breakglass_runlog::RunLog::connect(&db, &iso.schema)
+        .await
+        .unwrap();
+    let times = log.drill_times().await.unwrap();
+    assert_eq!(times.len(), 1, "{times:?}");
+    assert!(
+        times[0].destination.starts_with("s3:")
+            && times[0].last_pass.is_some()
+            && times[0].last_fail.is_some()
+    );
+    let no_db = breakglass(d, &["drill", "--config", reader_path, "--record"], &[]);
+    assert_eq!(no_db.status.code(), Some(1));
+    assert!(
+        text(&no_db).1.contains("set database_url"),
+        "{}",
+        text(&no_db).1
+    );
+    let key = breakglass_bus::payload::PayloadKey::generate();
+    let nats = breakglass_e2e::nats_url();
+    let scheduler_conf = d.join("scheduler");
+    std::fs::create_dir_all(&scheduler_conf).unwrap();
+    let scheduler_conf = breakglass_e2e::write_config(
+        &scheduler_conf,
+        &[
+            ("nats_url", nats.as_str()),
+            ("bus_prefix", iso.prefix.as_str()),
+            ("payload_key", key.expose()),
+            ("encryption", "none"),
+            ("database_url", db.as_str()),
+            ("database_schema", iso.schema.as_str()),
+        ],
+    );
+    let mut scheduler =
+        breakglass_e2e::ServiceProcess::start("scheduler", &scheduler_conf, d).unwrap();
+    scheduler
+        .wait_for_log(
+            "recording runs in the run log",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let metrics = loop {
+        let (_, body) = scheduler.http_get("/metrics").await.unwrap();
+        if body.contains("breakglass_drill_last_failure_timestamp_seconds{")
+            || std::time::Instant::now() > deadline
+        {
+            break body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        metrics.contains("breakglass_drill_last_success_timestamp_seconds{destination=\"s3:"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("breakglass_drill_last_failure_timestamp_seconds{destination=\"s3:"),
+        "{metrics}"
+    );
+    drop(scheduler);
+    iso.cleanup_bus().await;
+
     // Tampered and truncated objects: refused, nothing left under the name.
     let newest = serde_json::from_str::<Vec<String>>(&moto.tool(&["list", "vault", "prod/"]))
         .unwrap()

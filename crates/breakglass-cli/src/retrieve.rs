@@ -106,6 +106,11 @@ pub struct DrillArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also record the result in the run log (`database_url` and
+    /// `database_schema` of the config file), where the scheduler turns it
+    /// into the `breakglass_drill_last_*_timestamp_seconds` metrics.
+    #[arg(long)]
+    record: bool,
 }
 
 fn hours(value: f64, flag: &str) -> anyhow::Result<TimeDelta> {
@@ -423,7 +428,35 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         .key
         .open_key("password", Some(&settings), false)?;
     key.identities = args.reader.key.open_key("age", None, false)?.identities;
+    let database = match (args.record, &settings.database_url) {
+        (false, _) => None,
+        (true, Some(url)) => Some((url.clone(), settings.database_schema.clone())),
+        (true, None) => anyhow::bail!(
+            "--record writes to the run log: set database_url in {}",
+            args.reader.config.display()
+        ),
+    };
     let report = run_drill(&destination, &key, max_age).await;
+    if let Some((url, schema)) = database {
+        let failed = report.steps.iter().find(|s| s.status == StepStatus::Failed);
+        let record = breakglass_runlog::DrillRecord {
+            at: chrono::Utc::now(),
+            destination: report.destination.clone(),
+            passed: report.passed(),
+            failed_step: failed.map(|s| s.name.to_owned()).unwrap_or_default(),
+            detail: failed
+                .or(report.steps.last())
+                .map(|s| s.detail.clone())
+                .unwrap_or_default(),
+            backup_run_id: report.run_id.clone().unwrap_or_default(),
+            backup_created_at: report.created_at,
+        };
+        breakglass_runlog::RunLog::connect(url.expose(), &schema)
+            .await?
+            .record_drill(&record)
+            .await
+            .context("recording the drill in the run log")?;
+    }
     if args.json {
         let steps: Vec<serde_json::Value> = report
             .steps

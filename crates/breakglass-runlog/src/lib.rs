@@ -130,13 +130,52 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
 
 /// The migrations in `migrations/`, embedded.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "run log".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_run_log.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "run log".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0001_run_log.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "drills".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0002_drills.sql").into_sql_str(),
+            false,
+        ),
+    ])
+}
+
+/// The last drill times of one destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrillTimes {
+    /// The destination, without secrets.
+    pub destination: String,
+    /// The last passing drill.
+    pub last_pass: Option<DateTime<Utc>>,
+    /// The last failing drill.
+    pub last_fail: Option<DateTime<Utc>>,
+}
+
+/// One recorded drill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrillRecord {
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// The destination drilled, without secrets.
+    pub destination: String,
+    /// True when every step passed.
+    pub passed: bool,
+    /// The first failed step, empty when it passed.
+    pub failed_step: String,
+    /// What the failed step (or the last step) said.
+    pub detail: String,
+    /// The run whose backup was drilled, when one was found.
+    pub backup_run_id: String,
+    /// When that backup's run collected the inventory.
+    pub backup_created_at: Option<DateTime<Utc>>,
 }
 
 /// A handle on the run log.
@@ -394,6 +433,49 @@ impl RunLog {
                     at: row.try_get("at").map_err(db)?,
                     stage: row.try_get("stage").map_err(db)?,
                     detail: row.try_get("detail").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl RunLog {
+    /// Records a drill's result.
+    pub async fn record_drill(&self, drill: &DrillRecord) -> Result<(), RunLogError> {
+        sqlx::query(
+            "INSERT INTO drills (at, destination, passed, failed_step, detail, backup_run_id, backup_created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(drill.at)
+        .bind(&drill.destination)
+        .bind(drill.passed)
+        .bind(&drill.failed_step)
+        .bind(&drill.detail)
+        .bind(&drill.backup_run_id)
+        .bind(drill.backup_created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Per destination: when its last passing and last failing drill ran.
+    pub async fn drill_times(&self) -> Result<Vec<DrillTimes>, RunLogError> {
+        let rows = sqlx::query(
+            "SELECT destination,
+                    max(at) FILTER (WHERE passed) AS last_pass,
+                    max(at) FILTER (WHERE NOT passed) AS last_fail
+             FROM drills GROUP BY destination ORDER BY destination",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok(DrillTimes {
+                    destination: row.try_get("destination").map_err(db)?,
+                    last_pass: row.try_get("last_pass").map_err(db)?,
+                    last_fail: row.try_get("last_fail").map_err(db)?,
                 })
             })
             .collect()

@@ -92,10 +92,46 @@ pub async fn record_runs(
     };
     tracing::info!(schema = %schema, "recording runs in the run log");
     let _ = connected.send(Some(log.clone()));
+    tokio::spawn(export_drill_times(log.clone(), shutdown.clone()));
     if let Err(err) =
         breakglass_bus::worker::run(bus, runlog::RunLogStage::new(log), shutdown).await
     {
         tracing::error!(error = %err, "the run log recorder stopped");
+    }
+}
+
+/// Keeps the drill gauges (`breakglass_drill_last_{success,failure}_timestamp_seconds`)
+/// in step with the drills recorded in the run log, once a minute: the
+/// drill runs elsewhere (a CronJob), the scheduler is what Prometheus scrapes.
+async fn export_drill_times(log: breakglass_runlog::RunLog, shutdown: CancellationToken) {
+    let metrics = breakglass_telemetry::metrics::metrics();
+    loop {
+        match log.drill_times().await {
+            Ok(times) => {
+                for drill in times {
+                    let label = breakglass_telemetry::metrics::DestinationLabel {
+                        destination: drill.destination,
+                    };
+                    if let Some(at) = drill.last_pass {
+                        metrics
+                            .drill_last_success
+                            .get_or_create(&label)
+                            .set(at.timestamp_millis() as f64 / 1000.0);
+                    }
+                    if let Some(at) = drill.last_fail {
+                        metrics
+                            .drill_last_failure
+                            .get_or_create(&label)
+                            .set(at.timestamp_millis() as f64 / 1000.0);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read the drills from the run log"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
     }
 }
 

@@ -66,6 +66,10 @@ pub struct Metrics {
     pub upload_seconds: Family<DestinationLabel, Histogram>,
     /// When each destination last received a verified copy (Unix seconds).
     pub last_success: Family<DestinationLabel, Gauge<f64, AtomicU64>>,
+    /// When the last passing drill of each destination ran (Unix seconds).
+    pub drill_last_success: Family<DestinationLabel, Gauge<f64, AtomicU64>>,
+    /// When the last failing drill of each destination ran (Unix seconds).
+    pub drill_last_failure: Family<DestinationLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -85,6 +89,8 @@ impl Metrics {
             duration_buckets as fn() -> Histogram,
         );
         let last_success = Family::<DestinationLabel, Gauge<f64, AtomicU64>>::default();
+        let drill_last_success = Family::<DestinationLabel, Gauge<f64, AtomicU64>>::default();
+        let drill_last_failure = Family::<DestinationLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "messages",
             "Bus messages handled, by stage and outcome",
@@ -130,6 +136,16 @@ impl Metrics {
             "When the destination last received a verified copy (Unix time)",
             last_success.clone(),
         );
+        registry.register(
+            "drill_last_success_timestamp_seconds",
+            "When the last passing drill of the destination ran (Unix time; from the run log)",
+            drill_last_success.clone(),
+        );
+        registry.register(
+            "drill_last_failure_timestamp_seconds",
+            "When the last failing drill of the destination ran (Unix time; from the run log)",
+            drill_last_failure.clone(),
+        );
         Self {
             registry,
             messages,
@@ -141,6 +157,8 @@ impl Metrics {
             upload_retries,
             upload_seconds,
             last_success,
+            drill_last_success,
+            drill_last_failure,
         }
     }
 
