@@ -259,7 +259,7 @@ async fn wait_for_logged_run(
 
 async fn connect(iso: &Isolation) -> Bus {
     Bus::connect(BusOptions {
-        url: nats_url(),
+        url: breakglass_core::Secret::new(nats_url()),
         prefix: iso.prefix.clone(),
         ack_wait: Duration::from_secs(3),
         max_deliver: 3,

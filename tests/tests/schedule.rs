@@ -14,7 +14,7 @@ use std::time::Duration;
 
 async fn connect(iso: &Isolation) -> Bus {
     Bus::connect(BusOptions {
-        url: nats_url(),
+        url: breakglass_core::Secret::new(nats_url()),
         prefix: iso.prefix.clone(),
         ack_wait: Duration::from_secs(3),
         max_deliver: 3,

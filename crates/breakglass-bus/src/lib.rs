@@ -38,8 +38,9 @@ pub const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How the services use the bus.
 #[derive(Clone, Debug)]
 pub struct BusOptions {
-    /// NATS URL(s), comma separated.
-    pub url: String,
+    /// NATS URL(s), comma separated. A secret: it may carry a password
+    /// (`nats://user:password@host`), so `Debug` of the options masks it.
+    pub url: Secret,
     /// Subject prefix (`breakglass`).
     pub prefix: String,
     /// Redelivery after this long without an ack or progress.
@@ -78,16 +79,16 @@ impl Bus {
             async_nats::ConnectOptions::new()
                 .name("breakglass")
                 .connection_timeout(Duration::from_secs(5))
-                .connect(options.url.as_str()),
+                .connect(options.url.expose()),
         )
         .await
         .map_err(|_| BusError::Connect {
-            url: breakglass_core::secret::mask_url_credentials(&options.url),
+            url: breakglass_core::secret::mask_url_credentials(options.url.expose()),
             reason: "timed out after 10s".into(),
         })?
         .map_err(|err| BusError::Connect {
-            url: breakglass_core::secret::mask_url_credentials(&options.url),
-            reason: err.to_string().replace(&options.url, "<nats_url>"),
+            url: breakglass_core::secret::mask_url_credentials(options.url.expose()),
+            reason: err.to_string().replace(options.url.expose(), "<nats_url>"),
         })?;
         let jetstream = jetstream::new(client.clone());
         let subjects = Subjects::new(&options.prefix);

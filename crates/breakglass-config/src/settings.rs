@@ -149,8 +149,9 @@ pub struct Settings {
     pub inventory: InventoryLocation,
     /// The view (or table) the SQL sources read; may be `schema.view`.
     pub inventory_view: String,
-    /// NATS server URL(s) for the services.
-    pub nats_url: String,
+    /// NATS server URL(s) for the services; a secret, since it may carry a
+    /// password (`nats://user:password@host`).
+    pub nats_url: Secret,
     /// The run log's PostgreSQL (`database_url`); the scheduler records
     /// runs there when it is set. A secret: it may hold a password.
     pub database_url: Option<Secret>,
@@ -245,10 +246,11 @@ impl Settings {
                 parse_sql_name(v).map(|()| v.to_owned())
             })
             .unwrap_or_else(|| DEFAULT_INVENTORY_VIEW.into());
-        let nats_url = raw
-            .get("nats_url")
-            .map(|v| v.value.clone())
-            .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+        let nats_url = Secret::new(
+            raw.get("nats_url")
+                .map(|v| v.value.clone())
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+        );
         let database_url = check.parse(raw, "database_url", |v| {
             if v.starts_with("postgres://") || v.starts_with("postgresql://") {
                 Ok(Secret::new(v))
@@ -921,6 +923,16 @@ mod tests {
         let pg = InventoryLocation::parse("postgres://u:pw-canary@h/db").unwrap();
         assert!(!pg.describe().contains("pw-canary"));
         assert!(!format!("{pg:?}").contains("pw-canary"));
+    }
+
+    #[test]
+    fn a_nats_password_never_shows_in_debug() {
+        let parsed = settings("nats_url: nats://svc:nats-pw-canary@nats:4222\n").unwrap();
+        assert_eq!(
+            parsed.nats_url.expose(),
+            "nats://svc:nats-pw-canary@nats:4222"
+        );
+        assert!(!format!("{parsed:?}").contains("nats-pw-canary"));
     }
 
     #[test]
