@@ -11,6 +11,8 @@
 //! - [`Moto`] / [`Azurite`]: an S3-compatible server or the Azure Blob
 //!   emulator of a test's own (HTTP, or HTTPS with a [`TestCa`]), with an
 //!   independent client (boto3 / azure-storage-blob) to read back.
+//! - [`TraceReceiver`]: an in-test OTLP/gRPC receiver keeping every span the
+//!   services export, to check a run's trace across processes.
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -685,4 +687,176 @@ pub async fn cutting_proxy(target: std::net::SocketAddr, cut_after: u64) -> u16 
         }
     });
     port
+}
+
+/// An OTLP/gRPC trace receiver of a test's own: the services export to it
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT=`[`TraceReceiver::endpoint`]) and the test
+/// reads back every span they sent, to check parent/child links across
+/// processes. No collector is packaged; this is the generated
+/// `TraceService` server of `opentelemetry-proto`, served with tonic on
+/// 127.0.0.1 at a free port, keeping the spans in memory. Stopped on drop.
+pub struct TraceReceiver {
+    /// `http://127.0.0.1:<port>`, the value for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One span as an exporter sent it to a [`TraceReceiver`]. Ids are lower-case
+/// hex, as in a `traceparent` header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedSpan {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+    /// 16 hex digits, or empty for a root span.
+    pub parent_span_id: String,
+    /// The span's name (`otel.name` when the code set one).
+    pub name: String,
+    /// The exporting process's `service.name` resource attribute.
+    pub service: String,
+    /// The span's attributes, each value rendered as text.
+    pub attributes: Vec<(String, String)>,
+    /// The span's events (log lines inside it): name and attributes.
+    pub events: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl ReceivedSpan {
+    /// The attribute `key` as text, if the span has it.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+mod otlp {
+    use super::ReceivedSpan;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use std::sync::{Arc, Mutex};
+
+    pub(super) struct Collect(pub(super) Arc<Mutex<Vec<ReceivedSpan>>>);
+
+    fn text(value: Option<&AnyValue>) -> String {
+        match value.and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => s.clone(),
+            Some(any_value::Value::BoolValue(b)) => b.to_string(),
+            Some(any_value::Value::IntValue(i)) => i.to_string(),
+            Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+            Some(other) => format!("{other:?}"),
+            None => String::new(),
+        }
+    }
+
+    fn pairs(attributes: &[KeyValue]) -> Vec<(String, String)> {
+        attributes
+            .iter()
+            .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
+            .collect()
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Collect {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut received = Vec::new();
+            for resource_spans in request.into_inner().resource_spans {
+                let service = resource_spans
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                    .map(|kv| text(kv.value.as_ref()))
+                    .unwrap_or_default();
+                for scope_spans in resource_spans.scope_spans {
+                    for span in scope_spans.spans {
+                        received.push(ReceivedSpan {
+                            trace_id: hex::encode(&span.trace_id),
+                            span_id: hex::encode(&span.span_id),
+                            parent_span_id: hex::encode(&span.parent_span_id),
+                            name: span.name.clone(),
+                            service: service.clone(),
+                            attributes: pairs(&span.attributes),
+                            events: span
+                                .events
+                                .iter()
+                                .map(|e| (e.name.clone(), pairs(&e.attributes)))
+                                .collect(),
+                        });
+                    }
+                }
+            }
+            self.0
+                .lock()
+                .map_err(|_| tonic::Status::internal("span store poisoned"))?
+                .extend(received);
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+}
+
+impl TraceReceiver {
+    /// Starts the receiver on 127.0.0.1 at a free port. Call inside the
+    /// test's Tokio runtime.
+    pub async fn start() -> anyhow::Result<Self> {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let service = TraceServiceServer::new(otlp::Collect(spans.clone()));
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let task = tokio::spawn(async move {
+            if let Err(err) = tonic::transport::Server::builder()
+                .serve_with_incoming(service, incoming)
+                .await
+            {
+                eprintln!("OTLP test receiver stopped: {err}");
+            }
+        });
+        Ok(Self {
+            endpoint,
+            spans,
+            task,
+        })
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans
+            .lock()
+            .map(|spans| spans.clone())
+            .unwrap_or_default()
+    }
+
+    /// Polls until `done` holds for the spans received, or `timeout`
+    /// passes; returns the spans either way.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if done(&spans) || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TraceReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -44,12 +44,39 @@ pub enum SealError {
 
 /// Encrypts `plain` into `out` as the settings say. `out` is created new,
 /// readable only by this user, and removed again if anything fails.
+///
+/// Traced as one `encrypt` span with the mode (`encryption`), the
+/// workbook's size (`bytes`) and the sealed file's (`sealed_bytes`); never a
+/// key or passphrase.
 pub fn seal(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed, SealError> {
+    let span = tracing::info_span!(
+        "encrypt",
+        encryption = mode_name(encryption),
+        bytes = std::fs::metadata(plain).map(|m| m.len()).unwrap_or(0),
+        sealed_bytes = tracing::field::Empty,
+    );
+    let _entered = span.enter();
     let result = seal_into(plain, out, encryption);
-    if result.is_err() {
-        let _ = std::fs::remove_file(out);
+    match &result {
+        Ok(_) => {
+            if let Ok(meta) = std::fs::metadata(out) {
+                span.record("sealed_bytes", meta.len());
+            }
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(out);
+        }
     }
     result
+}
+
+/// The mode's name as the manifest spells it.
+fn mode_name(encryption: &Encryption) -> &'static str {
+    match encryption {
+        Encryption::None => "none",
+        Encryption::Password(_) => "password",
+        Encryption::Age(_) => "age",
+    }
 }
 
 fn seal_into(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed, SealError> {

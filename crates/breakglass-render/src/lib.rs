@@ -125,6 +125,9 @@ struct OpenProject {
     written: u64,
     /// Data rows on the current sheet (1 = first data row, on row 2).
     sheet_row: u32,
+    /// The project's `sheet` span: one per project (not per row), closed
+    /// when the project's last tab ends; counts only, never a cell value.
+    span: tracing::Span,
 }
 
 /// Streams projects and rows into one workbook file.
@@ -196,8 +199,18 @@ impl WorkbookBuilder {
     /// Starts a project's tab(s). `rows` is the exact number of rows that
     /// will follow; past [`RenderOptions::max_rows_per_sheet`] (or should a
     /// tab's XML near 4 GiB) they continue on further tabs.
+    ///
+    /// Each project is traced as one `sheet` span (`project`, `rows`, and
+    /// `tabs` once it ends) that lasts until the next project or
+    /// [`WorkbookBuilder::finish`]; rows are not traced one by one.
     pub fn begin_project(&mut self, name: &str, rows: u64) -> Result<(), RenderError> {
         self.end_project()?;
+        let span = tracing::info_span!(
+            "sheet",
+            project = %name,
+            rows,
+            tabs = tracing::field::Empty,
+        );
         let sheet = self.names.allocate(name);
         self.start_data_sheet(&sheet)?;
         self.report.projects.push(ProjectSheets {
@@ -210,6 +223,7 @@ impl WorkbookBuilder {
             expected: rows,
             written: 0,
             sheet_row: 0,
+            span,
         });
         Ok(())
     }
@@ -288,7 +302,10 @@ impl WorkbookBuilder {
             if open.written != open.expected {
                 return Err(RenderError::Misuse("fewer rows than announced"));
             }
+            let _entered = open.span.enter();
             self.package.end_sheet()?;
+            open.span
+                .record("tabs", self.report.projects[open.index].sheets.len() as u64);
         }
         Ok(())
     }

@@ -179,7 +179,7 @@ impl Stage for Uploader {
             let described = destination.describe();
             let span = tracing::info_span!("upload", destination = %described, bytes = size);
             let started = std::time::Instant::now();
-            let result = destination.upload(&upload).instrument(span).await;
+            let result = destination.upload(&upload).instrument(span.clone()).await;
             let metrics = breakglass_telemetry::metrics::metrics();
             let label = DestinationLabel {
                 destination: described.clone(),
@@ -194,6 +194,18 @@ impl Stage for Uploader {
                 transient.push(err.to_string());
                 if !attempt.is_last() {
                     metrics.upload_retries.get_or_create(&label).inc();
+                    // A `retry` span inside this upload's span marks, in the
+                    // trace, that the message will come again for another try.
+                    let retry = tracing::warn_span!(
+                        parent: &span,
+                        "retry",
+                        destination = %described,
+                        attempt = attempt.number,
+                        next_attempt = attempt.number + 1,
+                    );
+                    retry.in_scope(|| {
+                        tracing::warn!(destination = %described, error = %err, "upload failed transiently; retrying with the next delivery");
+                    });
                 }
             }
             results.push(match result {
