@@ -396,6 +396,13 @@ fn config_secret_writes_a_checked_manifest_without_taking_secrets_from_argv_sile
     ];
     // Secrets from the environment: no warning, and the manifest holds them.
     let out = d.join("secret.yaml");
+    // A file already there with a wide mode is replaced, not reused.
+    std::fs::write(&out, "old").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let mut args = base.to_vec();
     args.extend(["--out", out.to_str().unwrap()]);
     let output = run(
@@ -429,13 +436,13 @@ fn config_secret_writes_a_checked_manifest_without_taking_secrets_from_argv_sile
         .unwrap();
     assert!(extract.status.success(), "{}", stderr(&extract));
     let text = std::fs::read_to_string(&conf).unwrap();
-    assert!(text.contains("execute_time: 02:30\n"), "{text}");
+    assert!(text.contains("execute_time: \"02:30\"\n"), "{text}");
     assert!(
-        text.contains("s3_secret_access_key: env-secret-key-123\n"),
+        text.contains("s3_secret_access_key: \"env-secret-key-123\"\n"),
         "{text}"
     );
     assert!(
-        text.contains("encryption_passphrase: env-passphrase-456\n"),
+        text.contains("encryption_passphrase: \"env-passphrase-456\"\n"),
         "{text}"
     );
     let check = run(&["config", "check", conf.to_str().unwrap()], &[]);

@@ -422,6 +422,11 @@ async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_accoun
         ),
     );
     let recording_path = recording.to_str().unwrap();
+    // The scheduler creates and migrates the run log; the drill only
+    // inserts into it (here the test plays the scheduler's part first).
+    let log = breakglass_runlog::RunLog::connect(&db, &iso.schema)
+        .await
+        .unwrap();
     for (max_age, expected) in [("26", 0), ("0.00001", 1)] {
         let drill = breakglass(
             d,
@@ -445,9 +450,6 @@ async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_accoun
             text(&drill).1
         );
     }
-    let log = breakglass_runlog::RunLog::connect(&db, &iso.schema)
-        .await
-        .unwrap();
     let times = log.drill_times().await.unwrap();
     assert_eq!(times.len(), 1, "{times:?}");
     assert!(

@@ -38,7 +38,9 @@ pub struct Args {
     /// The Secret's namespace (omitted when not given).
     #[arg(long)]
     namespace: Option<String>,
-    /// Write here (created readable by this user only) instead of stdout.
+    /// Write here (replaced atomically by a file readable by this user
+    /// only); `-` for stdout, which is refused on a terminal (credentials
+    /// would stay in the scrollback) — pipe it, e.g. `| kubectl apply -f -`.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -177,13 +179,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         body
     };
-    match &args.out {
+    match args
+        .out
+        .as_deref()
+        .filter(|path| *path != std::path::Path::new("-"))
+    {
         Some(path) => {
-            let mut file = breakglass_core::private_fs::create_or_truncate(path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            file.write_all(text.as_bytes())
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            write_private(path, text.as_bytes())?;
             eprintln!(
                 "wrote {} ({}); it holds credentials: keep it out of version control",
                 path.display(),
@@ -194,18 +196,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             );
         }
-        None => print!("{text}"),
+        None => {
+            if std::io::stdout().is_terminal() {
+                anyhow::bail!(
+                    "not printing credentials to the terminal: give --out FILE, or pipe the output (e.g. `| kubectl apply -f -`)"
+                );
+            }
+            print!("{text}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `key: value` file, keys in the documented order.
+/// Replaces `path` atomically with a new `0600` file holding `bytes`: an
+/// existing file keeps neither its (perhaps wider) mode nor a symlink.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(".breakglass-secret-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write next to {}", path.display()))?;
+    temp.write_all(bytes)
+        .and_then(|()| temp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    temp.persist(path)
+        .map_err(|err| err.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The `key: value` file, keys in the documented order. Every value is
+/// quoted: the parser strips exactly one outer pair, so blanks at either
+/// end and quotes inside survive the round trip.
 fn render_file(raw: &RawConfig) -> String {
     let mut text =
         String::from("# breakglass settings (`breakglass config check` validates this file)\n");
     for key in KNOWN_KEYS {
         if let Some(value) = raw.get(key) {
-            text.push_str(&format!("{key}: {}\n", value.value));
+            text.push_str(&format!("{key}: \"{}\"\n", value.value));
         }
     }
     text
@@ -294,6 +325,32 @@ fn prompt(raw: &mut RawConfig) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_value_survives_the_round_trip_through_the_file() {
+        let mut raw = RawConfig::new();
+        for (key, value) in [
+            ("encryption_passphrase", " spaced pass "),
+            ("s3_secret_access_key", "\"quoted\""),
+            ("execute_time", "02:30"),
+            ("s3_url", "https://s3.example:9000"),
+        ] {
+            raw.set(key, value, "test").unwrap();
+        }
+        let back = RawConfig::parse(&render_file(&raw), "rendered").unwrap();
+        for key in [
+            "encryption_passphrase",
+            "s3_secret_access_key",
+            "execute_time",
+            "s3_url",
+        ] {
+            assert_eq!(
+                back.get(key).unwrap().value,
+                raw.get(key).unwrap().value,
+                "{key}"
+            );
+        }
+    }
 
     #[test]
     fn the_manifest_indents_the_file_under_string_data() {

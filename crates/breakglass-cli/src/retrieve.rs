@@ -437,26 +437,6 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let report = run_drill(&destination, &key, max_age).await;
-    if let Some((url, schema)) = database {
-        let failed = report.steps.iter().find(|s| s.status == StepStatus::Failed);
-        let record = breakglass_runlog::DrillRecord {
-            at: chrono::Utc::now(),
-            destination: report.destination.clone(),
-            passed: report.passed(),
-            failed_step: failed.map(|s| s.name.to_owned()).unwrap_or_default(),
-            detail: failed
-                .or(report.steps.last())
-                .map(|s| s.detail.clone())
-                .unwrap_or_default(),
-            backup_run_id: report.run_id.clone().unwrap_or_default(),
-            backup_created_at: report.created_at,
-        };
-        breakglass_runlog::RunLog::connect(url.expose(), &schema)
-            .await?
-            .record_drill(&record)
-            .await
-            .context("recording the drill in the run log")?;
-    }
     if args.json {
         let steps: Vec<serde_json::Value> = report
             .steps
@@ -505,6 +485,36 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
                 "FAILED: the emergency path is broken; fix it before you need it"
             }
         );
+    }
+    // Recorded after the report is printed: a drill that passed is shown
+    // as passed even when the run log cannot take the record (exit 3).
+    if let Some((url, schema)) = database {
+        let failed = report.steps.iter().find(|s| s.status == StepStatus::Failed);
+        let record = breakglass_runlog::DrillRecord {
+            at: chrono::Utc::now(),
+            destination: report.destination.clone(),
+            passed: report.passed(),
+            failed_step: failed.map(|s| s.name.to_owned()).unwrap_or_default(),
+            detail: failed
+                .or(report.steps.last())
+                .map(|s| s.detail.clone())
+                .unwrap_or_default(),
+            backup_run_id: report.run_id.clone().unwrap_or_default(),
+            backup_created_at: report.created_at,
+        };
+        let recorded = async {
+            breakglass_runlog::RunLog::connect_existing(url.expose(), &schema)
+                .await?
+                .record_drill(&record)
+                .await
+        }
+        .await;
+        if let Err(err) = recorded {
+            eprintln!("breakglass: the drill result was not recorded in the run log: {err}");
+            if report.passed() {
+                return Ok(ExitCode::from(3));
+            }
+        }
     }
     Ok(if report.passed() {
         ExitCode::SUCCESS

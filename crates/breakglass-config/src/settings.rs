@@ -252,10 +252,12 @@ impl Settings {
                 .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
         );
         let database_url = check.parse(raw, "database_url", |v| {
-            if v.starts_with("postgres://") || v.starts_with("postgresql://") {
-                Ok(Secret::new(v))
-            } else {
-                Err("must be a postgres://user:password@host:port/database URL")
+            if !(v.starts_with("postgres://") || v.starts_with("postgresql://")) {
+                return Err("must be a postgres://user:password@host:port/database URL");
+            }
+            match url::Url::parse(v) {
+                Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(Secret::new(v)),
+                _ => Err("must be a postgres://user:password@host:port/database URL with a host; percent-encode @ : / # ? in the user and password"),
             }
         });
         let database_schema = check

@@ -167,18 +167,16 @@ fn seal_with_password(plain: &Path, out: &Path, passphrase: &Secret) -> std::io:
 }
 
 /// Iterations of the key id's hash: as many as the file's own password
-/// verifier (ECMA-376 agile, spin count 100,000), so the key id is no
-/// cheaper an oracle for guessing the passphrase than the file itself.
+/// verifier (ECMA-376 agile, spin count 100,000).
 const KEY_ID_ROUNDS: u32 = 100_000;
+/// The key id's format tag.
+const KEY_ID_PREFIX: &str = "passphrase v2 ";
 
-/// Names a passphrase without revealing it: `passphrase <8 hex digits>`,
-/// 32 bits of an iterated, salted SHA-512. Recorded in the manifest so an
-/// old file tells which passphrase opens it, and so `fetch` and `drill`
-/// can say "this file needs another passphrase" before trying it.
-pub fn passphrase_key_id(passphrase: &Secret) -> String {
+fn key_id_hash(salt: &[u8], passphrase: &Secret) -> String {
     use sha2::{Digest, Sha512};
     let mut digest = Sha512::new()
-        .chain_update(b"breakglass key id v1\0")
+        .chain_update(b"breakglass key id v2\0")
+        .chain_update(salt)
         .chain_update(passphrase.expose().as_bytes())
         .finalize();
     for round in 0..KEY_ID_ROUNDS {
@@ -187,7 +185,34 @@ pub fn passphrase_key_id(passphrase: &Secret) -> String {
             .chain_update(digest)
             .finalize();
     }
-    format!("passphrase {}", hex::encode(&digest[..4]))
+    hex::encode(&digest[..4])
+}
+
+/// Names a passphrase without revealing it, for one sealed file:
+/// `passphrase v2 <16 hex salt>:<8 hex>`, 32 bits of a SHA-512 iterated
+/// 100,000 times over a random per-file salt and the passphrase. The salt
+/// makes every file's id different, so one dictionary pass cannot serve
+/// many files; the cost per guess is the file's own verifier's, and 32 bits
+/// leave billions of false candidates. Recorded in the manifest so `fetch`
+/// and `drill` can say "this passphrase does not open this file" (see
+/// [`passphrase_matches`]) before decrypting noise.
+pub fn passphrase_key_id(passphrase: &Secret) -> String {
+    use rand::RngCore;
+    let mut salt = [0u8; 8];
+    rand::rng().fill_bytes(&mut salt);
+    format!(
+        "{KEY_ID_PREFIX}{}:{}",
+        hex::encode(salt),
+        key_id_hash(&salt, passphrase)
+    )
+}
+
+/// Whether `passphrase` is the one `key_id` names; `None` when `key_id` is
+/// not a passphrase key id of this format (an older file, or age).
+pub fn passphrase_matches(passphrase: &Secret, key_id: &str) -> Option<bool> {
+    let (salt, hash) = key_id.strip_prefix(KEY_ID_PREFIX)?.split_once(':')?;
+    let salt = hex::decode(salt).ok()?;
+    Some(key_id_hash(&salt, passphrase) == hash)
 }
 
 /// A strong passphrase for `run-once` when none is configured: 24

@@ -55,8 +55,19 @@ pub async fn fetch_latest(
     let _ = std::fs::remove_file(&partial);
     let downloaded = destination.download(&object.key, &partial).await?;
     let checked = async {
-        let sidecar = destination.sidecar(&object.key).await?;
-        Ok::<_, RetrieveError>(check_download(&object.name, &downloaded, sidecar)?)
+        let mut sidecar_problem = None;
+        let sidecar = match destination.sidecar(&object.key).await {
+            Ok(sidecar) => sidecar,
+            // The object's own metadata can still verify the bytes.
+            Err(err) if !downloaded.metadata.is_empty() => {
+                sidecar_problem = Some(format!("the sidecar manifest could not be used: {err}"));
+                None
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let mut checked = check_download(&object.name, &downloaded, sidecar)?;
+        checked.warnings.extend(sidecar_problem);
+        Ok::<_, RetrieveError>(checked)
     }
     .await;
     let checked = match checked {
@@ -107,14 +118,21 @@ pub fn decrypt_fetched(fetched: &Fetched, key: &OpenKey) -> Result<PathBuf, Retr
     let out = fetched
         .stored
         .with_file_name(format!("{stem}.decrypted.xlsx"));
-    let _ = std::fs::remove_file(&out);
+    // A wrong passphrase must not cost the copy decrypted earlier: decrypt
+    // beside it and replace it only on success.
+    let partial = fetched
+        .stored
+        .with_file_name(format!(".{stem}.decrypted.partial"));
+    let _ = std::fs::remove_file(&partial);
     open_sealed(
         &fetched.stored,
-        &out,
+        &partial,
         &fetched.manifest.encryption,
         &fetched.manifest.key_id,
         key,
     )?;
+    std::fs::rename(&partial, &out)
+        .map_err(|err| RetrieveError::io("renaming the decrypted workbook to", &out, err))?;
     Ok(out)
 }
 

@@ -112,12 +112,11 @@ fn open_into(
                 encryption: "password".into(),
                 what: "give the break-glass passphrase (prompt, --passphrase-file or BREAKGLASS_PASSPHRASE)".into(),
             })?;
-            let given = breakglass_render::encrypt::passphrase_key_id(passphrase);
-            if key_id.starts_with("passphrase ") && key_id != given {
+            if breakglass_render::encrypt::passphrase_matches(passphrase, key_id) == Some(false) {
                 return Err(RetrieveError::WrongPassphrase {
                     file,
                     hint: format!(
-                        "the file was sealed with key id {key_id:?}, the passphrase given has {given:?}; look for the passphrase recorded under that key id"
+                        "it does not match the file's key id {key_id:?}; try the passphrase that was in use when the file was made"
                     ),
                 });
             }

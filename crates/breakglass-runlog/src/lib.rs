@@ -232,6 +232,33 @@ impl RunLog {
         Ok(Self { pool })
     }
 
+    /// Connects to a run log the scheduler has already created, without
+    /// creating or migrating anything: for `drill --record`, whose role
+    /// needs only INSERT on `drills`, and whose binary may be older or newer
+    /// than the scheduler's migrations.
+    pub async fn connect_existing(database_url: &str, schema: &str) -> Result<Self, RunLogError> {
+        let options = PgConnectOptions::from_str(database_url)
+            .map_err(|err| RunLogError::Config(breakglass_scrub(&err.to_string(), database_url)))?
+            .options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|err| {
+                RunLogError::Database(breakglass_scrub(&err.to_string(), database_url))
+            })?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('drills')::text")
+            .fetch_one(&pool)
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Err(RunLogError::Config(format!(
+                "schema {schema:?} has no run log yet: start the scheduler with this database_url (it creates the schema), or check database_schema"
+            )));
+        }
+        Ok(Self { pool })
+    }
+
     /// True when the database answers (for `/readyz`).
     pub async fn is_reachable(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()

@@ -40,12 +40,40 @@ impl Stage for RunLogStage {
         "runlog"
     }
 
+    /// Records one event. While PostgreSQL is away it keeps trying (the
+    /// worker keeps the message alive with progress acks) for up to
+    /// [`OUTAGE_PATIENCE`] before giving the delivery back, so an outage
+    /// does not burn through `max_deliver` and dead-letter the events.
     async fn handle(
         &self,
         bus: &Bus,
         message: &jetstream::Message,
         _attempt: Attempt,
     ) -> Result<(), StageFailure> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.record(bus, message).await {
+                Err(failure) if failure.retryable && started.elapsed() < OUTAGE_PATIENCE => {
+                    tracing::warn!(error = %failure, "the run log is unavailable; trying again in 5 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Always `None`: a run log that cannot record a message must not
+    /// report that run as failed.
+    fn trigger_of(&self, _message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+        None
+    }
+}
+
+/// How long one event waits for PostgreSQL before its delivery is retried.
+const OUTAGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl RunLogStage {
+    async fn record(&self, bus: &Bus, message: &jetstream::Message) -> Result<(), StageFailure> {
         let subjects = bus.subjects();
         let subject = message.subject.as_str();
         let failed = |err: breakglass_runlog::RunLogError| StageFailure::retry(err.to_string());
@@ -118,11 +146,5 @@ impl Stage for RunLogStage {
         } else {
             Ok(())
         }
-    }
-
-    /// Always `None`: a run log that cannot record a message must not
-    /// report that run as failed.
-    fn trigger_of(&self, _message: &jetstream::Message) -> Option<v1::TriggerRequested> {
-        None
     }
 }

@@ -80,15 +80,30 @@ pub fn is_backup_name(name: &str) -> bool {
     name == FIXED_NAME || name == format!("{NAME_PREFIX}{AGE_EXTENSION}") || is_rotated_name(name)
 }
 
-/// The newest backup in a listing: the latest write wins, and among equal
-/// times the greatest name (rotated names sort by their timestamp).
+/// When a backup's run made it: the timestamp in a rotated name (so a slow
+/// upload of an older run never outranks a newer run), else the time the
+/// storage last wrote the fixed `overwrite` name.
+fn made_at(object: &StoredObject) -> Option<DateTime<Utc>> {
+    object
+        .name
+        .strip_prefix(NAME_PREFIX)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .filter(|_| is_rotated_name(&object.name))
+        .and_then(|rest| rest.get(..16))
+        .and_then(|stamp| chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok())
+        .map(|naive| naive.and_utc())
+        .or(object.last_modified)
+}
+
+/// The newest backup in a listing, by [`made_at`]; among equal times the
+/// greatest name.
 pub fn latest_backup(objects: &[StoredObject]) -> Option<&StoredObject> {
     objects
         .iter()
         .filter(|object| is_backup_name(&object.name))
         .max_by(|a, b| {
-            a.last_modified
-                .cmp(&b.last_modified)
+            made_at(a)
+                .cmp(&made_at(b))
                 .then_with(|| a.name.cmp(&b.name))
         })
 }
@@ -263,7 +278,7 @@ mod tests {
             key: format!("team/{name}"),
             name: name.into(),
             size: 1,
-            last_modified: DateTime::from_timestamp(1_800_000_000 + i64::from(minute) * 60, 0),
+            last_modified: DateTime::from_timestamp(1_795_737_600 + i64::from(minute) * 60, 0),
         }
     }
 
@@ -280,6 +295,15 @@ mod tests {
             "breakglass-backup-20261127T030000Z-b.xlsx"
         );
         assert!(latest_backup(&listing[2..]).is_none());
+        // An older run whose upload finished later does not win.
+        let raced = vec![
+            object("breakglass-backup-20261127T040000Z-new.xlsx", 1),
+            object("breakglass-backup-20261127T030000Z-old.xlsx", 9),
+        ];
+        assert_eq!(
+            latest_backup(&raced).unwrap().name,
+            "breakglass-backup-20261127T040000Z-new.xlsx"
+        );
         assert!(is_backup_name("breakglass-backup.xlsx.age"));
     }
 

@@ -693,12 +693,19 @@ impl AzureContainer {
             },
             ..Default::default()
         };
-        self.blob_client(container_url, &key)?
+        match self
+            .blob_client(container_url, &key)?
             .block_blob_client()
             .upload(bytes::Bytes::from(body).into(), Some(options))
             .await
-            .map_err(|err| self.put_error("Put Blob", &key, &err))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            Err(err) => match self.put_error("Put Blob", &key, &err) {
+                // A redelivered run under `unique`/`prune`: already there.
+                StorageError::Exists { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
     }
 
     /// The container URL for reading: the configured SAS, or one signed

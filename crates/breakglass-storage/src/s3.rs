@@ -541,11 +541,18 @@ impl S3Bucket {
         if self.rotation != Rotation::Overwrite {
             request = request.if_none_match("*");
         }
-        request
-            .send()
-            .await
-            .map_err(|err| self.remote_error("PutObject", &err))?;
-        Ok(())
+        match request.send().await {
+            Ok(_) => Ok(()),
+            // A redelivered run under `unique`/`prune`: the sidecar of this
+            // very object is already there.
+            Err(err)
+                if err.code() == Some("PreconditionFailed")
+                    || err.raw_response().map(|r| r.status().as_u16()) == Some(412) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(self.remote_error("PutObject", &err)),
+        }
     }
 
     /// Every object under the prefix (one level), for `fetch`: needs
