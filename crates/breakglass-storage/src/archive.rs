@@ -174,7 +174,7 @@ pub enum IntegrityError {
     },
     /// The bytes differ from what the manifest recorded.
     #[error(
-        "{object} does not match its manifest: expected {expected_size} bytes with SHA-256 {expected_sha256}, got {size} bytes with SHA-256 {sha256} (truncated or tampered; fetch it again or use an older copy)"
+        "{object} does not match its manifest: expected {expected_size} bytes with SHA-256 {expected_sha256}, got {size} bytes with SHA-256 {sha256} (truncated, altered, or replaced by an upload in progress: fetch it again; if it persists, use an older copy)"
     )]
     Mismatch {
         /// The object's name.
