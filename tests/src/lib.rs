@@ -71,6 +71,21 @@ impl Isolation {
         }
     }
 
+    /// Connects to the test NATS under this isolation's prefix, with the
+    /// short ack wait and delivery limit the tests' service configs use.
+    pub async fn connect_bus(&self) -> breakglass_bus::Bus {
+        breakglass_bus::Bus::connect(breakglass_bus::BusOptions {
+            url: nats_url().into(),
+            prefix: self.prefix.clone(),
+            ack_wait: std::time::Duration::from_secs(3),
+            max_deliver: 3,
+            payload_ttl: std::time::Duration::from_secs(3600),
+            payload_key: None,
+        })
+        .await
+        .expect("NATS with JetStream is reachable (make test starts it)")
+    }
+
     /// Removes the stream and object store (best effort).
     pub async fn cleanup_bus(&self) {
         if let Ok(client) = async_nats::connect(nats_url()).await {

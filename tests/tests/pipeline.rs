@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use breakglass_bus::{Bus, BusOptions};
+use breakglass_bus::Bus;
 use breakglass_e2e::{
     Isolation, Moto, ServiceProcess, database_url, nats_url, read_object_store, read_stream,
     write_config,
@@ -258,16 +258,7 @@ async fn wait_for_logged_run(
 }
 
 async fn connect(iso: &Isolation) -> Bus {
-    Bus::connect(BusOptions {
-        url: breakglass_core::Secret::new(nats_url()),
-        prefix: iso.prefix.clone(),
-        ack_wait: Duration::from_secs(3),
-        max_deliver: 3,
-        payload_ttl: Duration::from_secs(3600),
-        payload_key: None,
-    })
-    .await
-    .expect("NATS with JetStream is reachable (make test starts it)")
+    iso.connect_bus().await
 }
 
 fn trigger(run_id: &str) -> v1::TriggerRequested {

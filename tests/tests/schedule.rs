@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use breakglass_bus::{Bus, BusOptions};
+use breakglass_bus::Bus;
 use breakglass_config::DailyTime;
 use breakglass_e2e::{Isolation, ServiceProcess, nats_url, read_stream, write_config};
 use breakglass_proto::v1;
@@ -13,16 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 async fn connect(iso: &Isolation) -> Bus {
-    Bus::connect(BusOptions {
-        url: breakglass_core::Secret::new(nats_url()),
-        prefix: iso.prefix.clone(),
-        ack_wait: Duration::from_secs(3),
-        max_deliver: 3,
-        payload_ttl: Duration::from_secs(3600),
-        payload_key: None,
-    })
-    .await
-    .unwrap()
+    iso.connect_bus().await
 }
 
 fn base_config(

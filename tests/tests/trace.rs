@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 use async_nats::HeaderMap;
-use breakglass_bus::{Bus, BusOptions};
+use breakglass_bus::Bus;
 use breakglass_e2e::{
     Isolation, Moto, ReceivedSpan, ServiceProcess, TraceReceiver, database_url, nats_url,
     write_config,
@@ -28,16 +28,7 @@ const CANARY_EXTRA: &str = "CANARY-trace-extra-2c8e5f";
 const CANARY_PASSPHRASE: &str = "CANARY-trace-passphrase-6a0f3e";
 
 async fn connect(iso: &Isolation) -> Bus {
-    Bus::connect(BusOptions {
-        url: nats_url().into(),
-        prefix: iso.prefix.clone(),
-        ack_wait: Duration::from_secs(3),
-        max_deliver: 3,
-        payload_ttl: Duration::from_secs(3600),
-        payload_key: None,
-    })
-    .await
-    .expect("NATS with JetStream is reachable (make test starts it)")
+    iso.connect_bus().await
 }
 
 /// Random lower-case hex of `bytes` bytes (never all zero: uuid v4 bits).
