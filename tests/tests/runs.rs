@@ -93,6 +93,8 @@ async fn runs_are_triggered_watched_listed_and_shown_over_grpc() {
         .wait_for_log("recording runs in the run log", Duration::from_secs(60))
         .await
         .unwrap();
+    let (status, body) = scheduler.http_get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
 
     // TriggerNow + WatchRun through the CLI: the stages as they happen.
     let triggered = tokio::task::spawn_blocking({
@@ -245,4 +247,41 @@ fn the_run_history_needs_a_database() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("set database_url"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_when_the_run_logs_postgresql_does_not_answer() {
+    let iso = Isolation::new("runs_down");
+    let dir = tempfile::tempdir().unwrap();
+    let key = breakglass_bus::payload::PayloadKey::generate();
+    let nats = nats_url();
+    // Nothing listens on port 1.
+    let config = write_config(
+        dir.path(),
+        &[
+            ("nats_url", nats.as_str()),
+            ("bus_prefix", iso.prefix.as_str()),
+            ("payload_key", key.expose()),
+            ("encryption", "none"),
+            (
+                "database_url",
+                "postgres://runlog:pg-canary-pw@127.0.0.1:1/breakglass",
+            ),
+        ],
+    );
+    let mut scheduler = ServiceProcess::start("scheduler", &config, dir.path()).unwrap();
+    scheduler
+        .wait_for_log("the run log is unavailable", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (status, body) = scheduler.http_get("/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("PostgreSQL"), "{body}");
+    // The schedule goes on meanwhile, and the password shows nowhere.
+    assert!(
+        scheduler.log_text().contains("next scheduled run")
+            || scheduler.log_text().contains("on-demand runs only")
+    );
+    assert!(!scheduler.log_text().contains("pg-canary-pw") && !body.contains("pg-canary-pw"));
+    iso.cleanup_bus().await;
 }

@@ -76,6 +76,7 @@ pub async fn record_runs(
     database_url: breakglass_core::Secret,
     schema: String,
     connected: tokio::sync::watch::Sender<Option<breakglass_runlog::RunLog>>,
+    reachable: std::sync::Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let log = loop {
@@ -92,11 +93,31 @@ pub async fn record_runs(
     };
     tracing::info!(schema = %schema, "recording runs in the run log");
     let _ = connected.send(Some(log.clone()));
+    reachable.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(export_drill_times(log.clone(), shutdown.clone()));
+    tokio::spawn(watch_reachability(log.clone(), reachable, shutdown.clone()));
     if let Err(err) =
         breakglass_bus::worker::run(bus, runlog::RunLogStage::new(log), shutdown).await
     {
         tracing::error!(error = %err, "the run log recorder stopped");
+    }
+}
+
+/// Asks PostgreSQL every 10 s whether it answers, for `/readyz`.
+async fn watch_reachability(
+    log: breakglass_runlog::RunLog,
+    reachable: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let answers = tokio::time::timeout(std::time::Duration::from_secs(5), log.is_reachable())
+            .await
+            .unwrap_or(false);
+        reachable.store(answers, std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
     }
 }
 

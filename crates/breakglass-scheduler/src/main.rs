@@ -50,11 +50,22 @@ async fn run() -> anyhow::Result<()> {
         });
     }
     let recorder = context.settings.database_url.clone().map(|url| {
+        // /readyz says so while the run log's PostgreSQL does not answer.
+        let reachable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = reachable.clone();
+        context.readiness.add(std::sync::Arc::new(move || {
+            if seen.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("the run log's PostgreSQL (database_url) does not answer".into())
+            }
+        }));
         tokio::spawn(breakglass_scheduler::record_runs(
             context.bus.clone(),
             url,
             context.settings.database_schema.clone(),
             runlog_tx,
+            reachable,
             context.shutdown.clone(),
         ))
     });

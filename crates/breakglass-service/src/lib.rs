@@ -14,6 +14,7 @@ use anyhow::Context;
 use breakglass_bus::{Bus, BusOptions};
 use breakglass_config::{RawConfig, Settings};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// A service's command line: only where its configuration is.
@@ -154,6 +155,37 @@ pub struct ServiceContext {
     pub shutdown: CancellationToken,
     /// Flushes telemetry on drop; keep it until the end of `main`.
     pub telemetry: breakglass_telemetry::Telemetry,
+    /// More dependencies for `/readyz` (e.g. the scheduler's PostgreSQL).
+    pub readiness: Readiness,
+}
+
+/// Further checks `/readyz` runs after NATS: each answers `Err(reason)`
+/// while its dependency is unreachable.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Arc<std::sync::RwLock<Vec<http::ReadinessCheck>>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness").finish_non_exhaustive()
+    }
+}
+
+impl Readiness {
+    /// Adds a check.
+    pub fn add(&self, check: http::ReadinessCheck) {
+        if let Ok(mut checks) = self.checks.write() {
+            checks.push(check);
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match self.checks.read() {
+            Ok(checks) => checks.iter().try_for_each(|check| check()),
+            Err(_) => Err("a readiness check panicked".into()),
+        }
+    }
 }
 
 /// Parses the command line, starts telemetry, loads config, connects the
@@ -205,9 +237,11 @@ pub async fn start_with(
     tracing::info!(service, prefix = %settings.bus_prefix, "connected to NATS");
     let shutdown = shutdown_on_signals();
     let client = bus.client().clone();
+    let readiness = Readiness::default();
+    let more = readiness.clone();
     let ready: http::ReadinessCheck =
         std::sync::Arc::new(move || match client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
+            async_nats::connection::State::Connected => more.check(),
             state => Err(format!("NATS connection is {state}")),
         });
     let addr = listener.local_addr().unwrap_or(args.http);
@@ -219,6 +253,7 @@ pub async fn start_with(
         bus,
         shutdown,
         telemetry,
+        readiness,
     })
 }
 
