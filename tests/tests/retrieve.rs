@@ -27,6 +27,22 @@ fn breakglass(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("breakglass runs")
 }
 
+/// `breakglass fetch --config CONFIG [--out OUT] EXTRA...`.
+fn fetch(
+    dir: &Path,
+    config: &str,
+    out: Option<&Path>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut args = vec!["fetch", "--config", config];
+    if let Some(out) = out {
+        args.extend(["--out", out.to_str().unwrap()]);
+    }
+    args.extend_from_slice(extra);
+    breakglass(dir, &args, env)
+}
+
 fn text(output: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -127,15 +143,11 @@ async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_accoun
     );
 
     let out = d.join("out");
-    let fetched = breakglass(
+    let fetched = fetch(
         d,
-        &[
-            "fetch",
-            "--config",
-            reader_path,
-            "--out",
-            out.to_str().unwrap(),
-        ],
+        reader_path,
+        Some(&out),
+        &[],
         &[("BREAKGLASS_PASSPHRASE", PASSPHRASE)],
     );
     let (_, stderr) = text(&fetched);
@@ -224,9 +236,11 @@ async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_accoun
     );
 
     // --stdout-table prints every row instead of writing a workbook.
-    let table = breakglass(
+    let table = fetch(
         d,
-        &["fetch", "--config", reader_path, "--stdout-table"],
+        reader_path,
+        None,
+        &["--stdout-table"],
         &[("BREAKGLASS_PASSPHRASE", PASSPHRASE)],
     );
     let (stdout, stderr) = text(&table);
@@ -272,15 +286,11 @@ async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_accoun
 
     // --- Bad input, each one message and a non-zero exit ---
     // A wrong passphrase names the key id the file needs, never the value.
-    let wrong = breakglass(
+    let wrong = fetch(
         d,
-        &[
-            "fetch",
-            "--config",
-            reader_path,
-            "--out",
-            d.join("wrong").to_str().unwrap(),
-        ],
+        reader_path,
+        Some(&d.join("wrong")),
+        &[],
         &[("BREAKGLASS_PASSPHRASE", "Not-The-Pass-77")],
     );
     let (_, stderr) = text(&wrong);
@@ -291,17 +301,7 @@ async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_accoun
     );
     assert!(!stderr.contains("Not-The-Pass-77"), "{stderr}");
     // No passphrase anywhere and no terminal: say how to give one.
-    let none = breakglass(
-        d,
-        &[
-            "fetch",
-            "--config",
-            reader_path,
-            "--out",
-            d.join("none").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let none = fetch(d, reader_path, Some(&d.join("none")), &[], &[]);
     assert_eq!(none.status.code(), Some(1));
     assert!(
         text(&none).1.contains("BREAKGLASS_PASSPHRASE"),
@@ -309,17 +309,11 @@ async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_accoun
         text(&none).1
     );
     // Nothing under the prefix.
-    let empty = breakglass(
+    let empty = fetch(
         d,
-        &[
-            "fetch",
-            "--config",
-            reader_path,
-            "--set",
-            "path_prefix=nothing-here",
-            "--out",
-            d.join("e").to_str().unwrap(),
-        ],
+        reader_path,
+        Some(&d.join("e")),
+        &["--set", "path_prefix=nothing-here"],
         &[("BREAKGLASS_PASSPHRASE", PASSPHRASE)],
     );
     assert_eq!(empty.status.code(), Some(1));
@@ -330,17 +324,11 @@ async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_accoun
     );
     // Older than --max-age: fetched and verified, but exit 2 with a warning;
     // the drill fails.
-    let stale = breakglass(
+    let stale = fetch(
         d,
-        &[
-            "fetch",
-            "--config",
-            reader_path,
-            "--max-age",
-            "0.00001",
-            "--out",
-            d.join("stale").to_str().unwrap(),
-        ],
+        reader_path,
+        Some(&d.join("stale")),
+        &["--max-age", "0.00001"],
         &[("BREAKGLASS_PASSPHRASE", PASSPHRASE)],
     );
     assert_eq!(stale.status.code(), Some(2), "{}", text(&stale).1);
@@ -519,15 +507,11 @@ async fn s3_backup_is_fetched_verified_shown_and_drilled_with_a_read_only_accoun
     for mode in ["flip", "truncate"] {
         moto.tool(&["tamper", "vault", &newest, mode]);
         let target = d.join(format!("tampered-{mode}"));
-        let tampered = breakglass(
+        let tampered = fetch(
             d,
-            &[
-                "fetch",
-                "--config",
-                reader_path,
-                "--out",
-                target.to_str().unwrap(),
-            ],
+            reader_path,
+            Some(&target),
+            &[],
             &[("BREAKGLASS_PASSPHRASE", PASSPHRASE)],
         );
         let (_, stderr) = text(&tampered);
@@ -605,17 +589,11 @@ fn azure_age_backup_opens_with_the_team_identity_only() {
     let reader_path = reader.to_str().unwrap();
 
     let out = d.join("out");
-    let fetched = breakglass(
+    let fetched = fetch(
         d,
-        &[
-            "fetch",
-            "--config",
-            reader_path,
-            "--out",
-            out.to_str().unwrap(),
-            "--identity",
-            team.to_str().unwrap(),
-        ],
+        reader_path,
+        Some(&out),
+        &["--identity", team.to_str().unwrap()],
         &[],
     );
     let (_, stderr) = text(&fetched);
@@ -660,17 +638,11 @@ fn azure_age_backup_opens_with_the_team_identity_only() {
     assert!(text(&shown).0.contains(CANARY));
 
     // Another identity: refused, naming the recipient the file needs.
-    let refused = breakglass(
+    let refused = fetch(
         d,
-        &[
-            "fetch",
-            "--config",
-            reader_path,
-            "--out",
-            d.join("x").to_str().unwrap(),
-            "--identity",
-            stranger.to_str().unwrap(),
-        ],
+        reader_path,
+        Some(&d.join("x")),
+        &["--identity", stranger.to_str().unwrap()],
         &[],
     );
     let (_, stderr) = text(&refused);
@@ -680,17 +652,7 @@ fn azure_age_backup_opens_with_the_team_identity_only() {
         "{stderr}"
     );
     // No identity at all: say which flag.
-    let missing = breakglass(
-        d,
-        &[
-            "fetch",
-            "--config",
-            reader_path,
-            "--out",
-            d.join("y").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let missing = fetch(d, reader_path, Some(&d.join("y")), &[], &[]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(
         text(&missing).1.contains("--identity"),

@@ -188,43 +188,16 @@ impl RunLog {
     /// Connects, creates the schema if missing and applies the migrations.
     /// `schema` must be a plain identifier (letters, digits, `_`).
     pub async fn connect(database_url: &str, schema: &str) -> Result<Self, RunLogError> {
-        if schema.is_empty()
-            || schema.len() > 63
-            || !schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            || schema.starts_with(|c: char| c.is_ascii_digit())
-        {
-            return Err(RunLogError::Config(format!(
-                "schema {schema:?} must be 1-63 lower-case letters, digits or '_', not starting with a digit"
-            )));
-        }
-        let options = PgConnectOptions::from_str(database_url)
-            .map_err(|err| RunLogError::Config(breakglass_scrub(&err.to_string(), database_url)))?
-            .options([("search_path", schema)]);
-        // Create the schema before the pool's connections use it.
-        let bootstrap = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(|err| {
-                RunLogError::Database(breakglass_scrub(&err.to_string(), database_url))
-            })?;
-        // The schema name was checked above to be a plain identifier.
+        let pool = pool(database_url, schema, 4).await?;
+        // The schema name was checked by `pool` to be a plain identifier.
+        // Connections resolve search_path per statement, so the schema
+        // created here is used by the migrations that follow.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE SCHEMA IF NOT EXISTS {schema}"
         )))
-        .execute(&bootstrap)
+        .execute(&pool)
         .await
         .map_err(db)?;
-        bootstrap.close().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|err| {
-                RunLogError::Database(breakglass_scrub(&err.to_string(), database_url))
-            })?;
         migrator()
             .run(&pool)
             .await
@@ -237,16 +210,7 @@ impl RunLog {
     /// needs only INSERT on `drills`, and whose binary may be older or newer
     /// than the scheduler's migrations.
     pub async fn connect_existing(database_url: &str, schema: &str) -> Result<Self, RunLogError> {
-        let options = PgConnectOptions::from_str(database_url)
-            .map_err(|err| RunLogError::Config(breakglass_scrub(&err.to_string(), database_url)))?
-            .options([("search_path", schema)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(|err| {
-                RunLogError::Database(breakglass_scrub(&err.to_string(), database_url))
-            })?;
+        let pool = pool(database_url, schema, 1).await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('drills')::text")
             .fetch_one(&pool)
             .await
@@ -536,13 +500,63 @@ fn run_from_row(row: &sqlx::postgres::PgRow) -> Result<RunRecord, RunLogError> {
     })
 }
 
-/// Removes the URL's password from a driver message, should it echo it.
+/// A pool on `schema` (checked to be a plain identifier) of the database
+/// at `database_url`; connection errors never carry the password.
+async fn pool(database_url: &str, schema: &str, connections: u32) -> Result<PgPool, RunLogError> {
+    if schema.is_empty()
+        || schema.len() > 63
+        || !schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        || schema.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(RunLogError::Config(format!(
+            "schema {schema:?} must be 1-63 lower-case letters, digits or '_', not starting with a digit"
+        )));
+    }
+    let options = PgConnectOptions::from_str(database_url)
+        .map_err(|err| RunLogError::Config(breakglass_scrub(&err.to_string(), database_url)))?
+        .options([("search_path", schema)]);
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .connect_with(options)
+        .await
+        .map_err(|err| RunLogError::Database(breakglass_scrub(&err.to_string(), database_url)))
+}
+
+/// Removes the URL's password, as written and percent-decoded, from a
+/// driver message, should it echo it. (Too short a password would mask
+/// ordinary words; such a password is a problem of its own.)
 fn breakglass_scrub(text: &str, url: &str) -> String {
-    match url::Url::parse(url)
+    let Some(encoded) = url::Url::parse(url)
         .ok()
         .and_then(|u| u.password().map(str::to_owned))
-    {
-        Some(password) if password.len() >= 4 => text.replace(&password, "********"),
-        _ => text.to_owned(),
+    else {
+        return text.to_owned();
+    };
+    // Percent-decoding only: a literal `+` stays a plus.
+    let decoded =
+        url::form_urlencoded::parse(format!("p={}", encoded.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default();
+    let mut text = text.to_owned();
+    for password in [encoded, decoded] {
+        if password.len() >= 4 {
+            text = text.replace(&password, "********");
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_messages_lose_the_password_as_written_and_decoded() {
+        let url = "postgres://runlog:pa%40ss+word@db:5432/x";
+        let text = breakglass_scrub("auth failed for pa%40ss+word / pa@ss+word", url);
+        assert_eq!(text, "auth failed for ******** / ********");
     }
 }
