@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("breakglass/v1/events.proto"),
         root.join("breakglass/v1/destination_test.proto"),
         root.join("breakglass/v1/runs.proto"),
+        root.join("breakglass/v1/config.proto"),
     ];
     println!("cargo:rerun-if-changed={}", root.display());
     let mut config = prost_build::Config::new();

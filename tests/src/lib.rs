@@ -332,6 +332,7 @@ pub struct TestCa {
     pub cert_pem: PathBuf,
     /// The server key.
     pub key_pem: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl TestCa {
@@ -365,7 +366,25 @@ impl TestCa {
             ca_pem,
             cert_pem,
             key_pem,
+            issuer,
         }
+    }
+
+    /// A client certificate for `name` signed by this CA, for mutual TLS:
+    /// the certificate and key files, written under `dir`.
+    pub fn client_cert(&self, name: &str, dir: &Path) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("client cert");
+        let cert_pem = dir.join(format!("{name}.pem"));
+        let key_pem = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_pem, cert.pem()).expect("write client cert");
+        std::fs::write(&key_pem, key.serialize_pem()).expect("write client key");
+        (cert_pem, key_pem)
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod payload;
+pub mod settings_kv;
 pub mod subjects;
 pub mod worker;
 

@@ -42,6 +42,12 @@ impl Subjects {
         format!("{}_payloads", self.prefix.replace('-', "_"))
     }
 
+    /// The key-value bucket that carries the settings stored through the
+    /// config API to every service.
+    pub fn settings_bucket(&self) -> String {
+        format!("{}_settings", self.prefix.replace('-', "_"))
+    }
+
     /// Start a run.
     pub fn trigger(&self) -> String {
         format!("{}.trigger", self.prefix)

@@ -4,9 +4,11 @@
 //! - `trigger`: ask the running services for a run, as the Mavis core does.
 //! - `status`: how fresh the copy in each destination is.
 //! - `generate`: a synthetic inventory for benchmarks.
-//! - `keygen`: a payload key for the services' config.
+//! - `keygen`: a payload key (or `--settings`: a settings key) for the
+//!   services' config.
 //! - `config check`: validate a config file offline; `config secret`:
-//!   build one (or a Kubernetes Secret manifest) from flags or prompts.
+//!   build one (or a Kubernetes Secret manifest) from flags or prompts;
+//!   `config get|set|validate|history`: the scheduler's config API.
 //! - `fetch`, `verify`, `show`, `drill`: the emergency path (docs/RUNBOOK.md).
 //! - `runs`: the run history from the scheduler's gRPC API.
 //! - `test`: the destination Test, stage by stage (exit 1 when one failed).
@@ -14,7 +16,9 @@
 //! Errors print as one line on stderr and exit non-zero.
 
 mod bus_args;
+mod config_api;
 mod config_secret;
+mod grpc_client;
 mod progress;
 mod retrieve;
 mod run_once;
@@ -63,8 +67,13 @@ enum Command {
         out: PathBuf,
     },
     /// Print a new payload key (an age X25519 identity) for the services'
-    /// `payload_key` setting.
-    Keygen,
+    /// `payload_key` setting, or with `--settings` a `settings_key`.
+    Keygen {
+        /// Make the scheduler's `settings_key` (32 random bytes, base64),
+        /// which seals secret settings stored through the config API.
+        #[arg(long)]
+        settings: bool,
+    },
     /// Emergency: download the newest backup with the break-glass (read)
     /// credential, verify it against its manifest and decrypt it.
     Fetch(retrieve::FetchArgs),
@@ -99,6 +108,29 @@ enum ConfigCommand {
     /// Build the `key: value` file from flags, the environment or prompts,
     /// validated, as the plain file or a Kubernetes Secret manifest.
     Secret(config_secret::Args),
+    /// Every settings field from the scheduler's config API (the settings
+    /// page), secrets masked, with the source (file or api) and version.
+    Get(config_api::Args),
+    /// Change settings through the config API: KEY=VALUE, KEY= (unset),
+    /// KEY=- (prompt without echo). Refused when the mounted file holds the
+    /// settings.
+    Set {
+        /// The changes.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        #[command(flatten)]
+        args: config_api::Args,
+    },
+    /// Check the current settings with the given changes; nothing is
+    /// stored. Exit 1 with one line per problem.
+    Validate {
+        /// The changes (none: check the stored settings as they are).
+        pairs: Vec<String>,
+        #[command(flatten)]
+        args: config_api::Args,
+    },
+    /// Who changed which settings through the API, newest first.
+    History(config_api::Args),
 }
 
 fn main() -> ExitCode {
@@ -130,7 +162,14 @@ fn main() -> ExitCode {
                 seed,
                 out,
             } => generate(rows, projects, seed, &out),
-            Command::Keygen => {
+            Command::Keygen { settings: true } => {
+                let secret = breakglass_runlog::seal::SettingsKey::generate();
+                let key = breakglass_runlog::seal::SettingsKey::parse(&secret)?;
+                println!("# key id: {}", key.id());
+                println!("settings_key: {}", secret.expose());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Keygen { settings: false } => {
                 let secret = breakglass_bus::payload::PayloadKey::generate();
                 let key = breakglass_bus::payload::PayloadKey::parse(&secret)?;
                 println!("# public key: {}", key.public());
@@ -143,6 +182,18 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Secret(args),
             } => config_secret::run(args),
+            Command::Config {
+                command: ConfigCommand::Get(args),
+            } => config_api::run(config_api::Action::Get, Vec::new(), args).await,
+            Command::Config {
+                command: ConfigCommand::Set { pairs, args },
+            } => config_api::run(config_api::Action::Set, pairs, args).await,
+            Command::Config {
+                command: ConfigCommand::Validate { pairs, args },
+            } => config_api::run(config_api::Action::Validate, pairs, args).await,
+            Command::Config {
+                command: ConfigCommand::History(args),
+            } => config_api::run(config_api::Action::History, Vec::new(), args).await,
         }
     });
     match result {

@@ -4,7 +4,7 @@
 //! The token comes from `$BREAKGLASS_GRPC_TOKEN` or `--token-file`, never
 //! from argv.
 
-use anyhow::Context;
+use crate::grpc_client::{CallHeaders, GrpcArgs};
 use breakglass_proto::v1;
 use breakglass_proto::v1::run_history_client::RunHistoryClient;
 use std::process::ExitCode;
@@ -14,17 +14,8 @@ use tonic::transport::Channel;
 /// Flags of `runs`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The scheduler's gRPC address.
-    #[arg(
-        long,
-        env = "BREAKGLASS_GRPC_URL",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    grpc: String,
-    /// A file whose first line is the bearer token (else
-    /// $BREAKGLASS_GRPC_TOKEN).
-    #[arg(long)]
-    token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    grpc: GrpcArgs,
     #[command(subcommand)]
     command: Option<RunsCommand>,
 }
@@ -58,61 +49,14 @@ enum RunsCommand {
     },
 }
 
-type Client = RunHistoryClient<InterceptedService<Channel, BearerHeader>>;
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-struct BearerHeader(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for BearerHeader {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
+type Client = RunHistoryClient<InterceptedService<Channel, CallHeaders>>;
 
 async fn client(args: &Args) -> anyhow::Result<Client> {
-    let token = match &args.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the token file {}", path.display()))?
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        None => std::env::var("BREAKGLASS_GRPC_TOKEN").unwrap_or_default(),
-    };
-    if token.is_empty() {
-        anyhow::bail!(
-            "the run history API needs its bearer token: set BREAKGLASS_GRPC_TOKEN or --token-file"
-        );
-    }
-    let mut header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
-        format!("Bearer {token}")
-            .parse()
-            .map_err(|_| anyhow::anyhow!("the token holds characters a header cannot carry"))?;
-    header.set_sensitive(true);
-    let channel = Channel::from_shared(args.grpc.clone())
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "--grpc {:?}: not a URL such as http://scheduler:50051",
-                args.grpc
-            )
-        })?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the scheduler's gRPC API at {}", args.grpc))?;
-    Ok(RunHistoryClient::with_interceptor(
-        channel,
-        BearerHeader(header),
-    ))
+    let (channel, headers) = args.grpc.connect("scheduler's run history API").await?;
+    Ok(RunHistoryClient::with_interceptor(channel, headers))
 }
 
-fn when(ms: i64) -> String {
+pub(crate) fn when(ms: i64) -> String {
     if ms == 0 {
         return "-".into();
     }

@@ -52,6 +52,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ack_wait_seconds",
     "max_deliver",
     "grpc_token",
+    "grpc_tls_cert",
+    "grpc_tls_key",
+    "grpc_client_ca",
+    "settings_key",
 ];
 
 /// Keys whose values are credentials: shown only as a mask.
@@ -63,6 +67,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "encryption_passphrase",
     "payload_key",
     "grpc_token",
+    "settings_key",
 ];
 
 /// Keys that are URLs which may embed a password (`postgres://u:p@h/db`).
@@ -188,6 +193,11 @@ impl RawConfig {
     /// Keys that are set, in sorted order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
+    }
+
+    /// Removes a key; true when it was present.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.entries.remove(key).is_some()
     }
 }
 

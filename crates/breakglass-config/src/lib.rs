@@ -11,14 +11,20 @@
 //!   secret) and rule, the one error shape every bad input gets.
 //! - [`remote`]: S3 / Azure destination settings, endpoint and bucket rules,
 //!   the CA bundle.
+//! - [`source`]: which keys the settings page (the config API) manages, and
+//!   how settings stored through it lay over the mounted file's wiring.
 #![warn(missing_docs)]
 
 pub mod file;
 pub mod problem;
 pub mod remote;
 pub mod settings;
+pub mod source;
 
 pub use file::{KNOWN_KEYS, RawConfig, SECRET_KEYS};
 pub use problem::{ConfigError, Problem};
 pub use remote::{BlobCredential, BlobSettings, CaBundle, ChecksumMode, Protocol, S3Settings};
-pub use settings::{DailyTime, Encryption, InventoryLocation, Rotation, Settings, StorageKind};
+pub use settings::{
+    DailyTime, Encryption, GrpcTlsFiles, InventoryLocation, Rotation, Settings, StorageKind,
+};
+pub use source::{API_KEYS, ApiSettings, SettingsSource};

@@ -176,6 +176,26 @@ pub struct Settings {
     pub blob: Option<BlobSettings>,
     /// Extra trusted CAs for HTTPS endpoints.
     pub ca_bundle: Option<CaBundle>,
+    /// The key that encrypts secret settings stored through the config API
+    /// (`settings_key`: 32 random bytes, base64; `breakglass keygen
+    /// --settings` makes one).
+    pub settings_key: Option<Secret>,
+    /// TLS of the gRPC APIs (`grpc_tls_cert`, `grpc_tls_key`,
+    /// `grpc_client_ca`); `None` = plain HTTP/2 behind an ingress.
+    pub grpc_tls: Option<GrpcTlsFiles>,
+}
+
+/// The PEM files of a gRPC API's TLS: its certificate chain and key, and
+/// the CA that client certificates must chain to (mutual TLS) when set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcTlsFiles {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to; `None` = no client
+    /// certificates asked for.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Default folder of the `local` destination (run-once's default too).
@@ -309,6 +329,14 @@ impl Settings {
                 parse_bounded(v, 1, 100).map(|n| n as i64)
             })
             .unwrap_or(5);
+        let settings_key = check.parse(raw, "settings_key", |v| {
+            use base64::Engine as _;
+            match base64::engine::general_purpose::STANDARD.decode(v) {
+                Ok(bytes) if bytes.len() == 32 => Ok(Secret::new(v)),
+                _ => Err("must be 32 random bytes in base64; make one with `breakglass keygen --settings`"),
+            }
+        });
+        let grpc_tls = check.grpc_tls(raw);
         if !check.problems.is_empty() {
             check
                 .problems
@@ -338,6 +366,8 @@ impl Settings {
             s3,
             blob,
             ca_bundle,
+            settings_key,
+            grpc_tls,
         })
     }
 }
@@ -364,6 +394,55 @@ struct Checker {
 }
 
 impl Checker {
+    /// `grpc_tls_cert` and `grpc_tls_key` together or not at all; a client
+    /// CA only with them; every file readable PEM.
+    fn grpc_tls(&mut self, raw: &RawConfig) -> Option<GrpcTlsFiles> {
+        let mut pem_file = |key: &str| {
+            let value = raw.get(key)?;
+            match std::fs::read_to_string(&value.value) {
+                Ok(text) if text.contains("-----BEGIN ") => Some(PathBuf::from(&value.value)),
+                Ok(_) => {
+                    self.fail(key, value, "must be a PEM file (no -----BEGIN line found)");
+                    None
+                }
+                Err(err) => {
+                    self.fail_owned(key, value, format!("cannot be read: {err}"));
+                    None
+                }
+            }
+        };
+        let cert = pem_file("grpc_tls_cert");
+        let key = pem_file("grpc_tls_key");
+        let client_ca = pem_file("grpc_client_ca");
+        let missing = match (raw.get("grpc_tls_cert"), raw.get("grpc_tls_key")) {
+            (Some(_), None) => Some(("grpc_tls_key", "grpc_tls_cert")),
+            (None, Some(_)) => Some(("grpc_tls_cert", "grpc_tls_key")),
+            _ => None,
+        };
+        if let Some((absent, present)) = missing {
+            self.problems.push(Problem {
+                location: raw.get(present).map(|v| v.location.clone()),
+                field: absent.into(),
+                shown_value: String::new(),
+                rule: format!("is required when {present} is set"),
+            });
+        }
+        if raw.get("grpc_tls_cert").is_none()
+            && let Some(value) = raw.get("grpc_client_ca")
+        {
+            self.fail(
+                "grpc_client_ca",
+                value,
+                "needs grpc_tls_cert and grpc_tls_key: client certificates are asked for only over TLS",
+            );
+        }
+        Some(GrpcTlsFiles {
+            cert: cert?,
+            key: key?,
+            client_ca,
+        })
+    }
+
     fn encryption(&mut self, raw: &RawConfig) -> Encryption {
         let mode = raw
             .get("encryption")

@@ -9,6 +9,13 @@
 //! on connect with the migrations in `migrations/` (sqlx's migrator, so the
 //! applied versions are checked against the files). It holds no credential:
 //! the events carry none (DESIGN.md invariant 3).
+//!
+//! The same schema keeps the settings stored through the config API
+//! ([`settings_store`]), their secrets sealed by [`seal`] before they are
+//! written: both are the control plane's state, owned by the scheduler.
+
+pub mod seal;
+pub mod settings_store;
 
 use breakglass_proto::v1;
 use chrono::{DateTime, Utc};
@@ -143,6 +150,13 @@ fn migrator() -> Migrator {
             "drills".into(),
             MigrationType::Simple,
             include_str!("../migrations/0002_drills.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            "settings".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0003_settings.sql").into_sql_str(),
             false,
         ),
     ])

@@ -9,13 +9,11 @@
 use breakglass_bus::Bus;
 use breakglass_core::RunId;
 use breakglass_proto::v1;
-use breakglass_proto::v1::run_history_server::{RunHistory, RunHistoryServer};
+use breakglass_proto::v1::run_history_server::RunHistory;
 use breakglass_runlog::{RunEvent, RunLog, RunRecord};
-use breakglass_service::grpc::BearerAuth;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 /// How often `WatchRun` looks for new events.
@@ -220,21 +218,4 @@ fn tokio_stream_from(
     mut receiver: tokio::sync::mpsc::Receiver<Result<v1::RunEvent, Status>>,
 ) -> impl futures::Stream<Item = Result<v1::RunEvent, Status>> + Send {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
-}
-
-/// Serves `service` on `listener` behind `auth` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    service: RunHistoryService,
-    auth: BearerAuth,
-    shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(
-            RunHistoryServer::with_interceptor(service, auth),
-            incoming,
-            shutdown.cancelled_owned(),
-        )
-        .await
 }

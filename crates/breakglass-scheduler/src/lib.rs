@@ -9,6 +9,7 @@
 //! forward) runs at the first valid minute after it; a local time that
 //! happens twice (fall back) runs once, at its first occurrence.
 
+pub mod config_api;
 pub mod grpc;
 pub mod runlog;
 
@@ -251,6 +252,13 @@ const RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// `time_zone` applies without a restart; saving settings never by itself
 /// starts a run.
 pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
+    // Settings saved through the config API arrive over the bus: catch-up
+    // decides on them, not on their absence.
+    if !config.api_loaded(std::time::Duration::from_secs(30)).await {
+        tracing::warn!(
+            "the settings saved through the config API were not readable within 30 s; no catch-up this start"
+        );
+    }
     if let Ok(settings) = config.load()
         && let Some(time) = settings.execute_time
     {

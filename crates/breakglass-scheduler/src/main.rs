@@ -2,7 +2,11 @@
 //! `database_url` is set, and serves the run history over gRPC when
 //! `--grpc` is given. See the crate docs.
 
-use breakglass_scheduler::grpc::{RunHistoryService, serve};
+use breakglass_proto::v1::config_service_server::ConfigServiceServer;
+use breakglass_proto::v1::run_history_server::RunHistoryServer;
+use breakglass_scheduler::config_api::{ConfigApi, republish_when_connected};
+use breakglass_scheduler::grpc::RunHistoryService;
+use breakglass_service::grpc::PathSplit;
 use std::process::ExitCode;
 
 /// The scheduler's command line: the services' flags plus `--grpc`.
@@ -15,8 +19,10 @@ struct Args {
     #[command(flatten)]
     service: breakglass_service::ServiceArgs,
     /// Serve the run history API (TriggerNow, GetRun, ListRuns, WatchRun)
-    /// on this address; needs database_url, and grpc_token in the config
-    /// file or $BREAKGLASS_GRPC_TOKEN. Off when not given.
+    /// and the config API (Get, Update, Validate, History) on this address;
+    /// needs database_url, grpc_token in the config file or
+    /// $BREAKGLASS_GRPC_TOKEN, and settings_key for settings stored through
+    /// the API. Off when not given.
     #[arg(long, env = "BREAKGLASS_GRPC_ADDR")]
     grpc: Option<std::net::SocketAddr>,
 }
@@ -40,11 +46,39 @@ async fn run() -> anyhow::Result<()> {
         if context.settings.database_url.is_none() {
             anyhow::bail!("--grpc serves the run history from PostgreSQL: set database_url");
         }
-        let (listener, auth) = breakglass_service::grpc::listen(addr, &context.config).await?;
-        let service = RunHistoryService::new(context.bus.clone(), runlog_rx);
+        let port = breakglass_service::grpc::listen(addr, &context.config).await?;
+        let settings_key = context
+            .settings
+            .settings_key
+            .as_ref()
+            .map(breakglass_runlog::seal::SettingsKey::parse)
+            .transpose()?;
+        if settings_key.is_none() {
+            tracing::warn!(
+                "settings_key is not set: the config API can show a settings file but not store settings"
+            );
+        }
+        let config_api = ConfigApi::new(
+            context.config.clone(),
+            runlog_rx.clone(),
+            settings_key,
+            context.bus.clone(),
+            breakglass_service::payload_key(&context.settings)?,
+        );
+        tokio::spawn(republish_when_connected(
+            config_api.clone(),
+            runlog_rx.clone(),
+        ));
+        let service = PathSplit::new(
+            ConfigServiceServer::with_interceptor(config_api, port.auth()),
+            RunHistoryServer::with_interceptor(
+                RunHistoryService::new(context.bus.clone(), runlog_rx),
+                port.auth(),
+            ),
+        );
         let shutdown = context.shutdown.clone();
         tokio::spawn(async move {
-            if let Err(err) = serve(listener, service, auth, shutdown).await {
+            if let Err(err) = port.serve(service, shutdown).await {
                 tracing::error!(error = %err, "the gRPC API stopped");
             }
         });

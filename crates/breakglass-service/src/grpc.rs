@@ -42,24 +42,109 @@ pub fn token_from(env: Option<String>, raw: &RawConfig) -> Result<Secret, TokenE
     Ok(Secret::new(token))
 }
 
+/// A bound gRPC port: its listener, the bearer-token check and, when
+/// `grpc_tls_cert` / `grpc_tls_key` are set, TLS (mutual TLS with
+/// `grpc_client_ca`).
+#[derive(Debug)]
+pub struct GrpcPort {
+    listener: tokio::net::TcpListener,
+    auth: BearerAuth,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
 /// Binds a service's gRPC API on `addr` and reads its bearer token
-/// (`$BREAKGLASS_GRPC_TOKEN`, else `grpc_token` in the config file), so
-/// `--grpc` fails at start-up with one line when either is missing.
+/// (`$BREAKGLASS_GRPC_TOKEN`, else `grpc_token` in the config file) and TLS
+/// files, so `--grpc` fails at start-up with one line when any is wrong.
 pub async fn listen(
     addr: std::net::SocketAddr,
     config: &crate::ConfigSource,
-) -> anyhow::Result<(tokio::net::TcpListener, BearerAuth)> {
+) -> anyhow::Result<GrpcPort> {
     use anyhow::Context;
-    let raw = match config.path() {
-        Some(path) => RawConfig::from_file(path)?,
-        None => RawConfig::new(),
-    };
+    let raw = config.raw_file()?;
     let token = token_from(std::env::var(TOKEN_ENV).ok(), &raw)?;
+    let wiring = breakglass_config::Settings::from_raw(&raw)?;
+    let tls = match &wiring.grpc_tls {
+        Some(files) => Some(server_tls(files)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for the gRPC API (--grpc)"))?;
-    tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "gRPC API listening");
-    Ok((listener, BearerAuth::new(token)))
+    tracing::info!(
+        addr = %listener.local_addr().unwrap_or(addr),
+        tls = tls.is_some(),
+        client_certificates = wiring.grpc_tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "gRPC API listening"
+    );
+    Ok(GrpcPort {
+        listener,
+        auth: BearerAuth::new(token),
+        tls,
+    })
+}
+
+/// The server side of TLS from the PEM files; with a client CA, clients
+/// must present a certificate that chains to it.
+fn server_tls(
+    files: &breakglass_config::GrpcTlsFiles,
+) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use anyhow::Context;
+    let read = |path: &std::path::PathBuf, key: &str| {
+        std::fs::read(path).with_context(|| format!("{key} {}: cannot be read", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(&files.cert, "grpc_tls_cert")?,
+        read(&files.key, "grpc_tls_key")?,
+    );
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            ca,
+            "grpc_client_ca",
+        )?));
+    }
+    Ok(tls)
+}
+
+impl GrpcPort {
+    /// The token check, to wrap each service with.
+    pub fn auth(&self) -> BearerAuth {
+        self.auth.clone()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `service` until `shutdown`, over TLS when configured.
+    pub async fn serve<S, ResBody>(
+        self,
+        service: S,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        S: tonic::codegen::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Response = tonic::codegen::http::Response<ResBody>,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let incoming = tonic::transport::server::TcpIncoming::from(self.listener);
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls)?;
+        }
+        server
+            .serve_with_incoming_shutdown(service, incoming, shutdown.cancelled_owned())
+            .await
+    }
 }
 
 /// A tonic interceptor that admits only calls with the bearer token.
@@ -116,6 +201,62 @@ impl tonic::service::Interceptor for BearerAuth {
                     "a valid bearer token is required (authorization: Bearer <grpc_token>)",
                 ))
             }
+        }
+    }
+}
+
+/// Two gRPC services on one listener, chosen by the request path
+/// (`/<package>.<Service>/<Method>`). tonic's own router would bring axum
+/// into the build for this one `if` (ARCHITECTURE.md decision 24).
+#[derive(Clone, Debug)]
+pub struct PathSplit<A, B> {
+    first: A,
+    second: B,
+}
+
+impl<A, B> PathSplit<A, B> {
+    /// Calls to `A`'s service name go to `first`, every other call to
+    /// `second`.
+    pub fn new(first: A, second: B) -> Self {
+        Self { first, second }
+    }
+}
+
+impl<A: tonic::server::NamedService, B> tonic::server::NamedService for PathSplit<A, B> {
+    const NAME: &'static str = A::NAME;
+}
+
+impl<A, B, Req, Res, Err> tonic::codegen::Service<tonic::codegen::http::Request<Req>>
+    for PathSplit<A, B>
+where
+    A: tonic::codegen::Service<tonic::codegen::http::Request<Req>, Response = Res, Error = Err>
+        + tonic::server::NamedService,
+    B: tonic::codegen::Service<tonic::codegen::http::Request<Req>, Response = Res, Error = Err>,
+{
+    type Response = Res;
+    type Error = Err;
+    type Future = futures::future::Either<A::Future, B::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.first.poll_ready(cx) {
+            std::task::Poll::Ready(Ok(())) => self.second.poll_ready(cx),
+            other => other,
+        }
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<Req>) -> Self::Future {
+        let path = request.uri().path();
+        let first = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.strip_prefix(A::NAME))
+            .is_some_and(|rest| rest.starts_with('/'));
+        if first {
+            futures::future::Either::Left(self.first.call(request))
+        } else {
+            futures::future::Either::Right(self.second.call(request))
         }
     }
 }

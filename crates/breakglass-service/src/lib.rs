@@ -12,7 +12,7 @@ pub mod http;
 
 use anyhow::Context;
 use breakglass_bus::{Bus, BusOptions};
-use breakglass_config::{RawConfig, Settings};
+use breakglass_config::{RawConfig, Settings, SettingsSource};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -37,10 +37,47 @@ pub struct ServiceArgs {
 /// and the scheduler every minute, so a changed mounted secret (Kubernetes
 /// swaps the file by symlink) takes effect without a restart. Bus wiring
 /// (`nats_url`, `bus_prefix`, `payload_key`) is read once at start-up.
+///
+/// When the file holds no settings-page key, a service lays the settings
+/// stored through the config API over it (see [`watch_api_settings`]);
+/// a file that holds them wins.
 #[derive(Clone, Debug)]
 pub struct ConfigSource {
     path: Option<PathBuf>,
     warned_mode: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    api: Arc<tokio::sync::watch::Sender<ApiLayer>>,
+}
+
+/// What this process knows of the settings stored through the config API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiLayer {
+    /// Not followed: the file (or the defaults) is all there is (the CLI).
+    Off,
+    /// Followed, but not read yet (the bus is slow to answer).
+    Waiting,
+    /// Read: nothing has been saved through the API yet.
+    Empty,
+    /// The newest settings saved through the API.
+    Loaded(breakglass_config::ApiSettings),
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file is unreadable or breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] breakglass_config::ConfigError),
+    /// The settings come from the API and have not been read yet.
+    #[error(
+        "the settings stored through the config API are not loaded yet (waiting for NATS key-value bucket)"
+    )]
+    ApiNotLoaded,
+    /// The settings come from the API and none were saved yet.
+    #[error(
+        "no settings are stored yet: save them on the settings page (config API, `breakglass config set`) or mount a config file that holds them"
+    )]
+    ApiEmpty,
 }
 
 impl ConfigSource {
@@ -49,6 +86,7 @@ impl ConfigSource {
         Self {
             path,
             warned_mode: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            api: Arc::new(tokio::sync::watch::channel(ApiLayer::Off).0),
         }
     }
 
@@ -57,9 +95,42 @@ impl ConfigSource {
         self.path.as_ref()
     }
 
+    /// The mounted file as strings (empty when there is none).
+    pub fn raw_file(&self) -> Result<RawConfig, breakglass_config::ConfigError> {
+        match &self.path {
+            Some(path) => RawConfig::from_file(path),
+            None => Ok(RawConfig::new()),
+        }
+    }
+
+    /// Which option provides the settings now: the file when it holds any
+    /// settings-page key, else the config API.
+    pub fn source(&self) -> Result<SettingsSource, breakglass_config::ConfigError> {
+        Ok(SettingsSource::of(&self.raw_file()?))
+    }
+
+    /// Replaces what this process knows of the API's settings.
+    pub fn set_api_layer(&self, layer: ApiLayer) {
+        self.api.send_replace(layer);
+    }
+
+    /// What this process knows of the API's settings now.
+    pub fn api_layer(&self) -> ApiLayer {
+        self.api.borrow().clone()
+    }
+
+    /// Waits until the API's settings were read once (at most `limit`):
+    /// the scheduler's catch-up must not decide on settings not yet known.
+    pub async fn api_loaded(&self, limit: std::time::Duration) -> bool {
+        let mut seen = self.api.subscribe();
+        tokio::time::timeout(limit, seen.wait_for(|layer| *layer != ApiLayer::Waiting))
+            .await
+            .is_ok_and(|changed| changed.is_ok())
+    }
+
     /// Reads and validates the settings now. Warns (once per file mode) when
     /// the file is readable by group or others: it holds credentials.
-    pub fn load(&self) -> anyhow::Result<Settings> {
+    pub fn load(&self) -> Result<Settings, LoadError> {
         #[cfg(unix)]
         if let Some(path) = &self.path {
             use std::os::unix::fs::PermissionsExt;
@@ -77,27 +148,95 @@ impl ConfigSource {
                 }
             }
         }
-        load_settings(self.path.as_ref())
+        Ok(Settings::from_raw(&self.effective_raw()?)?)
+    }
+
+    /// The settings as strings, before validation: the file, or its wiring
+    /// with the API's settings laid over it.
+    pub fn effective_raw(&self) -> Result<RawConfig, LoadError> {
+        let raw = self.raw_file()?;
+        if SettingsSource::of(&raw) == SettingsSource::File {
+            return Ok(raw);
+        }
+        match &*self.api.borrow() {
+            ApiLayer::Off => Ok(raw),
+            ApiLayer::Waiting => Err(LoadError::ApiNotLoaded),
+            ApiLayer::Empty => Err(LoadError::ApiEmpty),
+            ApiLayer::Loaded(api) => Ok(api.over(&raw)),
+        }
     }
 }
 
 impl ConfigSource {
     /// [`ConfigSource::load`] for a stage handling a run: an invalid file
-    /// fails the run permanently, with the validation message.
+    /// fails the run permanently, with the validation message; settings
+    /// not read yet from the bus are worth a retry.
     pub fn load_for_run(&self) -> Result<Settings, breakglass_bus::worker::StageFailure> {
-        self.load().map_err(|err| {
-            breakglass_bus::worker::StageFailure::permanent(format!("configuration: {err:#}"))
+        self.load().map_err(|err| match err {
+            LoadError::ApiNotLoaded => {
+                breakglass_bus::worker::StageFailure::retry(format!("configuration: {err}"))
+            }
+            err => breakglass_bus::worker::StageFailure::permanent(format!("configuration: {err}")),
         })
     }
 }
 
-/// Loads and validates the settings (defaults when there is no file).
-pub fn load_settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {
-    let raw = match path {
-        Some(path) => RawConfig::from_file(path)?,
-        None => RawConfig::new(),
-    };
-    Ok(Settings::from_raw(&raw)?)
+/// Follows the settings published by the config API (the NATS key-value
+/// bucket) into `config`, until `shutdown`. Re-watches after a broken watch
+/// (a NATS restart), and never moves to an older version.
+pub async fn watch_api_settings(
+    bus: Bus,
+    key: breakglass_bus::payload::PayloadKey,
+    config: ConfigSource,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    config.set_api_layer(ApiLayer::Waiting);
+    loop {
+        match bus.watch_settings(key.clone()).await {
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                loop {
+                    let item = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        item = stream.next() => item,
+                    };
+                    match item {
+                        Some(Ok(Some(settings))) => {
+                            let newer = match config.api_layer() {
+                                ApiLayer::Loaded(held) => settings.version > held.version,
+                                _ => true,
+                            };
+                            if newer {
+                                tracing::info!(
+                                    version = settings.version,
+                                    "applying settings saved through the config API"
+                                );
+                                config.set_api_layer(ApiLayer::Loaded(settings));
+                            }
+                        }
+                        Some(Ok(None)) => {
+                            if !matches!(config.api_layer(), ApiLayer::Loaded(_)) {
+                                config.set_api_layer(ApiLayer::Empty);
+                            }
+                        }
+                        Some(Err(err)) => {
+                            tracing::warn!(error = %err, "cannot read the settings saved through the config API");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot follow the settings saved through the config API; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
 }
 
 /// The bus options the settings describe.
@@ -214,8 +353,14 @@ pub async fn start_with(
         tracing::info!(swept, "removed working folders left by an earlier crash");
     }
     let config = ConfigSource::new(args.config.clone());
-    let settings = config.load().context("invalid configuration")?;
-    if settings.encryption == breakglass_config::Encryption::Password(None) {
+    // Start-up needs only the wiring; settings from the config API arrive
+    // over the bus once it is connected.
+    let file = config.raw_file().context("invalid configuration")?;
+    let source = SettingsSource::of(&file);
+    let settings = Settings::from_raw(&file).context("invalid configuration")?;
+    if source == SettingsSource::File
+        && settings.encryption == breakglass_config::Encryption::Password(None)
+    {
         anyhow::bail!(
             "encryption_passphrase is required when encryption is password (the default): set it, choose encryption: age with age_recipients, or set encryption: none explicitly"
         );
@@ -236,6 +381,20 @@ pub async fn start_with(
     let bus = Bus::connect(bus_options(&settings)).await?;
     tracing::info!(service, prefix = %settings.bus_prefix, "connected to NATS");
     let shutdown = shutdown_on_signals();
+    // Followed even while the file holds the settings, so that removing
+    // them from the file hands over to the API without a restart.
+    if source == SettingsSource::Api {
+        tracing::info!(
+            service,
+            "the config file holds no settings-page keys: following the settings saved through the config API"
+        );
+    }
+    tokio::spawn(watch_api_settings(
+        bus.clone(),
+        payload_key(&settings)?,
+        config.clone(),
+        shutdown.clone(),
+    ));
     let client = bus.client().clone();
     let readiness = Readiness::default();
     let more = readiness.clone();

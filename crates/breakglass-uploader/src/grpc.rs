@@ -4,16 +4,14 @@
 //! Listening only with `--grpc ADDR` (`$BREAKGLASS_GRPC_ADDR`), behind the
 //! bearer-token check of [`breakglass_service::grpc`]. The request's
 //! settings are the settings page's fields; a secret field holding the mask
-//! takes the value from the config file as it is now.
+//! takes the stored value as it is now: the config file's, or the one
+//! saved through the config API.
 
-use breakglass_config::RawConfig;
 use breakglass_probe::{Stage, StageResult, Status};
 use breakglass_proto::v1;
-use breakglass_proto::v1::destination_test_server::{DestinationTest, DestinationTestServer};
+use breakglass_proto::v1::destination_test_server::DestinationTest;
 use breakglass_service::ConfigSource;
-use breakglass_service::grpc::BearerAuth;
 use std::pin::Pin;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 /// The `DestinationTest` service.
@@ -32,21 +30,18 @@ impl DestinationTestService {
         &self,
         request: &v1::TestRequest,
     ) -> Result<breakglass_config::Settings, GrpcStatus> {
-        let stored = match self.config.path() {
-            Some(path) => Some(RawConfig::from_file(path).map_err(|err| {
-                tracing::warn!(error = %err, "the stored config cannot be read for a Test");
-                GrpcStatus::failed_precondition(format!(
-                    "the uploader's config file cannot be read: {err}"
-                ))
-            })?),
-            None => None,
-        };
+        let stored = self.config.effective_raw().map_err(|err| {
+            tracing::warn!(error = %err, "the stored settings cannot be read for a Test");
+            GrpcStatus::failed_precondition(format!(
+                "the stored settings cannot be read to fill in masked secrets: {err}"
+            ))
+        })?;
         breakglass_probe::request::settings_from_pairs(
             request
                 .settings
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
-            stored.as_ref(),
+            Some(&stored),
         )
         .map_err(|err| {
             tracing::info!(
@@ -129,21 +124,4 @@ impl DestinationTest for DestinationTestService {
             stages: report.results.iter().map(to_proto).collect(),
         }))
     }
-}
-
-/// Serves the API on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    service: DestinationTestService,
-    auth: BearerAuth,
-    shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(
-            DestinationTestServer::with_interceptor(service, auth),
-            incoming,
-            shutdown.cancelled_owned(),
-        )
-        .await
 }

@@ -4,8 +4,9 @@
 // prune); its type is deeper than the default query limit allows.
 #![recursion_limit = "256"]
 
+use breakglass_proto::v1::destination_test_server::DestinationTestServer;
 use breakglass_uploader::Uploader;
-use breakglass_uploader::grpc::{DestinationTestService, serve};
+use breakglass_uploader::grpc::DestinationTestService;
 use std::process::ExitCode;
 
 /// The uploader's command line: the services' flags plus `--grpc`.
@@ -39,11 +40,14 @@ async fn run() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
     let context = breakglass_service::start_with(args.service, "breakglass-uploader").await?;
     if let Some(addr) = args.grpc {
-        let (listener, auth) = breakglass_service::grpc::listen(addr, &context.config).await?;
-        let service = DestinationTestService::new(context.config.clone());
+        let port = breakglass_service::grpc::listen(addr, &context.config).await?;
+        let service = DestinationTestServer::with_interceptor(
+            DestinationTestService::new(context.config.clone()),
+            port.auth(),
+        );
         let shutdown = context.shutdown.clone();
         tokio::spawn(async move {
-            if let Err(err) = serve(listener, service, auth, shutdown).await {
+            if let Err(err) = port.serve(service, shutdown).await {
                 tracing::error!(error = %err, "the gRPC API stopped");
             }
         });

@@ -1,0 +1,297 @@
+//! Where each setting may come from: the mounted file (option 1) or the
+//! config API (option 2).
+//!
+//! The settings page's keys ([`API_KEYS`]: schedule, destinations,
+//! rotation, encryption) may be managed either way. Every other key is
+//! service wiring (`nats_url`, `database_url`, `payload_key`, the inventory
+//! connection, the gRPC token and certificates...) that only the mounted
+//! service secret holds. When that file holds any settings-page key, option
+//! 1 is in use and the file wins: the API shows it and refuses changes.
+//! Otherwise the settings stored through the API are laid over the wiring.
+
+use crate::file::{KNOWN_KEYS, RawConfig, SECRET_KEYS, show_value};
+use crate::problem::Problem;
+use breakglass_core::Secret;
+use breakglass_core::secret::MASK;
+use std::collections::BTreeMap;
+
+/// The keys the settings page manages (DESIGN.md §7 without the wiring).
+pub const API_KEYS: &[&str] = &[
+    "execute_time",
+    "time_zone",
+    "storage_provider",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_bucket",
+    "s3_protocol",
+    "s3_url",
+    "s3_region",
+    "s3_checksum",
+    "blob_account_name",
+    "blob_account_key",
+    "blob_container",
+    "blob_protocol",
+    "blob_endpoint_suffix",
+    "blob_connection_string",
+    "blob_sas_token",
+    "blob_endpoint",
+    "local_dir",
+    "path_prefix",
+    "rotation",
+    "ca_bundle",
+    "encryption",
+    "encryption_passphrase",
+    "age_recipients",
+];
+
+/// True for a key the settings page manages.
+pub fn is_api_key(key: &str) -> bool {
+    API_KEYS.contains(&key)
+}
+
+/// True for a settings-page key that holds a credential.
+pub fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
+}
+
+/// Which of the two options currently provides the settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingsSource {
+    /// The mounted file holds settings-page keys: it wins.
+    File,
+    /// The file holds wiring only: the settings stored through the API apply.
+    Api,
+}
+
+impl SettingsSource {
+    /// Option 1 when `file` holds any settings-page key, else option 2.
+    pub fn of(file: &RawConfig) -> Self {
+        if file.keys().any(is_api_key) {
+            Self::File
+        } else {
+            Self::Api
+        }
+    }
+}
+
+/// Settings stored through the API: settings-page keys and their values,
+/// with a version that every update bumps. Values are held as [`Secret`]s
+/// so that no `Debug` of this type can print a credential.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// 0 before the first update.
+    pub version: u64,
+    fields: BTreeMap<String, Secret>,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("version", &self.version)
+            .field("keys", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ApiSettings {
+    /// Settings at `version` with `fields` (empty values are dropped: unset).
+    pub fn new(version: u64, fields: impl IntoIterator<Item = (String, Secret)>) -> Self {
+        Self {
+            version,
+            fields: fields
+                .into_iter()
+                .filter(|(_, value)| !value.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&Secret> {
+        self.fields.get(key)
+    }
+
+    /// Every set key with its value, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Secret)> {
+        self.fields.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// How a page shows one key: empty when unset, the fixed mask for a set
+    /// secret, URLs with their password masked, else the value.
+    pub fn shown(&self, key: &str) -> String {
+        self.fields
+            .get(key)
+            .map(|value| show_value(key, value.expose()))
+            .unwrap_or_default()
+    }
+
+    /// The keys whose values differ between `self` and `other`.
+    pub fn changed_keys(&self, other: &Self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .fields
+            .keys()
+            .chain(other.fields.keys())
+            .filter(|key| self.fields.get(*key) != other.fields.get(*key))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// The wiring of `file` with these settings laid over it: what the
+    /// services validate and run with when the source is the API.
+    pub fn over(&self, file: &RawConfig) -> RawConfig {
+        let mut merged = file.clone();
+        for key in API_KEYS {
+            merged.remove(key);
+        }
+        let location = format!("settings API (version {})", self.version);
+        for (key, value) in &self.fields {
+            // Keys were checked against API_KEYS when stored; an unknown one
+            // (a newer version's key) is skipped rather than failing a run.
+            if merged.set(key, value.expose(), &location).is_err() {
+                tracing::warn!(key = %key, "ignored a stored setting this version does not know");
+            }
+        }
+        merged
+    }
+}
+
+/// Builds the settings an update asks for from the page's `fields`: a
+/// secret field holding [`MASK`] keeps the value stored in `current`; an
+/// empty or missing field is unset. Returns the settings made of the
+/// acceptable fields and every problem with the others (unknown key, wiring
+/// key, a mask with nothing stored), so that the caller can validate the
+/// rest and report everything at once.
+pub fn apply_update(
+    current: &ApiSettings,
+    fields: &BTreeMap<String, String>,
+) -> (ApiSettings, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut next = BTreeMap::new();
+    for (key, value) in fields {
+        let key = key.as_str();
+        if !is_api_key(key) {
+            let rule = if KNOWN_KEYS.contains(&key) {
+                "is service wiring: set it in the mounted service secret, not through the API"
+                    .into()
+            } else {
+                match RawConfig::new().set(key, "", "API") {
+                    Err(problem) => problem.rule,
+                    Ok(()) => "unknown key".into(),
+                }
+            };
+            problems.push(Problem {
+                location: None,
+                field: key.into(),
+                shown_value: show_value(key, value),
+                rule,
+            });
+            continue;
+        }
+        if is_secret_key(key) && value == MASK {
+            match current.get(key) {
+                Some(stored) => {
+                    next.insert(key.to_owned(), stored.clone());
+                }
+                None => problems.push(Problem {
+                    location: None,
+                    field: key.into(),
+                    shown_value: MASK.into(),
+                    rule: "holds the mask, but no value is stored to keep: type the secret".into(),
+                }),
+            }
+            continue;
+        }
+        next.insert(key.to_owned(), Secret::new(value.trim()));
+    }
+    (ApiSettings::new(current.version, next), problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Settings;
+
+    fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_file_wins_only_when_it_holds_settings_page_keys() {
+        let wiring = RawConfig::parse("nats_url: nats://n:4222\npayload_key: x\n", "f").unwrap();
+        assert_eq!(SettingsSource::of(&wiring), SettingsSource::Api);
+        let option1 =
+            RawConfig::parse("nats_url: nats://n:4222\nexecute_time: 09:30\n", "f").unwrap();
+        assert_eq!(SettingsSource::of(&option1), SettingsSource::File);
+    }
+
+    #[test]
+    fn a_mask_keeps_the_stored_secret_and_shows_as_the_mask() {
+        let (current, problems) = apply_update(
+            &ApiSettings::default(),
+            &fields(&[
+                ("storage_provider", "s3"),
+                ("s3_secret_access_key", "CANARY-s3-secret"),
+            ]),
+        );
+        assert!(problems.is_empty());
+        assert_eq!(current.shown("s3_secret_access_key"), MASK);
+        assert_eq!(current.shown("s3_bucket"), "");
+        let (next, problems) = apply_update(
+            &current,
+            &fields(&[
+                ("storage_provider", "s3"),
+                ("s3_secret_access_key", MASK),
+                ("s3_bucket", "backups"),
+            ]),
+        );
+        assert!(problems.is_empty());
+        assert_eq!(
+            next.get("s3_secret_access_key").unwrap().expose(),
+            "CANARY-s3-secret"
+        );
+        assert_eq!(current.changed_keys(&next), vec!["s3_bucket".to_owned()]);
+        assert!(!format!("{next:?}").contains("CANARY"));
+    }
+
+    #[test]
+    fn every_field_problem_is_named() {
+        let (kept, problems) = apply_update(
+            &ApiSettings::default(),
+            &fields(&[
+                ("execute_tme", "09:30"),
+                ("payload_key", "AGE-SECRET-KEY-1CANARY"),
+                ("blob_account_key", MASK),
+                ("rotation", "unique"),
+            ]),
+        );
+        assert_eq!(
+            kept.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["rotation"]
+        );
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 3, "{text:?}");
+        assert!(text[0].contains("blob_account_key") && text[0].contains("no value is stored"));
+        assert!(text[1].contains("did you mean `execute_time`"), "{text:?}");
+        assert!(text[2].contains("service wiring"), "{text:?}");
+        assert!(!text.join(" ").contains("CANARY"));
+    }
+
+    #[test]
+    fn api_settings_lay_over_the_wiring_and_validate_like_the_file() {
+        let wiring = RawConfig::parse("bus_prefix: bg\n", "secret").unwrap();
+        let (api, problems) = apply_update(
+            &ApiSettings::default(),
+            &fields(&[("execute_time", "24:00"), ("rotation", "unique")]),
+        );
+        assert!(problems.is_empty());
+        let err = Settings::from_raw(&api.over(&wiring)).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].field, "execute_time");
+        assert!(err.to_string().contains("settings API"), "{err}");
+    }
+}

@@ -1,0 +1,402 @@
+//! The scheduler's config API (`ConfigService`): the settings page's
+//! `Get` / `Update` / `Validate` / `History`, stored in PostgreSQL with
+//! secrets sealed under `settings_key`, and published to the services over
+//! the NATS key-value bucket (see `breakglass_bus::settings_kv`).
+//!
+//! The mounted file wins when it holds settings-page keys (option 1): `Get`
+//! shows it with source FILE and `Update` answers FAILED_PRECONDITION.
+//! Validation errors come back as INVALID_ARGUMENT with one
+//! `google.rpc.BadRequest` field violation per problem; values are shown
+//! masked when secret. Saving never starts a run: the schedule loop only
+//! reads the new `execute_time` for its next slot.
+
+use breakglass_bus::Bus;
+use breakglass_bus::payload::PayloadKey;
+use breakglass_config::source::{apply_update, is_secret_key};
+use breakglass_config::{API_KEYS, ApiSettings, Problem, Settings, SettingsSource};
+use breakglass_proto::v1;
+use breakglass_proto::v1::config_service_server::ConfigService;
+use breakglass_runlog::RunLog;
+use breakglass_runlog::seal::SettingsKey;
+use breakglass_runlog::settings_store::{Actor, SettingsChange, SettingsStore, SettingsStoreError};
+use breakglass_service::ConfigSource;
+use std::collections::BTreeMap;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The metadata header naming the person behind a call, for the audit log.
+pub const ACTOR_HEADER: &str = "x-breakglass-actor";
+
+/// The `ConfigService`.
+#[derive(Clone, Debug)]
+pub struct ConfigApi {
+    config: ConfigSource,
+    log: watch::Receiver<Option<RunLog>>,
+    key: Option<SettingsKey>,
+    bus: Bus,
+    payload_key: PayloadKey,
+}
+
+impl ConfigApi {
+    /// Serves the settings of `config`'s file or, when it holds none, those
+    /// stored in the run log's database (once `log` holds it) under `key`;
+    /// publishes updates on `bus`, sealed to `payload_key`.
+    pub fn new(
+        config: ConfigSource,
+        log: watch::Receiver<Option<RunLog>>,
+        key: Option<SettingsKey>,
+        bus: Bus,
+        payload_key: PayloadKey,
+    ) -> Self {
+        Self {
+            config,
+            log,
+            key,
+            bus,
+            payload_key,
+        }
+    }
+
+    fn store(&self) -> Result<SettingsStore, Status> {
+        let key = self.key.clone().ok_or_else(|| {
+            Status::failed_precondition(
+                "settings_key is not set in the scheduler's service secret: it encrypts the secret settings stored through this API (make one with `breakglass keygen --settings`)",
+            )
+        })?;
+        let log = self.log.borrow().clone().ok_or_else(|| {
+            Status::unavailable(
+                "the settings database (PostgreSQL) is not connected yet; try again shortly",
+            )
+        })?;
+        Ok(SettingsStore::new(log, key))
+    }
+
+    fn file(&self) -> Result<breakglass_config::RawConfig, Status> {
+        self.config.raw_file().map_err(|err| {
+            Status::failed_precondition(format!("the scheduler's config file is invalid: {err}"))
+        })
+    }
+
+    /// Publishes the stored settings to the services when the bus holds an
+    /// older version (or none): after a failed publish, or a new bucket.
+    pub async fn republish(&self) -> Result<(), Status> {
+        let store = self.store()?;
+        let (current, _) = store.current().await.map_err(store_status)?;
+        if current.version > 0 {
+            self.publish(&current).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, settings: &ApiSettings) -> Result<(), Status> {
+        match self.bus.publish_settings(&self.payload_key, settings).await {
+            Ok(written) => {
+                if written {
+                    tracing::info!(
+                        version = settings.version,
+                        "published settings to the services"
+                    );
+                }
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, version = settings.version, "settings stored but not published to the services");
+                Err(Status::unavailable(format!(
+                    "the settings were saved (version {}), but the services could not be told yet; the scheduler publishes them again at start-up: {err}",
+                    settings.version
+                )))
+            }
+        }
+    }
+
+    /// Checks an update against the current settings: every problem, each
+    /// with its field, at once.
+    fn check(
+        &self,
+        current: &ApiSettings,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<ApiSettings, Vec<Problem>> {
+        let (next, mut problems) = apply_update(current, fields);
+        let wiring = self.file().map_err(|status| {
+            vec![Problem {
+                location: None,
+                field: "config file".into(),
+                shown_value: String::new(),
+                rule: status.message().to_owned(),
+            }]
+        })?;
+        match Settings::from_raw(&next.over(&wiring)) {
+            // What the services would refuse at start-up with a file.
+            Ok(settings)
+                if settings.encryption == breakglass_config::Encryption::Password(None) =>
+            {
+                problems.push(Problem {
+                    location: None,
+                    field: "encryption_passphrase".into(),
+                    shown_value: String::new(),
+                    rule: "is required when encryption is password (the default): set it, choose encryption age with age_recipients, or set encryption none explicitly".into(),
+                });
+            }
+            Ok(_) => {}
+            Err(err) => {
+                // A field already refused is not reported twice.
+                for problem in err.problems {
+                    if !problems.iter().any(|p| p.field == problem.field) {
+                        problems.push(problem);
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(next)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn store_status(err: SettingsStoreError) -> Status {
+    match err {
+        SettingsStoreError::VersionMoved { .. } => Status::aborted(err.to_string()),
+        SettingsStoreError::Seal(_) => {
+            tracing::error!(error = %err, "stored settings cannot be opened");
+            Status::failed_precondition(err.to_string())
+        }
+        err => {
+            tracing::error!(error = %err, "a config API call failed");
+            Status::unavailable(err.to_string())
+        }
+    }
+}
+
+fn invalid(problems: &[Problem]) -> Status {
+    let mut details = ErrorDetails::new();
+    for problem in problems {
+        details.add_bad_request_violation(
+            problem.field.clone(),
+            format!("{:?}: {}", problem.shown_value, problem.rule),
+        );
+    }
+    let summary = problems
+        .iter()
+        .map(|p| p.field.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        format!("invalid settings: {summary}"),
+        details,
+    )
+}
+
+fn to_problems(problems: &[Problem]) -> Vec<v1::FieldProblem> {
+    problems
+        .iter()
+        .map(|p| v1::FieldProblem {
+            field: p.field.clone(),
+            description: format!("{:?}: {}", p.shown_value, p.rule),
+        })
+        .collect()
+}
+
+fn snapshot(
+    source: v1::ConfigSource,
+    version: u64,
+    shown: impl Fn(&str) -> String,
+    last: Option<&SettingsChange>,
+) -> v1::ConfigSnapshot {
+    v1::ConfigSnapshot {
+        source: source as i32,
+        version,
+        fields: API_KEYS
+            .iter()
+            .map(|key| ((*key).to_owned(), shown(key)))
+            .collect(),
+        secret_keys: API_KEYS
+            .iter()
+            .filter(|key| is_secret_key(key))
+            .map(|key| (*key).to_owned())
+            .collect(),
+        updated_at_unix_ms: last.map_or(0, |c| c.at.timestamp_millis()),
+        updated_by: last.map(|c| c.actor.clone()).unwrap_or_default(),
+    }
+}
+
+/// Who called: the `x-breakglass-actor` header (printable, at most 128
+/// characters), the peer address and, over mutual TLS, the client
+/// certificate's fingerprint.
+fn actor<T>(request: &Request<T>) -> Actor {
+    let name = request
+        .metadata()
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(128)
+                .collect::<String>()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    let mut peer = request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if let Some(cert) = request
+        .peer_certs()
+        .and_then(|certs| certs.first().cloned())
+    {
+        use sha2::Digest as _;
+        let fingerprint = hex::encode(&sha2::Sha256::digest(cert.as_ref())[..8]);
+        peer = format!("{peer} client-cert sha256:{fingerprint}");
+    }
+    Actor { name, peer }
+}
+
+#[tonic::async_trait]
+impl ConfigService for ConfigApi {
+    async fn get(
+        &self,
+        _request: Request<v1::GetConfigRequest>,
+    ) -> Result<Response<v1::ConfigSnapshot>, Status> {
+        let file = self.file()?;
+        if SettingsSource::of(&file) == SettingsSource::File {
+            return Ok(Response::new(snapshot(
+                v1::ConfigSource::File,
+                0,
+                |key| {
+                    file.get(key)
+                        .map(|v| breakglass_config::file::show_value(key, &v.value))
+                        .unwrap_or_default()
+                },
+                None,
+            )));
+        }
+        let (current, last) = self.store()?.current().await.map_err(store_status)?;
+        Ok(Response::new(snapshot(
+            v1::ConfigSource::Api,
+            current.version,
+            |key| current.shown(key),
+            last.as_ref(),
+        )))
+    }
+
+    async fn update(
+        &self,
+        request: Request<v1::UpdateConfigRequest>,
+    ) -> Result<Response<v1::ConfigSnapshot>, Status> {
+        let who = actor(&request);
+        if SettingsSource::of(&self.file()?) == SettingsSource::File {
+            tracing::info!(actor = %who.name, "refused a settings update: the mounted file holds the settings");
+            return Err(Status::failed_precondition(format!(
+                "the settings come from the mounted config file{} (option 1), which wins: change that secret, or remove its settings-page keys to manage the settings here",
+                self.config
+                    .path()
+                    .map(|p| format!(" {}", p.display()))
+                    .unwrap_or_default()
+            )));
+        }
+        let store = self.store()?;
+        let (current, _) = store.current().await.map_err(store_status)?;
+        let body = request.into_inner();
+        let fields: BTreeMap<String, String> = body.fields.into_iter().collect();
+        let next = self.check(&current, &fields).map_err(|problems| {
+            tracing::info!(actor = %who.name, problems = problems.len(), "refused invalid settings");
+            invalid(&problems)
+        })?;
+        let expected = if body.expected_version == 0 {
+            current.version
+        } else {
+            body.expected_version
+        };
+        let stored = store
+            .update(expected, &current, &next, &who)
+            .await
+            .map_err(store_status)?;
+        let changed = current.changed_keys(&stored);
+        tracing::info!(
+            actor = %who.name,
+            peer = %who.peer,
+            version = stored.version,
+            changed = ?changed,
+            "settings updated"
+        );
+        self.publish(&stored).await?;
+        let last = store
+            .history(1)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .next();
+        Ok(Response::new(snapshot(
+            v1::ConfigSource::Api,
+            stored.version,
+            |key| stored.shown(key),
+            last.as_ref(),
+        )))
+    }
+
+    async fn validate(
+        &self,
+        request: Request<v1::UpdateConfigRequest>,
+    ) -> Result<Response<v1::ValidateConfigResponse>, Status> {
+        let current = match SettingsSource::of(&self.file()?) {
+            SettingsSource::File => ApiSettings::default(),
+            SettingsSource::Api => self.store()?.current().await.map_err(store_status)?.0,
+        };
+        let fields: BTreeMap<String, String> = request.into_inner().fields.into_iter().collect();
+        let problems = match self.check(&current, &fields) {
+            Ok(_) => Vec::new(),
+            Err(problems) => to_problems(&problems),
+        };
+        Ok(Response::new(v1::ValidateConfigResponse { problems }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<v1::ConfigHistoryRequest>,
+    ) -> Result<Response<v1::ConfigHistoryResponse>, Status> {
+        let limit = match request.get_ref().limit {
+            0 => 20,
+            n => n.min(500),
+        };
+        let changes = self
+            .store()?
+            .history(limit)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|c| v1::ConfigChange {
+                version: c.version,
+                at_unix_ms: c.at.timestamp_millis(),
+                actor: c.actor,
+                peer: c.peer,
+                changed_fields: c.changed,
+            })
+            .collect();
+        Ok(Response::new(v1::ConfigHistoryResponse { changes }))
+    }
+}
+
+/// Publishes the stored settings once the database is connected, so the
+/// services get them even when the last publish failed or the bucket is
+/// new. Without `settings_key` there is nothing to publish.
+pub async fn republish_when_connected(api: ConfigApi, mut log: watch::Receiver<Option<RunLog>>) {
+    if api.key.is_none() {
+        return;
+    }
+    if log.wait_for(Option::is_some).await.is_err() {
+        return;
+    }
+    for attempt in 1..=10u32 {
+        match api.republish().await {
+            Ok(()) => return,
+            Err(status) => {
+                tracing::warn!(attempt, error = %status.message(), "cannot publish the stored settings yet");
+                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt) * 3)).await;
+            }
+        }
+    }
+}

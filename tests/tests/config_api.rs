@@ -1,0 +1,608 @@
+//! The config API (option 2) against real NATS, PostgreSQL and the four
+//! services: settings saved through gRPC are validated per field, stored
+//! with their secrets sealed, versioned and audited, carried to the
+//! services over the bus and used by the next run; the mounted file wins
+//! when it holds settings; the port refuses callers without the token and,
+//! with mutual TLS, without a client certificate.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use breakglass_e2e::{
+    Isolation, ServiceProcess, TestCa, bin, database_url, nats_url, write_config,
+};
+use breakglass_proto::v1;
+use breakglass_proto::v1::config_service_client::ConfigServiceClient;
+use breakglass_proto::v1::run_history_client::RunHistoryClient;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+use tonic_types::StatusExt;
+
+const TOKEN: &str = "config-api-token-0123456789";
+const CANARY_PASSPHRASE: &str = "CANARY-settings-passphrase-7q";
+const MASK: &str = "********";
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+fn call<T>(message: T, token: &str, actor: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-breakglass-actor", actor.parse().unwrap());
+    request
+}
+
+fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn cli(dir: &Path, url: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(bin("breakglass"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("BREAKGLASS_GRPC_URL", url)
+        .env("BREAKGLASS_GRPC_TOKEN", TOKEN)
+        .env("BREAKGLASS_ACTOR", "carol")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The wiring-only service secret: no settings-page key, so the settings
+/// come from the API.
+fn wiring(dir: &Path, iso: &Isolation, extra: &[(&str, &str)]) -> std::path::PathBuf {
+    let nats = nats_url();
+    let db = database_url();
+    let payload_key = breakglass_bus::payload::PayloadKey::generate();
+    let settings_key = breakglass_runlog::seal::SettingsKey::generate();
+    let mut entries = vec![
+        ("nats_url", nats.as_str()),
+        ("bus_prefix", iso.prefix.as_str()),
+        ("payload_key", payload_key.expose()),
+        ("settings_key", settings_key.expose()),
+        ("database_url", db.as_str()),
+        ("database_schema", iso.schema.as_str()),
+        ("grpc_token", TOKEN),
+    ];
+    entries.extend_from_slice(extra);
+    write_config(dir, &entries)
+}
+
+async fn start_scheduler(config: &Path, dir: &Path, addr: &str) -> ServiceProcess {
+    let mut scheduler = ServiceProcess::start_with_env(
+        "scheduler",
+        config,
+        dir,
+        &[("BREAKGLASS_GRPC_ADDR", Path::new(addr))],
+    )
+    .unwrap();
+    scheduler
+        .wait_for_log("gRPC API listening", Duration::from_secs(60))
+        .await
+        .unwrap();
+    scheduler
+        .wait_for_log("recording runs in the run log", Duration::from_secs(60))
+        .await
+        .unwrap();
+    scheduler
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_the_next_run() {
+    let iso = Isolation::new("configapi");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let config = wiring(dir.path(), &iso, &[]);
+    let addr = free_addr();
+    let url = format!("http://{addr}");
+    let mut scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let mut services: Vec<ServiceProcess> = ["collector", "renderer", "uploader"]
+        .iter()
+        .map(|name| ServiceProcess::start(name, &config, dir.path()).unwrap())
+        .collect();
+    let mut client = ConfigServiceClient::connect(url.clone()).await.unwrap();
+
+    // Nothing saved yet: every field empty, source API, version 0.
+    let empty = client
+        .get(call(v1::GetConfigRequest {}, TOKEN, "alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(empty.source, v1::ConfigSource::Api as i32);
+    assert_eq!(empty.version, 0);
+    assert!(
+        empty.fields.values().all(String::is_empty),
+        "{:?}",
+        empty.fields
+    );
+    assert!(
+        empty
+            .secret_keys
+            .contains(&"s3_secret_access_key".to_owned())
+    );
+
+    // No token, or the wrong one: refused, and the token never logged.
+    let refused = client
+        .get(call(
+            v1::GetConfigRequest {},
+            "not-the-token-at-all-xx",
+            "mallory",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = client
+        .update(tonic::Request::new(v1::UpdateConfigRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // Bad input: one field violation per problem, nothing stored.
+    let bad = client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: fields(&[
+                    ("execute_time", "24:00"),
+                    ("time_zone", "Mars/Olympus_Mons"),
+                    ("storage_provider", "s3"),
+                    ("s3_protocol", "http"),
+                    ("s3_url", "https://s3.example.com"),
+                    ("s3_access_key_id", "AKIAEXAMPLE"),
+                    ("s3_secret_access_key", "CANARY-s3-secret-key"),
+                    ("execute_tme", "09:30"),
+                    ("payload_key", "AGE-SECRET-KEY-1CANARY"),
+                    ("encryption", "none"),
+                ]),
+                expected_version: 0,
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bad.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        bad.message()
+    );
+    let details = bad.get_error_details();
+    let violations = &details.bad_request().unwrap().field_violations;
+    let named: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+    for field in [
+        "execute_time",
+        "time_zone",
+        "s3_bucket",
+        "s3_url",
+        "execute_tme",
+        "payload_key",
+    ] {
+        assert!(
+            named.contains(&field),
+            "{field} not named in {violations:?}"
+        );
+    }
+    let described: String = violations
+        .iter()
+        .map(|v| format!("{}: {}\n", v.field, v.description))
+        .collect();
+    assert!(
+        described.contains("did you mean `execute_time`"),
+        "{described}"
+    );
+    assert!(described.contains("service wiring"), "{described}");
+    assert!(!described.contains("CANARY"), "{described}");
+    // Validate gives the same problems and stores nothing either.
+    let checked = client
+        .validate(call(
+            v1::UpdateConfigRequest {
+                fields: fields(&[("execute_time", "9:5"), ("rotation", "sometimes")]),
+                expected_version: 0,
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let named: Vec<&str> = checked.problems.iter().map(|p| p.field.as_str()).collect();
+    assert!(
+        named.contains(&"execute_time") && named.contains(&"rotation"),
+        "{named:?}"
+    );
+
+    // A valid save: version 1, the secret shown as the mask.
+    let out_text = out.display().to_string();
+    let saved = client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: fields(&[
+                    ("execute_time", "03:00"),
+                    ("time_zone", "Asia/Taipei"),
+                    ("storage_provider", "local"),
+                    ("local_dir", out_text.as_str()),
+                    ("encryption", "password"),
+                    ("encryption_passphrase", CANARY_PASSPHRASE),
+                ]),
+                expected_version: 0,
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(saved.version, 1);
+    assert_eq!(saved.updated_by, "alice");
+    assert_eq!(saved.fields["encryption_passphrase"], MASK);
+    assert_eq!(saved.fields["local_dir"], out_text);
+
+    // The mask sent back keeps the stored secret; an edit of an old
+    // version is refused rather than overwriting the newer one.
+    let mut form = saved.fields.clone();
+    form.insert("rotation".into(), "unique".into());
+    let second = client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: form.clone(),
+                expected_version: 1,
+            },
+            TOKEN,
+            "bob",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.version, 2);
+    assert_eq!(second.fields["encryption_passphrase"], MASK);
+    let stale = client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: form,
+                expected_version: 1,
+            },
+            TOKEN,
+            "bob",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::Aborted, "{}", stale.message());
+
+    // The audit log: who and which fields, never a value.
+    let history = client
+        .history(call(v1::ConfigHistoryRequest { limit: 10 }, TOKEN, "alice"))
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0].version, 2);
+    assert_eq!(history[0].actor, "bob");
+    assert_eq!(history[0].changed_fields, vec!["rotation".to_owned()]);
+    assert_eq!(history[1].actor, "alice");
+    assert!(
+        history[1]
+            .changed_fields
+            .contains(&"encryption_passphrase".to_owned())
+    );
+
+    // Saving did not start a run.
+    let mut runs = RunHistoryClient::connect(url.clone()).await.unwrap();
+    let listed = runs
+        .list_runs(call(v1::ListRunsRequest::default(), TOKEN, "alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.runs.is_empty(), "{:?}", listed.runs);
+
+    // The CLI: get shows the mask; set changes one field and keeps the rest.
+    let got = cli(dir.path(), &url, &["config", "get"], &[]);
+    assert!(got.status.success(), "{}", text(&got));
+    assert!(
+        text(&got).contains(&format!("encryption_passphrase: {MASK}")),
+        "{}",
+        text(&got)
+    );
+    assert!(text(&got).contains("# source: api"), "{}", text(&got));
+    let set = cli(dir.path(), &url, &["config", "set", "rotation=prune"], &[]);
+    assert!(set.status.success(), "{}", text(&set));
+    assert!(
+        text(&set).contains("# version: 3 (by carol"),
+        "{}",
+        text(&set)
+    );
+    let invalid = cli(
+        dir.path(),
+        &url,
+        &["config", "validate", "execute_time=09:60"],
+        &[],
+    );
+    assert_eq!(invalid.status.code(), Some(1), "{}", text(&invalid));
+    assert!(
+        text(&invalid).contains("execute_time: \"09:60\""),
+        "{}",
+        text(&invalid)
+    );
+    let refused = cli(
+        dir.path(),
+        &url,
+        &["config", "set", "execute_time=9:5"],
+        &[],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("execute_time"),
+        "{}",
+        text(&refused)
+    );
+
+    // The services follow the saved settings: a run now writes into the
+    // API's local_dir, sealed with the API's passphrase.
+    for service in &mut services {
+        service
+            .wait_for_log(
+                "applying settings saved through the config API",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    let triggered = cli(dir.path(), &url, &["runs", "trigger"], &[]);
+    assert!(triggered.status.success(), "{}", text(&triggered));
+    assert!(
+        text(&triggered).contains("succeeded: 48 rows"),
+        "{}",
+        text(&triggered)
+    );
+    let stored: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "xlsx"))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let decrypted = dir.path().join("decrypted.xlsx");
+    breakglass_e2e::office_decrypt(&stored[0], CANARY_PASSPHRASE, &decrypted).unwrap();
+
+    // The passphrase is nowhere in clear: not in PostgreSQL, not on the
+    // bus's settings bucket, not in any log.
+    let mut pg = PgConnection::connect(&database_url()).await.unwrap();
+    let sealed: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT sealed FROM {}.settings WHERE key = 'encryption_passphrase'",
+        iso.schema
+    )))
+    .fetch_one(&mut pg)
+    .await
+    .unwrap();
+    assert!(sealed);
+    for table in ["settings", "settings_audit"] {
+        let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT t::text FROM {}.{table} t",
+            iso.schema
+        )))
+        .fetch_all(&mut pg)
+        .await
+        .unwrap();
+        assert!(!rows.is_empty(), "{table} has rows");
+        for row in rows {
+            assert!(!row.contains(CANARY_PASSPHRASE), "{table}: {row}");
+        }
+    }
+    let bucket = format!("KV_{}_settings", iso.prefix.replace('-', "_"));
+    let published = breakglass_e2e::read_named_stream(&bucket).await.unwrap();
+    assert!(
+        !published.is_empty(),
+        "the settings were published on {bucket}"
+    );
+    for message in &published {
+        let bytes = &message.payload;
+        assert!(
+            !bytes
+                .windows(CANARY_PASSPHRASE.len())
+                .any(|w| w == CANARY_PASSPHRASE.as_bytes()),
+            "the passphrase rides in clear on {bucket}"
+        );
+    }
+    for process in services.iter().chain(std::iter::once(&scheduler)) {
+        let log = process.log_text();
+        assert!(!log.contains(CANARY_PASSPHRASE), "passphrase logged");
+        assert!(!log.contains(TOKEN), "token logged");
+        assert!(
+            !log.contains("not-the-token-at-all-xx"),
+            "presented token logged"
+        );
+    }
+    assert!(
+        scheduler
+            .log_text()
+            .contains("refused an unauthenticated gRPC call")
+    );
+
+    // A restarted scheduler serves the same version, with the secret opened
+    // with the mounted settings_key.
+    scheduler.terminate(Duration::from_secs(20)).unwrap();
+    let scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let mut client = ConfigServiceClient::connect(url.clone()).await.unwrap();
+    let after = client
+        .get(call(v1::GetConfigRequest {}, TOKEN, "alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.version, 3);
+    assert_eq!(after.fields["rotation"], "prune");
+    assert_eq!(after.fields["encryption_passphrase"], MASK);
+    drop(scheduler);
+    iso.cleanup_bus().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_file_wins_over_the_api() {
+    let iso = Isolation::new("configfile");
+    let dir = tempfile::tempdir().unwrap();
+    let config = wiring(
+        dir.path(),
+        &iso,
+        &[
+            ("execute_time", "09:30"),
+            ("storage_provider", "local"),
+            ("encryption", "password"),
+            ("encryption_passphrase", CANARY_PASSPHRASE),
+        ],
+    );
+    let addr = free_addr();
+    let scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let mut client = ConfigServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let shown = client
+        .get(call(v1::GetConfigRequest {}, TOKEN, "alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.source, v1::ConfigSource::File as i32);
+    assert_eq!(shown.fields["execute_time"], "09:30");
+    assert_eq!(shown.fields["encryption_passphrase"], MASK);
+    assert_eq!(shown.fields["s3_bucket"], "");
+    let refused = client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: fields(&[("execute_time", "10:00")]),
+                expected_version: 0,
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("mounted config file"),
+        "{}",
+        refused.message()
+    );
+    assert!(!scheduler.log_text().contains(CANARY_PASSPHRASE));
+    iso.cleanup_bus().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_port_speaks_tls_and_requires_client_certificates_when_told() {
+    let iso = Isolation::new("configtls");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::generate();
+    let (client_cert, client_key) = ca.client_cert("settings-page", dir.path());
+    let ca_pem = ca.ca_pem.display().to_string();
+    let cert_pem = ca.cert_pem.display().to_string();
+    let key_pem = ca.key_pem.display().to_string();
+    let config = wiring(
+        dir.path(),
+        &iso,
+        &[
+            ("grpc_tls_cert", cert_pem.as_str()),
+            ("grpc_tls_key", key_pem.as_str()),
+            ("grpc_client_ca", ca_pem.as_str()),
+        ],
+    );
+    let addr = free_addr();
+    let _scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let https = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
+    let client_cert = client_cert.display().to_string();
+    let client_key = client_key.display().to_string();
+
+    // Plain HTTP/2 does not get an answer.
+    let plain = cli(
+        dir.path(),
+        &format!("http://{addr}"),
+        &["config", "get"],
+        &[],
+    );
+    assert!(!plain.status.success(), "{}", text(&plain));
+    // TLS without a client certificate is refused in the handshake.
+    let anonymous = cli(
+        dir.path(),
+        &https,
+        &["config", "get"],
+        &[("BREAKGLASS_GRPC_CA", ca_pem.as_str())],
+    );
+    assert!(!anonymous.status.success(), "{}", text(&anonymous));
+    // A server certificate from an unknown CA is refused by the client.
+    let other = TestCa::generate();
+    let untrusted = cli(
+        dir.path(),
+        &https,
+        &["config", "get"],
+        &[
+            ("BREAKGLASS_GRPC_CA", other.ca_pem.to_str().unwrap()),
+            ("BREAKGLASS_GRPC_CERT", client_cert.as_str()),
+            ("BREAKGLASS_GRPC_KEY", client_key.as_str()),
+        ],
+    );
+    assert!(!untrusted.status.success(), "{}", text(&untrusted));
+    // Mutual TLS and the token: served, and the audit row names the
+    // client certificate.
+    let mutual = [
+        ("BREAKGLASS_GRPC_CA", ca_pem.as_str()),
+        ("BREAKGLASS_GRPC_CERT", client_cert.as_str()),
+        ("BREAKGLASS_GRPC_KEY", client_key.as_str()),
+    ];
+    let got = cli(dir.path(), &https, &["config", "get"], &mutual);
+    assert!(got.status.success(), "{}", text(&got));
+    assert!(text(&got).contains("# source: api"), "{}", text(&got));
+    let set = cli(
+        dir.path(),
+        &https,
+        &["config", "set", "encryption=none", "storage_provider=local"],
+        &mutual,
+    );
+    assert!(set.status.success(), "{}", text(&set));
+    let history = cli(dir.path(), &https, &["config", "history"], &mutual);
+    assert!(history.status.success(), "{}", text(&history));
+    assert!(
+        text(&history).contains("by carol from") && text(&history).contains("client-cert sha256:"),
+        "{}",
+        text(&history)
+    );
+    // The token is still required over mutual TLS.
+    let no_token = cli(
+        dir.path(),
+        &https,
+        &["config", "get"],
+        &[
+            ("BREAKGLASS_GRPC_CA", ca_pem.as_str()),
+            ("BREAKGLASS_GRPC_CERT", client_cert.as_str()),
+            ("BREAKGLASS_GRPC_KEY", client_key.as_str()),
+            ("BREAKGLASS_GRPC_TOKEN", "a-wrong-token-of-length"),
+        ],
+    );
+    assert!(!no_token.status.success());
+    assert!(
+        text(&no_token).contains("Unauthenticated") || text(&no_token).contains("bearer token"),
+        "{}",
+        text(&no_token)
+    );
+    iso.cleanup_bus().await;
+}
