@@ -262,6 +262,20 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
     assert_eq!(saved.updated_by, "alice");
     assert_eq!(saved.fields["encryption_passphrase"], MASK);
     assert_eq!(saved.fields["local_dir"], out_text);
+    // The scheduler plans with the saved time at once, not at its next
+    // minute, and does not run for it now.
+    scheduler
+        .wait_for_log("T0300", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        scheduler
+            .log_text()
+            .lines()
+            .any(|l| l.contains("next scheduled run") && l.contains("T0300")),
+        "{}",
+        scheduler.log_text()
+    );
 
     // The mask sent back keeps the stored secret; an edit of an old
     // version is refused rather than overwriting the newer one.

@@ -268,11 +268,25 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
     loop {
         let settings = match config.load() {
             Ok(settings) => settings,
+            Err(breakglass_service::LoadError::ApiEmpty) => {
+                if announced != Some(None) {
+                    tracing::info!(
+                        "no settings saved through the config API yet: nothing scheduled"
+                    );
+                    announced = Some(None);
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RECHECK) => continue,
+                    _ = config.api_changed() => continue,
+                }
+            }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "configuration is invalid; keeping the schedule paused until it is fixed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(RECHECK) => continue,
+                    _ = config.api_changed() => continue,
                 }
             }
         };
@@ -284,6 +298,7 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(RECHECK) => continue,
+                _ = config.api_changed() => continue,
             }
         };
         let slot = next_slot(Utc::now(), time, settings.time_zone);
@@ -298,6 +313,8 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            // Settings saved through the API: plan with them now.
+            _ = config.api_changed() => continue,
         }
         if Utc::now() >= slot.at {
             // Publishing is never cancelled half-way.

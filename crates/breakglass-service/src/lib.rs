@@ -119,6 +119,17 @@ impl ConfigSource {
         self.api.borrow().clone()
     }
 
+    /// Resolves when a new version of the API's settings arrives, so the
+    /// scheduler can re-plan at once instead of at its next minute.
+    pub async fn api_changed(&self) {
+        let mut seen = self.api.subscribe();
+        seen.borrow_and_update();
+        if seen.changed().await.is_err() {
+            // The sender lives as long as `self`: never reached; wait forever.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Waits until the API's settings were read once (at most `limit`):
     /// the scheduler's catch-up must not decide on settings not yet known.
     pub async fn api_loaded(&self, limit: std::time::Duration) -> bool {
