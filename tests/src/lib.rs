@@ -316,6 +316,25 @@ pub fn write_config(dir: &Path, entries: &[(&str, &str)]) -> PathBuf {
     path
 }
 
+/// A free loopback address (`127.0.0.1:PORT`) for a service's gRPC port.
+pub fn free_loopback_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A gRPC request carrying `authorization: Bearer <token>`.
+pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a header value"),
+    );
+    request
+}
+
 /// The Python with boto3/moto that `make test` provides.
 pub fn test_python() -> PathBuf {
     PathBuf::from(std::env::var("BREAKGLASS_TEST_PYTHON").expect(

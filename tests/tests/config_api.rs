@@ -24,20 +24,8 @@ const TOKEN: &str = "config-api-token-0123456789";
 const CANARY_PASSPHRASE: &str = "CANARY-settings-passphrase-7q";
 const MASK: &str = "********";
 
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 fn call<T>(message: T, token: &str, actor: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut request = breakglass_e2e::authorized(message, token);
     request
         .metadata_mut()
         .insert("x-breakglass-actor", actor.parse().unwrap());
@@ -119,7 +107,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let config = wiring(dir.path(), &iso, &[]);
-    let addr = free_addr();
+    let addr = breakglass_e2e::free_loopback_addr();
     let url = format!("http://{addr}");
     let mut scheduler = start_scheduler(&config, dir.path(), &addr).await;
     let mut services: Vec<ServiceProcess> = ["collector", "renderer", "uploader"]
@@ -488,7 +476,7 @@ async fn a_settings_file_wins_over_the_api() {
             ("encryption_passphrase", CANARY_PASSPHRASE),
         ],
     );
-    let addr = free_addr();
+    let addr = breakglass_e2e::free_loopback_addr();
     let scheduler = start_scheduler(&config, dir.path(), &addr).await;
     let mut client = ConfigServiceClient::connect(format!("http://{addr}"))
         .await
@@ -541,7 +529,7 @@ async fn the_grpc_port_speaks_tls_and_requires_client_certificates_when_told() {
             ("grpc_client_ca", ca_pem.as_str()),
         ],
     );
-    let addr = free_addr();
+    let addr = breakglass_e2e::free_loopback_addr();
     let _scheduler = start_scheduler(&config, dir.path(), &addr).await;
     let https = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
     let client_cert = client_cert.display().to_string();
@@ -601,17 +589,12 @@ async fn the_grpc_port_speaks_tls_and_requires_client_certificates_when_told() {
         text(&history)
     );
     // The token is still required over mutual TLS.
-    let no_token = cli(
-        dir.path(),
-        &https,
-        &["config", "get"],
-        &[
-            ("BREAKGLASS_GRPC_CA", ca_pem.as_str()),
-            ("BREAKGLASS_GRPC_CERT", client_cert.as_str()),
-            ("BREAKGLASS_GRPC_KEY", client_key.as_str()),
-            ("BREAKGLASS_GRPC_TOKEN", "a-wrong-token-of-length"),
-        ],
-    );
+    let wrong_token = [
+        mutual.as_slice(),
+        &[("BREAKGLASS_GRPC_TOKEN", "a-wrong-token-of-length")],
+    ]
+    .concat();
+    let no_token = cli(dir.path(), &https, &["config", "get"], &wrong_token);
     assert!(!no_token.status.success());
     assert!(
         text(&no_token).contains("Unauthenticated") || text(&no_token).contains("bearer token"),

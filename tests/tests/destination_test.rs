@@ -561,14 +561,6 @@ async fn grpc_client(
     v1::destination_test_client::DestinationTestClient::new(channel)
 }
 
-fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_uploader_serves_the_test_over_grpc_with_masked_secrets() {
     let mut moto = Moto::start();
@@ -623,7 +615,7 @@ async fn the_uploader_serves_the_test_over_grpc_with_masked_secrets() {
 
     // Streaming: six results, in order, as they finish.
     let mut stream = client
-        .run(authorized(request.clone(), GRPC_TOKEN))
+        .run(breakglass_e2e::authorized(request.clone(), GRPC_TOKEN))
         .await
         .unwrap()
         .into_inner();
@@ -647,7 +639,7 @@ async fn the_uploader_serves_the_test_over_grpc_with_masked_secrets() {
 
     // Unary: the same stages at once.
     let report = client
-        .run_unary(authorized(request.clone(), GRPC_TOKEN))
+        .run_unary(breakglass_e2e::authorized(request.clone(), GRPC_TOKEN))
         .await
         .unwrap()
         .into_inner();
@@ -661,7 +653,10 @@ async fn the_uploader_serves_the_test_over_grpc_with_masked_secrets() {
         "typed-wrong-secret-0123456789abcdef".into(),
     );
     let report = client
-        .run_unary(authorized(v1::TestRequest { settings: wrong }, GRPC_TOKEN))
+        .run_unary(breakglass_e2e::authorized(
+            v1::TestRequest { settings: wrong },
+            GRPC_TOKEN,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -672,7 +667,7 @@ async fn the_uploader_serves_the_test_over_grpc_with_masked_secrets() {
     let mut invalid = masked.clone();
     invalid.insert("rotation".into(), "sometimes".into());
     let err = client
-        .run_unary(authorized(
+        .run_unary(breakglass_e2e::authorized(
             v1::TestRequest { settings: invalid },
             GRPC_TOKEN,
         ))
@@ -686,7 +681,7 @@ async fn the_uploader_serves_the_test_over_grpc_with_masked_secrets() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let wrong_token = "not-the-grpc-token-abcdefgh";
     let err = client
-        .run(authorized(request.clone(), wrong_token))
+        .run(breakglass_e2e::authorized(request.clone(), wrong_token))
         .await
         .err()
         .unwrap();

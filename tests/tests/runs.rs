@@ -13,23 +13,6 @@ use std::time::Duration;
 
 const TOKEN: &str = "run-history-token-0123456789";
 
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 fn runs(dir: &Path, addr: &str, token: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(bin("breakglass"));
     command
@@ -73,7 +56,7 @@ async fn runs_are_triggered_watched_listed_and_shown_over_grpc() {
             ("grpc_token", TOKEN),
         ],
     );
-    let addr = free_addr();
+    let addr = breakglass_e2e::free_loopback_addr();
     let mut scheduler = ServiceProcess::start_with_env(
         "scheduler",
         &config,
@@ -156,7 +139,7 @@ async fn runs_are_triggered_watched_listed_and_shown_over_grpc() {
         .unwrap();
     let mut client = RunHistoryClient::new(channel);
     let missing = client
-        .get_run(authorized(
+        .get_run(breakglass_e2e::authorized(
             v1::GetRunRequest {
                 run_id: "no-such-run".into(),
             },
@@ -166,7 +149,7 @@ async fn runs_are_triggered_watched_listed_and_shown_over_grpc() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
     let mut events = client
-        .watch_run(authorized(
+        .watch_run(breakglass_e2e::authorized(
             v1::WatchRunRequest {
                 run_id: run_id.clone(),
             },
@@ -182,7 +165,7 @@ async fn runs_are_triggered_watched_listed_and_shown_over_grpc() {
     assert_eq!(seen.last(), Some(&("finished".to_owned(), true)));
     assert_eq!(seen.len(), 4);
     let run = client
-        .get_run(authorized(
+        .get_run(breakglass_e2e::authorized(
             v1::GetRunRequest {
                 run_id: run_id.clone(),
             },

@@ -27,4 +27,4 @@ pub use remote::{BlobCredential, BlobSettings, CaBundle, ChecksumMode, Protocol,
 pub use settings::{
     DailyTime, Encryption, GrpcTlsFiles, InventoryLocation, Rotation, Settings, StorageKind,
 };
-pub use source::{API_KEYS, ApiSettings, SettingsSource};
+pub use source::{ApiSettings, SettingsSource, WIRING_KEYS, api_keys};

@@ -1,7 +1,7 @@
 //! Where each setting may come from: the mounted file (option 1) or the
 //! config API (option 2).
 //!
-//! The settings page's keys ([`API_KEYS`]: schedule, destinations,
+//! The settings page's keys ([`api_keys`]: schedule, destinations,
 //! rotation, encryption) may be managed either way. Every other key is
 //! service wiring (`nats_url`, `database_url`, `payload_key`, the inventory
 //! connection, the gRPC token and certificates...) that only the mounted
@@ -15,38 +15,37 @@ use breakglass_core::Secret;
 use breakglass_core::secret::MASK;
 use std::collections::BTreeMap;
 
-/// The keys the settings page manages (DESIGN.md §7 without the wiring).
-pub const API_KEYS: &[&str] = &[
-    "execute_time",
-    "time_zone",
-    "storage_provider",
-    "s3_access_key_id",
-    "s3_secret_access_key",
-    "s3_bucket",
-    "s3_protocol",
-    "s3_url",
-    "s3_region",
-    "s3_checksum",
-    "blob_account_name",
-    "blob_account_key",
-    "blob_container",
-    "blob_protocol",
-    "blob_endpoint_suffix",
-    "blob_connection_string",
-    "blob_sas_token",
-    "blob_endpoint",
-    "local_dir",
-    "path_prefix",
-    "rotation",
-    "ca_bundle",
-    "encryption",
-    "encryption_passphrase",
-    "age_recipients",
+/// The keys that are service wiring: only the mounted file holds them.
+/// Every other known key is the settings page's (DESIGN.md §7).
+pub const WIRING_KEYS: &[&str] = &[
+    "inventory_url",
+    "inventory_view",
+    "nats_url",
+    "database_url",
+    "database_schema",
+    "bus_prefix",
+    "payload_key",
+    "payload_ttl_hours",
+    "ack_wait_seconds",
+    "max_deliver",
+    "grpc_token",
+    "grpc_tls_cert",
+    "grpc_tls_key",
+    "grpc_client_ca",
+    "settings_key",
 ];
+
+/// The keys the settings page manages, in the file format's order.
+pub fn api_keys() -> impl Iterator<Item = &'static str> {
+    KNOWN_KEYS
+        .iter()
+        .copied()
+        .filter(|key| !WIRING_KEYS.contains(key))
+}
 
 /// True for a key the settings page manages.
 pub fn is_api_key(key: &str) -> bool {
-    API_KEYS.contains(&key)
+    KNOWN_KEYS.contains(&key) && !WIRING_KEYS.contains(&key)
 }
 
 /// True for a settings-page key that holds a credential.
@@ -142,12 +141,12 @@ impl ApiSettings {
     /// services validate and run with when the source is the API.
     pub fn over(&self, file: &RawConfig) -> RawConfig {
         let mut merged = file.clone();
-        for key in API_KEYS {
+        for key in api_keys() {
             merged.remove(key);
         }
         let location = format!("settings API (version {})", self.version);
         for (key, value) in &self.fields {
-            // Keys were checked against API_KEYS when stored; an unknown one
+            // Keys were checked with `is_api_key` when stored; an unknown one
             // (a newer version's key) is skipped rather than failing a run.
             if merged.set(key, value.expose(), &location).is_err() {
                 tracing::warn!(key = %key, "ignored a stored setting this version does not know");
@@ -218,6 +217,22 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn every_wiring_key_is_known_and_the_page_keeps_design_keys() {
+        assert!(WIRING_KEYS.iter().all(|key| KNOWN_KEYS.contains(key)));
+        let page: Vec<&str> = api_keys().collect();
+        for key in [
+            "execute_time",
+            "storage_provider",
+            "s3_secret_access_key",
+            "blob_sas_token",
+            "encryption_passphrase",
+        ] {
+            assert!(page.contains(&key), "{key}");
+        }
+        assert!(!page.contains(&"nats_url") && !page.contains(&"database_url"));
     }
 
     #[test]

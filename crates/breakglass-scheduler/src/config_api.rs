@@ -13,7 +13,7 @@
 use breakglass_bus::Bus;
 use breakglass_bus::payload::PayloadKey;
 use breakglass_config::source::{apply_update, is_secret_key};
-use breakglass_config::{API_KEYS, ApiSettings, Problem, Settings, SettingsSource};
+use breakglass_config::{ApiSettings, Problem, Settings, SettingsSource, api_keys};
 use breakglass_proto::v1;
 use breakglass_proto::v1::config_service_server::ConfigService;
 use breakglass_runlog::RunLog;
@@ -209,14 +209,10 @@ fn snapshot(
     v1::ConfigSnapshot {
         source: source as i32,
         version,
-        fields: API_KEYS
-            .iter()
-            .map(|key| ((*key).to_owned(), shown(key)))
-            .collect(),
-        secret_keys: API_KEYS
-            .iter()
+        fields: api_keys().map(|key| (key.to_owned(), shown(key))).collect(),
+        secret_keys: api_keys()
             .filter(|key| is_secret_key(key))
-            .map(|key| (*key).to_owned())
+            .map(str::to_owned)
             .collect(),
         updated_at_unix_ms: last.map_or(0, |c| c.at.timestamp_millis()),
         updated_by: last.map(|c| c.actor.clone()).unwrap_or_default(),
