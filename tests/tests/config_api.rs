@@ -603,3 +603,110 @@ async fn the_grpc_port_speaks_tls_and_requires_client_certificates_when_told() {
     );
     iso.cleanup_bus().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_destination_test_fills_masked_secrets_from_the_settings_saved_through_the_api() {
+    let mut moto = breakglass_e2e::Moto::start();
+    moto.tool(&["create-bucket", "backups"]);
+    let (key_id, secret) = moto.iam_user(
+        "writer",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:PutObject"],"Resource":"*"}]}"#,
+    );
+    moto.enforce_iam();
+    let iso = Isolation::new("configtest");
+    let dir = tempfile::tempdir().unwrap();
+    let config = wiring(dir.path(), &iso, &[]);
+    let (scheduler_addr, uploader_addr) = (
+        breakglass_e2e::free_loopback_addr(),
+        breakglass_e2e::free_loopback_addr(),
+    );
+    let _scheduler = start_scheduler(&config, dir.path(), &scheduler_addr).await;
+    let mut uploader = ServiceProcess::start_with_env(
+        "uploader",
+        &config,
+        dir.path(),
+        &[("BREAKGLASS_GRPC_ADDR", Path::new(&uploader_addr))],
+    )
+    .unwrap();
+    uploader
+        .wait_for_log("gRPC API listening", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut config_api = ConfigServiceClient::connect(format!("http://{scheduler_addr}"))
+        .await
+        .unwrap();
+    let page = |secret: &str| {
+        fields(&[
+            ("storage_provider", "s3"),
+            ("s3_url", moto.endpoint.as_str()),
+            ("s3_protocol", "http"),
+            ("s3_region", "us-east-1"),
+            ("s3_bucket", "backups"),
+            ("s3_access_key_id", key_id.as_str()),
+            ("s3_secret_access_key", secret),
+            ("encryption", "none"),
+        ])
+    };
+    config_api
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: page(&secret),
+                expected_version: 0,
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap();
+    uploader
+        .wait_for_log(
+            "applying settings saved through the config API",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+
+    // The page's Test sends the mask: the uploader fills in the secret
+    // saved through the API, and the upload stage passes with it.
+    let mut test = v1::destination_test_client::DestinationTestClient::connect(format!(
+        "http://{uploader_addr}"
+    ))
+    .await
+    .unwrap();
+    let report = test
+        .run_unary(breakglass_e2e::authorized(
+            v1::TestRequest {
+                settings: page(MASK),
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.passed, "{report:?}");
+    let authentication = report
+        .stages
+        .iter()
+        .find(|s| s.stage_name == "authentication")
+        .unwrap();
+    assert_eq!(
+        authentication.status,
+        v1::StageStatus::Ok as i32,
+        "{report:?}"
+    );
+    // A wrong secret typed into the page fails authentication: the mask,
+    // not luck, made the first Test pass.
+    let report = test
+        .run_unary(breakglass_e2e::authorized(
+            v1::TestRequest {
+                settings: page("not-the-secret-key-at-all"),
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!report.passed, "{report:?}");
+    assert!(!uploader.log_text().contains(&secret));
+    iso.cleanup_bus().await;
+}
