@@ -68,7 +68,7 @@ fn wiring(dir: &Path, iso: &Isolation, extra: &[(&str, &str)]) -> std::path::Pat
     let nats = nats_url();
     let db = database_url();
     let payload_key = breakglass_bus::payload::PayloadKey::generate();
-    let settings_key = breakglass_runlog::seal::SettingsKey::generate();
+    let settings_key = breakglass_core::seal::SealKey::generate();
     let mut entries = vec![
         ("nats_url", nats.as_str()),
         ("bus_prefix", iso.prefix.as_str()),
@@ -167,7 +167,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
                     ("payload_key", "AGE-SECRET-KEY-1CANARY"),
                     ("encryption", "none"),
                 ]),
-                expected_version: 0,
+                expected_version: Some(0),
             },
             TOKEN,
             "alice",
@@ -211,7 +211,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
         .validate(call(
             v1::UpdateConfigRequest {
                 fields: fields(&[("execute_time", "9:5"), ("rotation", "sometimes")]),
-                expected_version: 0,
+                expected_version: Some(0),
             },
             TOKEN,
             "alice",
@@ -238,7 +238,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
                     ("encryption", "password"),
                     ("encryption_passphrase", CANARY_PASSPHRASE),
                 ]),
-                expected_version: 0,
+                expected_version: Some(0),
             },
             TOKEN,
             "alice",
@@ -248,6 +248,19 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
         .into_inner();
     assert_eq!(saved.version, 1);
     assert_eq!(saved.updated_by, "alice");
+    // A second "first save" (edited from version 0) is refused, not merged.
+    let late = client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: fields(&[("storage_provider", "local"), ("encryption", "none")]),
+                expected_version: Some(0),
+            },
+            TOKEN,
+            "dave",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), tonic::Code::Aborted, "{}", late.message());
     assert_eq!(saved.fields["encryption_passphrase"], MASK);
     assert_eq!(saved.fields["local_dir"], out_text);
     // The scheduler plans with the saved time at once, not at its next
@@ -273,7 +286,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
         .update(call(
             v1::UpdateConfigRequest {
                 fields: form.clone(),
-                expected_version: 1,
+                expected_version: Some(1),
             },
             TOKEN,
             "bob",
@@ -287,7 +300,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
         .update(call(
             v1::UpdateConfigRequest {
                 fields: form,
-                expected_version: 1,
+                expected_version: Some(1),
             },
             TOKEN,
             "bob",
@@ -313,15 +326,6 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
             .changed_fields
             .contains(&"encryption_passphrase".to_owned())
     );
-
-    // Saving did not start a run.
-    let mut runs = RunHistoryClient::connect(url.clone()).await.unwrap();
-    let listed = runs
-        .list_runs(call(v1::ListRunsRequest::default(), TOKEN, "alice"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.runs.is_empty(), "{:?}", listed.runs);
 
     // The CLI: get shows the mask; set changes one field and keeps the rest.
     let got = cli(dir.path(), &url, &["config", "get"], &[]);
@@ -375,6 +379,21 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
             .await
             .unwrap();
     }
+    // Four saves and several seconds later, no run was started: neither a
+    // trigger on the bus nor a run in the log.
+    let messages = breakglass_e2e::read_stream(&iso.prefix).await.unwrap();
+    let trigger_subject = format!("{}.trigger", iso.prefix);
+    assert!(
+        !messages.iter().any(|m| m.subject == trigger_subject),
+        "saving settings published a trigger"
+    );
+    let mut runs = RunHistoryClient::connect(url.clone()).await.unwrap();
+    let listed = runs
+        .list_runs(call(v1::ListRunsRequest::default(), TOKEN, "alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.runs.is_empty(), "{:?}", listed.runs);
     let triggered = cli(dir.path(), &url, &["runs", "trigger"], &[]);
     assert!(triggered.status.success(), "{}", text(&triggered));
     assert!(
@@ -445,10 +464,10 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
             .contains("refused an unauthenticated gRPC call")
     );
 
-    // A restarted scheduler serves the same version, with the secret opened
-    // with the mounted settings_key.
+    // A restarted scheduler serves the same version, and the mask keeps the
+    // secret, which it opens with the mounted settings_key.
     scheduler.terminate(Duration::from_secs(20)).unwrap();
-    let scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let mut scheduler = start_scheduler(&config, dir.path(), &addr).await;
     let mut client = ConfigServiceClient::connect(url.clone()).await.unwrap();
     let after = client
         .get(call(v1::GetConfigRequest {}, TOKEN, "alice"))
@@ -458,7 +477,83 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
     assert_eq!(after.version, 3);
     assert_eq!(after.fields["rotation"], "prune");
     assert_eq!(after.fields["encryption_passphrase"], MASK);
-    drop(scheduler);
+    let mut form = after.fields.clone();
+    form.insert("rotation".into(), "overwrite".into());
+    let kept = client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: form.clone(),
+                expected_version: Some(3),
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.version, 4);
+
+    // After a settings_key change the stored passphrase does not open: the
+    // mask cannot keep it, the error says so by field, and typing the
+    // secret again is accepted.
+    scheduler.terminate(Duration::from_secs(20)).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let new_key = breakglass_core::seal::SealKey::generate();
+    let swapped: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("settings_key:") {
+                format!("settings_key: {}\n", new_key.expose())
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&config, swapped).unwrap();
+    let scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let mut client = ConfigServiceClient::connect(url.clone()).await.unwrap();
+    let refused = client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: form.clone(),
+                expected_version: Some(4),
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let details = refused.get_error_details();
+    let violations = &details.bad_request().unwrap().field_violations;
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].field, "encryption_passphrase");
+    assert!(
+        violations[0].description.contains("settings_key"),
+        "{violations:?}"
+    );
+    form.insert(
+        "encryption_passphrase".into(),
+        "a-new-passphrase-typed-again".into(),
+    );
+    let retyped = client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields: form,
+                expected_version: Some(4),
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retyped.version, 5);
+    assert!(
+        !scheduler
+            .log_text()
+            .contains("a-new-passphrase-typed-again")
+    );
     iso.cleanup_bus().await;
 }
 
@@ -494,7 +589,7 @@ async fn a_settings_file_wins_over_the_api() {
         .update(call(
             v1::UpdateConfigRequest {
                 fields: fields(&[("execute_time", "10:00")]),
-                expected_version: 0,
+                expected_version: Some(0),
             },
             TOKEN,
             "alice",
@@ -507,6 +602,38 @@ async fn a_settings_file_wins_over_the_api() {
         "{}",
         refused.message()
     );
+    // Validate still checks a change against the file: masks stand for the
+    // file's secrets, and a bad value is named.
+    let mut form = shown.fields.clone();
+    form.insert("time_zone".into(), "Asia/Taipei".into());
+    let checked = client
+        .validate(call(
+            v1::UpdateConfigRequest {
+                fields: form.clone(),
+                expected_version: None,
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+    form.insert("time_zone".into(), "Asia/Taipie".into());
+    let checked = client
+        .validate(call(
+            v1::UpdateConfigRequest {
+                fields: form,
+                expected_version: None,
+            },
+            TOKEN,
+            "alice",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.problems.len(), 1, "{:?}", checked.problems);
+    assert_eq!(checked.problems[0].field, "time_zone");
     assert!(!scheduler.log_text().contains(CANARY_PASSPHRASE));
     iso.cleanup_bus().await;
 }
@@ -651,7 +778,7 @@ async fn the_destination_test_fills_masked_secrets_from_the_settings_saved_throu
         .update(call(
             v1::UpdateConfigRequest {
                 fields: page(&secret),
-                expected_version: 0,
+                expected_version: Some(0),
             },
             TOKEN,
             "alice",

@@ -78,30 +78,6 @@ impl PayloadKey {
         inner.get_ref().sync_all()
     }
 
-    /// Encrypts a small plaintext in memory (settings, not payloads).
-    pub fn encrypt_bytes(&self, plain: &[u8]) -> std::io::Result<Vec<u8>> {
-        let recipient = self.identity.to_public();
-        let encryptor =
-            age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-                .map_err(std::io::Error::other)?;
-        let mut sealed = Vec::with_capacity(plain.len() + 256);
-        let mut writer = encryptor.wrap_output(&mut sealed)?;
-        writer.write_all(plain)?;
-        writer.finish()?;
-        Ok(sealed)
-    }
-
-    /// Decrypts what [`PayloadKey::encrypt_bytes`] made.
-    pub fn decrypt_bytes(&self, sealed: &[u8]) -> std::io::Result<Vec<u8>> {
-        let decryptor = age::Decryptor::new_buffered(sealed).map_err(std::io::Error::other)?;
-        let mut reader = decryptor
-            .decrypt(std::iter::once(&self.identity as &dyn age::Identity))
-            .map_err(|err| std::io::Error::other(format!("cannot decrypt: {err}")))?;
-        let mut plain = Vec::new();
-        reader.read_to_end(&mut plain)?;
-        Ok(plain)
-    }
-
     /// Opens an encrypted file for reading its plaintext.
     pub fn decrypt_file(&self, src: &Path) -> std::io::Result<impl Read + use<>> {
         let file = BufReader::with_capacity(1 << 16, std::fs::File::open(src)?);

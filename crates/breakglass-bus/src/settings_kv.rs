@@ -4,23 +4,38 @@
 //! uploader have no database (ARCHITECTURE.md decision 25). After each
 //! update the scheduler publishes them to the JetStream key-value bucket
 //! `<prefix>_settings`, key `current`, as a [`v1::PublishedSettings`] whose
-//! fields are age-encrypted to the services' payload key: no credential is
-//! on the bus in clear. Every service watches the key and lays the newest
+//! fields are sealed (ChaCha20-Poly1305) under a key derived from the
+//! services' `payload_key` secret, with the bucket and version bound in: no
+//! credential is on the bus in clear, and a NATS client without that secret
+//! can neither read the settings nor publish settings the services accept
+//! (age alone would let anyone holding the public key publish). Every
+//! service watches the key and lays the newest
 //! settings over its mounted wiring. Publishing is a compare-and-set on the
 //! entry's revision and never replaces a newer version with an older one,
 //! so two schedulers re-publishing at start-up cannot undo an update.
 
-use crate::payload::PayloadKey;
 use crate::{Bus, BusError};
 use async_nats::jetstream::kv;
 use breakglass_config::ApiSettings;
 use breakglass_core::Secret;
+use breakglass_core::seal::SealKey;
 use breakglass_proto::v1;
 use futures::StreamExt;
 use prost::Message;
 
 /// The key of the current settings in the bucket.
 const CURRENT: &str = "current";
+
+/// The key that seals settings on the bus, derived from `payload_key`.
+pub fn bus_settings_key(payload_key: &Secret) -> SealKey {
+    SealKey::derive("breakglass settings on the bus v1", payload_key)
+}
+
+/// What is bound into each sealed entry: the bucket and the version, so an
+/// entry cannot be replayed under another version or installation.
+fn label(bucket: &str, version: u64) -> String {
+    format!("{bucket}/{CURRENT}/v{version}")
+}
 
 fn setup(bucket: &str, reason: impl std::fmt::Display) -> BusError {
     BusError::Setup {
@@ -64,7 +79,7 @@ impl Bus {
     /// a newer one. Returns true when it wrote.
     pub async fn publish_settings(
         &self,
-        key: &PayloadKey,
+        key: &SealKey,
         settings: &ApiSettings,
     ) -> Result<bool, BusError> {
         let bucket = self.subjects().settings_bucket();
@@ -76,8 +91,8 @@ impl Bus {
                 .collect(),
         };
         let sealed = key
-            .encrypt_bytes(&fields.encode_to_vec())
-            .map_err(|err| setup(&bucket, format!("cannot encrypt the settings: {err}")))?;
+            .seal_bytes(&label(&bucket, settings.version), &fields.encode_to_vec())
+            .map_err(|err| setup(&bucket, format!("cannot seal the settings: {err}")))?;
         drop(fields);
         let value: bytes::Bytes = v1::PublishedSettings {
             version: settings.version,
@@ -90,29 +105,36 @@ impl Bus {
                 .entry(CURRENT)
                 .await
                 .map_err(|err| setup(&bucket, err))?;
-            let written = match entry {
-                Some(entry) if entry.operation == kv::Operation::Put => {
-                    let stored = v1::PublishedSettings::decode(entry.value.as_ref())
-                        .map(|p| p.version)
-                        .unwrap_or(0);
+            // Another publisher may write between the read and the write;
+            // only that (a moved revision) is worth another look.
+            let outcome = match entry {
+                Some(entry) => {
+                    let stored = (entry.operation == kv::Operation::Put)
+                        .then(|| v1::PublishedSettings::decode(entry.value.as_ref()).ok())
+                        .flatten()
+                        .map_or(0, |p| p.version);
                     if stored >= settings.version {
                         return Ok(false);
                     }
-                    store
-                        .update(CURRENT, value.clone(), entry.revision)
-                        .await
-                        .is_ok()
+                    match store.update(CURRENT, value.clone(), entry.revision).await {
+                        Ok(_) => Ok(()),
+                        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            Err(None)
+                        }
+                        Err(err) => Err(Some(err.to_string())),
+                    }
                 }
-                Some(entry) => store
-                    .update(CURRENT, value.clone(), entry.revision)
-                    .await
-                    .is_ok(),
-                None => store.create(CURRENT, value.clone()).await.is_ok(),
+                None => match store.create(CURRENT, value.clone()).await {
+                    Ok(_) => Ok(()),
+                    Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Err(None),
+                    Err(err) => Err(Some(err.to_string())),
+                },
             };
-            if written {
-                return Ok(true);
+            match outcome {
+                Ok(()) => return Ok(true),
+                Err(Some(reason)) => return Err(setup(&bucket, reason)),
+                Err(None) => continue,
             }
-            // Someone wrote in between: look again.
         }
         Err(setup(
             &bucket,
@@ -121,10 +143,7 @@ impl Bus {
     }
 
     /// The settings published now, if any (`None` before the first update).
-    pub async fn published_settings(
-        &self,
-        key: &PayloadKey,
-    ) -> Result<Option<ApiSettings>, BusError> {
+    pub async fn published_settings(&self, key: &SealKey) -> Result<Option<ApiSettings>, BusError> {
         let bucket = self.subjects().settings_bucket();
         let store = self.settings_store().await?;
         match store
@@ -146,7 +165,7 @@ impl Bus {
     /// when the watch breaks (e.g. NATS restarted); call again to resume.
     pub async fn watch_settings(
         &self,
-        key: PayloadKey,
+        key: SealKey,
     ) -> Result<impl futures::Stream<Item = Result<Option<ApiSettings>, BusError>> + use<>, BusError>
     {
         let bucket = self.subjects().settings_bucket();
@@ -167,15 +186,17 @@ impl Bus {
     }
 }
 
-fn open(key: &PayloadKey, bucket: &str, value: &[u8]) -> Result<ApiSettings, BusError> {
+fn open(key: &SealKey, bucket: &str, value: &[u8]) -> Result<ApiSettings, BusError> {
     let published = v1::PublishedSettings::decode(value)
         .map_err(|err| setup(bucket, format!("the settings entry is not readable: {err}")))?;
-    let plain = key.decrypt_bytes(&published.sealed).map_err(|err| {
-        setup(
-            bucket,
-            format!("the settings entry cannot be decrypted with this payload_key: {err}"),
-        )
-    })?;
+    let plain = key
+        .open_bytes(&label(bucket, published.version), &published.sealed)
+        .map_err(|_| {
+            setup(
+                bucket,
+                "the settings entry does not open with this payload_key: it was published by a process with another payload_key, or altered",
+            )
+        })?;
     let fields = v1::StoredSettingsFields::decode(plain.as_slice())
         .map_err(|err| setup(bucket, format!("the settings entry is not readable: {err}")))?;
     Ok(ApiSettings::new(

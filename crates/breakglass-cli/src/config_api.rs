@@ -165,7 +165,7 @@ pub async fn run(action: Action, pairs: Vec<String>, args: Args) -> anyhow::Resu
             }
             let request = v1::UpdateConfigRequest {
                 fields,
-                expected_version: current.version,
+                expected_version: Some(current.version),
             };
             if action == Action::Validate {
                 let problems = match client.validate(request).await {

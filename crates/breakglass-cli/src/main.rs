@@ -163,8 +163,8 @@ fn main() -> ExitCode {
                 out,
             } => generate(rows, projects, seed, &out),
             Command::Keygen { settings: true } => {
-                let secret = breakglass_runlog::seal::SettingsKey::generate();
-                let key = breakglass_runlog::seal::SettingsKey::parse(&secret)?;
+                let secret = breakglass_core::seal::SealKey::generate();
+                let key = breakglass_core::seal::SealKey::parse(&secret)?;
                 println!("# key id: {}", key.id());
                 println!("settings_key: {}", secret.expose());
                 Ok(ExitCode::SUCCESS)

@@ -123,6 +123,17 @@ impl ApiSettings {
             .unwrap_or_default()
     }
 
+    /// Settings made of `file`'s settings-page keys (option 1), at version 0.
+    pub fn from_file(file: &RawConfig) -> Self {
+        Self::new(
+            0,
+            api_keys().filter_map(|key| {
+                file.get(key)
+                    .map(|v| (key.to_owned(), Secret::new(v.value.clone())))
+            }),
+        )
+    }
+
     /// The keys whose values differ between `self` and `other`.
     pub fn changed_keys(&self, other: &Self) -> Vec<String> {
         let mut keys: Vec<String> = self
@@ -180,10 +191,17 @@ pub fn apply_update(
                     Ok(()) => "unknown key".into(),
                 }
             };
+            // A misspelt secret key is not known to be secret: an unknown
+            // key's value is never shown.
+            let shown_value = if KNOWN_KEYS.contains(&key) {
+                show_value(key, value)
+            } else {
+                "(not shown)".into()
+            };
             problems.push(Problem {
                 location: None,
                 field: key.into(),
-                shown_value: show_value(key, value),
+                shown_value,
                 rule,
             });
             continue;
@@ -282,6 +300,7 @@ mod tests {
                 ("payload_key", "AGE-SECRET-KEY-1CANARY"),
                 ("blob_account_key", MASK),
                 ("rotation", "unique"),
+                ("s3_secret_acess_key", "CANARY-misspelt-secret"),
             ]),
         );
         assert_eq!(
@@ -289,10 +308,14 @@ mod tests {
             ["rotation"]
         );
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        assert_eq!(problems.len(), 3, "{text:?}");
+        assert_eq!(problems.len(), 4, "{text:?}");
         assert!(text[0].contains("blob_account_key") && text[0].contains("no value is stored"));
         assert!(text[1].contains("did you mean `execute_time`"), "{text:?}");
         assert!(text[2].contains("service wiring"), "{text:?}");
+        assert!(
+            text[3].contains("did you mean `s3_secret_access_key`"),
+            "{text:?}"
+        );
         assert!(!text.join(" ").contains("CANARY"));
     }
 

@@ -13,6 +13,8 @@
 //!   on unnamed temp files.
 //! - [`run`]: run ids.
 //! - [`private_fs`]: files that may hold credentials (0600/0700) and their hash.
+//! - [`seal`]: authenticated encryption of small values with a symmetric key
+//!   (secret settings at rest and on the bus).
 //!
 //! This crate knows nothing of NATS, databases, files or Excel.
 #![warn(missing_docs)]
@@ -22,6 +24,7 @@ pub mod inventory;
 pub mod order;
 pub mod private_fs;
 pub mod run;
+pub mod seal;
 pub mod secret;
 pub mod spill;
 

@@ -11,10 +11,10 @@
 //! the events carry none (DESIGN.md invariant 3).
 //!
 //! The same schema keeps the settings stored through the config API
-//! ([`settings_store`]), their secrets sealed by [`seal`] before they are
-//! written: both are the control plane's state, owned by the scheduler.
+//! ([`settings_store`]), their secrets sealed with `settings_key`
+//! (`breakglass_core::seal`) before they are written: both are the control
+//! plane's state, owned by the scheduler.
 
-pub mod seal;
 pub mod settings_store;
 
 use breakglass_proto::v1;

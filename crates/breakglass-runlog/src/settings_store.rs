@@ -7,10 +7,10 @@
 //! cannot silently overwrite each other: the second is told the version
 //! moved.
 
-use crate::seal::{SealError, SettingsKey};
 use crate::{RunLog, RunLogError, db};
 use breakglass_config::ApiSettings;
 use breakglass_config::source::is_secret_key;
+use breakglass_core::seal::{SealError, SealKey};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
@@ -43,10 +43,10 @@ pub struct SettingsChange {
     pub version: u64,
     /// When.
     pub at: DateTime<Utc>,
-    /// Who, as the caller named themselves (`x-breakglass-actor`), or
-    /// their client certificate's subject.
+    /// Who, as the caller named themselves (`x-breakglass-actor`).
     pub actor: String,
-    /// The caller's address.
+    /// The caller's address and, over mutual TLS, its client certificate's
+    /// SHA-256 fingerprint.
     pub peer: String,
     /// Keys whose values changed.
     pub changed: Vec<String>,
@@ -61,16 +61,39 @@ pub struct Actor {
     pub peer: String,
 }
 
+/// The stored settings as read: the values that opened, the secrets that
+/// did not (sealed under another `settings_key`, or altered) and the last
+/// audit row.
+#[derive(Clone, Debug, Default)]
+pub struct StoredSettings {
+    /// The version and every value that could be read.
+    pub settings: ApiSettings,
+    /// Secrets that are stored but do not open, with why.
+    pub unreadable: Vec<(String, SealError)>,
+    /// The update that made this version.
+    pub last: Option<SettingsChange>,
+}
+
+impl StoredSettings {
+    /// Why `key` is stored but unreadable, if it is.
+    pub fn unreadable(&self, key: &str) -> Option<&SealError> {
+        self.unreadable
+            .iter()
+            .find(|(field, _)| field == key)
+            .map(|(_, err)| err)
+    }
+}
+
 /// The stored settings, opened with `settings_key`.
 #[derive(Clone, Debug)]
 pub struct SettingsStore {
     log: RunLog,
-    key: SettingsKey,
+    key: SealKey,
 }
 
 impl SettingsStore {
     /// Settings in the run log's database, sealed under `key`.
-    pub fn new(log: RunLog, key: SettingsKey) -> Self {
+    pub fn new(log: RunLog, key: SealKey) -> Self {
         Self { log, key }
     }
 
@@ -81,9 +104,7 @@ impl SettingsStore {
 
     /// The current settings with their version (0 and none before the
     /// first update), secrets opened.
-    pub async fn current(
-        &self,
-    ) -> Result<(ApiSettings, Option<SettingsChange>), SettingsStoreError> {
+    pub async fn current(&self) -> Result<StoredSettings, SettingsStoreError> {
         let mut tx = self.log.pool.begin().await.map_err(db)?;
         // One snapshot of both tables: REPEATABLE READ.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -104,19 +125,26 @@ impl SettingsStore {
         .transpose()?;
         tx.commit().await.map_err(db)?;
         let mut fields = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
         for row in rows {
             let key: String = row.try_get("key").map_err(db)?;
             let value: String = row.try_get("value").map_err(db)?;
             let sealed: bool = row.try_get("sealed").map_err(db)?;
-            let value = if sealed {
-                self.key.open(&key, &value)?
-            } else {
-                breakglass_core::Secret::new(value)
-            };
-            fields.push((key, value));
+            if !sealed {
+                fields.push((key, breakglass_core::Secret::new(value)));
+                continue;
+            }
+            match self.key.open(&key, &value) {
+                Ok(secret) => fields.push((key, secret)),
+                Err(err) => unreadable.push((key, err)),
+            }
         }
         let version = last.as_ref().map_or(0, |change| change.version);
-        Ok((ApiSettings::new(version, fields), last))
+        Ok(StoredSettings {
+            settings: ApiSettings::new(version, fields),
+            unreadable,
+            last,
+        })
     }
 
     /// Stores `next` as the version after `expected_version`, with an audit

@@ -11,14 +11,16 @@
 //! reads the new `execute_time` for its next slot.
 
 use breakglass_bus::Bus;
-use breakglass_bus::payload::PayloadKey;
 use breakglass_config::source::{apply_update, is_secret_key};
 use breakglass_config::{ApiSettings, Problem, Settings, SettingsSource, api_keys};
+use breakglass_core::seal::SealKey;
+use breakglass_core::secret::MASK;
 use breakglass_proto::v1;
 use breakglass_proto::v1::config_service_server::ConfigService;
 use breakglass_runlog::RunLog;
-use breakglass_runlog::seal::SettingsKey;
-use breakglass_runlog::settings_store::{Actor, SettingsChange, SettingsStore, SettingsStoreError};
+use breakglass_runlog::settings_store::{
+    Actor, SettingsChange, SettingsStore, SettingsStoreError, StoredSettings,
+};
 use breakglass_service::ConfigSource;
 use std::collections::BTreeMap;
 use tokio::sync::watch;
@@ -33,28 +35,29 @@ pub const ACTOR_HEADER: &str = "x-breakglass-actor";
 pub struct ConfigApi {
     config: ConfigSource,
     log: watch::Receiver<Option<RunLog>>,
-    key: Option<SettingsKey>,
+    key: Option<SealKey>,
     bus: Bus,
-    payload_key: PayloadKey,
+    bus_key: SealKey,
 }
 
 impl ConfigApi {
     /// Serves the settings of `config`'s file or, when it holds none, those
     /// stored in the run log's database (once `log` holds it) under `key`;
-    /// publishes updates on `bus`, sealed to `payload_key`.
+    /// publishes updates on `bus`, sealed under `bus_key`
+    /// (`breakglass_bus::settings_kv::bus_settings_key`).
     pub fn new(
         config: ConfigSource,
         log: watch::Receiver<Option<RunLog>>,
-        key: Option<SettingsKey>,
+        key: Option<SealKey>,
         bus: Bus,
-        payload_key: PayloadKey,
+        bus_key: SealKey,
     ) -> Self {
         Self {
             config,
             log,
             key,
             bus,
-            payload_key,
+            bus_key,
         }
     }
 
@@ -79,18 +82,28 @@ impl ConfigApi {
     }
 
     /// Publishes the stored settings to the services when the bus holds an
-    /// older version (or none): after a failed publish, or a new bucket.
+    /// older version (or none), and applies them to this scheduler: heals a
+    /// publish that failed, or a bucket that was lost. A version with a
+    /// secret that does not open is not published (the services keep the
+    /// one they have).
     pub async fn republish(&self) -> Result<(), Status> {
-        let store = self.store()?;
-        let (current, _) = store.current().await.map_err(store_status)?;
-        if current.version > 0 {
-            self.publish(&current).await?;
+        let stored = self.store()?.current().await.map_err(store_status)?;
+        if stored.settings.version == 0 {
+            return Ok(());
         }
-        Ok(())
+        if let Some((field, err)) = stored.unreadable.first() {
+            return Err(Status::failed_precondition(format!(
+                "version {} is not published: {field}: {err}",
+                stored.settings.version
+            )));
+        }
+        self.publish(&stored.settings).await
     }
 
     async fn publish(&self, settings: &ApiSettings) -> Result<(), Status> {
-        match self.bus.publish_settings(&self.payload_key, settings).await {
+        // The scheduler applies its own update at once, bus or no bus.
+        self.config.offer_api_settings(settings.clone());
+        match self.bus.publish_settings(&self.bus_key, settings).await {
             Ok(written) => {
                 if written {
                     tracing::info!(
@@ -100,13 +113,10 @@ impl ConfigApi {
                 }
                 Ok(())
             }
-            Err(err) => {
-                tracing::error!(error = %err, version = settings.version, "settings stored but not published to the services");
-                Err(Status::unavailable(format!(
-                    "the settings were saved (version {}), but the services could not be told yet; the scheduler publishes them again at start-up: {err}",
-                    settings.version
-                )))
-            }
+            Err(err) => Err(Status::unavailable(format!(
+                "cannot publish settings version {} to the services yet: {err}",
+                settings.version
+            ))),
         }
     }
 
@@ -114,10 +124,26 @@ impl ConfigApi {
     /// with its field, at once.
     fn check(
         &self,
-        current: &ApiSettings,
+        current: &StoredSettings,
         fields: &BTreeMap<String, String>,
     ) -> Result<ApiSettings, Vec<Problem>> {
-        let (next, mut problems) = apply_update(current, fields);
+        // A stored secret that does not open cannot be kept with the mask:
+        // it must be typed again (after a settings_key change).
+        let mut problems = Vec::new();
+        let mut fields = fields.clone();
+        for (field, err) in &current.unreadable {
+            if fields.get(field).is_some_and(|v| v == MASK) {
+                fields.remove(field);
+                problems.push(Problem {
+                    location: None,
+                    field: field.clone(),
+                    shown_value: MASK.into(),
+                    rule: format!("{err}"),
+                });
+            }
+        }
+        let (next, refused) = apply_update(&current.settings, &fields);
+        problems.extend(refused);
         let wiring = self.file().map_err(|status| {
             vec![Problem {
                 location: None,
@@ -129,7 +155,8 @@ impl ConfigApi {
         match Settings::from_raw(&next.over(&wiring)) {
             // What the services would refuse at start-up with a file.
             Ok(settings)
-                if settings.encryption == breakglass_config::Encryption::Password(None) =>
+                if settings.encryption == breakglass_config::Encryption::Password(None)
+                    && !problems.iter().any(|p| p.field == "encryption_passphrase") =>
             {
                 problems.push(Problem {
                     location: None,
@@ -245,7 +272,7 @@ fn actor<T>(request: &Request<T>) -> Actor {
         .and_then(|certs| certs.first().cloned())
     {
         use sha2::Digest as _;
-        let fingerprint = hex::encode(&sha2::Sha256::digest(cert.as_ref())[..8]);
+        let fingerprint = hex::encode(sha2::Sha256::digest(cert.as_ref()));
         peer = format!("{peer} client-cert sha256:{fingerprint}");
     }
     Actor { name, peer }
@@ -270,12 +297,21 @@ impl ConfigService for ConfigApi {
                 None,
             )));
         }
-        let (current, last) = self.store()?.current().await.map_err(store_status)?;
+        let stored = self.store()?.current().await.map_err(store_status)?;
+        for (field, err) in &stored.unreadable {
+            tracing::error!(field = %field, error = %err, "a stored secret setting does not open");
+        }
         Ok(Response::new(snapshot(
             v1::ConfigSource::Api,
-            current.version,
-            |key| current.shown(key),
-            last.as_ref(),
+            stored.settings.version,
+            |key| {
+                if stored.unreadable(key).is_some() {
+                    MASK.into()
+                } else {
+                    stored.settings.shown(key)
+                }
+            },
+            stored.last.as_ref(),
         )))
     }
 
@@ -295,23 +331,19 @@ impl ConfigService for ConfigApi {
             )));
         }
         let store = self.store()?;
-        let (current, _) = store.current().await.map_err(store_status)?;
+        let current = store.current().await.map_err(store_status)?;
         let body = request.into_inner();
         let fields: BTreeMap<String, String> = body.fields.into_iter().collect();
         let next = self.check(&current, &fields).map_err(|problems| {
             tracing::info!(actor = %who.name, problems = problems.len(), "refused invalid settings");
             invalid(&problems)
         })?;
-        let expected = if body.expected_version == 0 {
-            current.version
-        } else {
-            body.expected_version
-        };
+        let expected = body.expected_version.unwrap_or(current.settings.version);
         let stored = store
-            .update(expected, &current, &next, &who)
+            .update(expected, &current.settings, &next, &who)
             .await
             .map_err(store_status)?;
-        let changed = current.changed_keys(&stored);
+        let changed = current.settings.changed_keys(&stored);
         tracing::info!(
             actor = %who.name,
             peer = %who.peer,
@@ -319,7 +351,11 @@ impl ConfigService for ConfigApi {
             changed = ?changed,
             "settings updated"
         );
-        self.publish(&stored).await?;
+        if let Err(status) = self.publish(&stored).await {
+            // Saved and applied here; the services get it from the
+            // periodic re-publish (`republish_periodically`).
+            tracing::warn!(error = %status.message(), "settings saved; publishing to the services is retried");
+        }
         let last = store
             .history(1)
             .await
@@ -338,9 +374,14 @@ impl ConfigService for ConfigApi {
         &self,
         request: Request<v1::UpdateConfigRequest>,
     ) -> Result<Response<v1::ValidateConfigResponse>, Status> {
-        let current = match SettingsSource::of(&self.file()?) {
-            SettingsSource::File => ApiSettings::default(),
-            SettingsSource::Api => self.store()?.current().await.map_err(store_status)?.0,
+        // With option 1, masks stand for the file's secrets.
+        let file = self.file()?;
+        let current = match SettingsSource::of(&file) {
+            SettingsSource::File => StoredSettings {
+                settings: ApiSettings::from_file(&file),
+                ..StoredSettings::default()
+            },
+            SettingsSource::Api => self.store()?.current().await.map_err(store_status)?,
         };
         let fields: BTreeMap<String, String> = request.into_inner().fields.into_iter().collect();
         let problems = match self.check(&current, &fields) {
@@ -376,23 +417,40 @@ impl ConfigService for ConfigApi {
     }
 }
 
-/// Publishes the stored settings once the database is connected, so the
-/// services get them even when the last publish failed or the bucket is
-/// new. Without `settings_key` there is nothing to publish.
-pub async fn republish_when_connected(api: ConfigApi, mut log: watch::Receiver<Option<RunLog>>) {
+/// How often the stored settings are offered to the services again.
+const REPUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Publishes the stored settings once the database is connected and every
+/// [`REPUBLISH_EVERY`] after, so the services get them even when a publish
+/// failed or the bucket is new. Each round costs one read of PostgreSQL and
+/// one of the bucket, and writes only when the bus is behind. Without
+/// `settings_key` there is nothing to publish.
+pub async fn republish_periodically(
+    api: ConfigApi,
+    mut log: watch::Receiver<Option<RunLog>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     if api.key.is_none() {
         return;
     }
-    if log.wait_for(Option::is_some).await.is_err() {
-        return;
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        connected = log.wait_for(Option::is_some) => if connected.is_err() { return },
     }
-    for attempt in 1..=10u32 {
+    let mut last_error = String::new();
+    loop {
         match api.republish().await {
-            Ok(()) => return,
+            Ok(()) => last_error.clear(),
             Err(status) => {
-                tracing::warn!(attempt, error = %status.message(), "cannot publish the stored settings yet");
-                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt) * 3)).await;
+                if status.message() != last_error {
+                    tracing::warn!(error = %status.message(), "cannot publish the stored settings to the services");
+                    last_error = status.message().to_owned();
+                }
             }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REPUBLISH_EVERY) => {}
         }
     }
 }

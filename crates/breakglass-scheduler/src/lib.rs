@@ -254,7 +254,9 @@ const RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
     // Settings saved through the config API arrive over the bus: catch-up
     // decides on them, not on their absence.
-    if !config.api_loaded(std::time::Duration::from_secs(30)).await {
+    if config.source().ok() == Some(breakglass_config::SettingsSource::Api)
+        && !config.api_loaded(std::time::Duration::from_secs(30)).await
+    {
         tracing::warn!(
             "the settings saved through the config API were not readable within 30 s; no catch-up this start"
         );
@@ -264,8 +266,11 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
     {
         catch_up(&bus, time, settings.time_zone, Utc::now()).await;
     }
+    let mut changes = config.api_changes();
     let mut announced = None;
     loop {
+        // Whatever changes from here on wakes the waits below.
+        changes.borrow_and_update();
         let settings = match config.load() {
             Ok(settings) => settings,
             Err(breakglass_service::LoadError::ApiEmpty) => {
@@ -277,17 +282,19 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(RECHECK) => continue,
-                    _ = config.api_changed() => continue,
+                    _ = tokio::time::sleep(RECHECK) => {}
+                    _ = changes.changed() => {}
                 }
+                continue;
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "configuration is invalid; keeping the schedule paused until it is fixed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(RECHECK) => continue,
-                    _ = config.api_changed() => continue,
+                    _ = tokio::time::sleep(RECHECK) => {}
+                    _ = changes.changed() => {}
                 }
+                continue;
             }
         };
         let Some(time) = settings.execute_time else {
@@ -297,9 +304,10 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(RECHECK) => continue,
-                _ = config.api_changed() => continue,
+                _ = tokio::time::sleep(RECHECK) => {}
+                _ = changes.changed() => {}
             }
+            continue;
         };
         let slot = next_slot(Utc::now(), time, settings.time_zone);
         if announced.as_ref() != Some(&Some(slot.clone())) {
@@ -310,11 +318,13 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
             .to_std()
             .unwrap_or_default()
             .min(RECHECK);
+        // Biased: when the slot's time and a settings change come together,
+        // the slot is published first (below), so a save cannot skip a run.
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            // Settings saved through the API: plan with them now.
-            _ = config.api_changed() => continue,
+            _ = changes.changed() => {}
         }
         if Utc::now() >= slot.at {
             // Publishing is never cancelled half-way.

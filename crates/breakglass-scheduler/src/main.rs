@@ -2,9 +2,10 @@
 //! `database_url` is set, and serves the run history over gRPC when
 //! `--grpc` is given. See the crate docs.
 
+use anyhow::Context;
 use breakglass_proto::v1::config_service_server::ConfigServiceServer;
 use breakglass_proto::v1::run_history_server::RunHistoryServer;
-use breakglass_scheduler::config_api::{ConfigApi, republish_when_connected};
+use breakglass_scheduler::config_api::{ConfigApi, republish_periodically};
 use breakglass_scheduler::grpc::RunHistoryService;
 use breakglass_service::grpc::PathSplit;
 use std::process::ExitCode;
@@ -51,7 +52,7 @@ async fn run() -> anyhow::Result<()> {
             .settings
             .settings_key
             .as_ref()
-            .map(breakglass_runlog::seal::SettingsKey::parse)
+            .map(breakglass_core::seal::SealKey::parse)
             .transpose()?;
         if settings_key.is_none() {
             tracing::warn!(
@@ -63,11 +64,18 @@ async fn run() -> anyhow::Result<()> {
             runlog_rx.clone(),
             settings_key,
             context.bus.clone(),
-            breakglass_service::payload_key(&context.settings)?,
+            breakglass_bus::settings_kv::bus_settings_key(
+                context
+                    .settings
+                    .payload_key
+                    .as_ref()
+                    .context("payload_key is required for the services")?,
+            ),
         );
-        tokio::spawn(republish_when_connected(
+        tokio::spawn(republish_periodically(
             config_api.clone(),
             runlog_rx.clone(),
+            context.shutdown.clone(),
         ));
         let service = PathSplit::new(
             ConfigServiceServer::with_interceptor(config_api, port.auth()),

@@ -119,15 +119,31 @@ impl ConfigSource {
         self.api.borrow().clone()
     }
 
-    /// Resolves when a new version of the API's settings arrives, so the
-    /// scheduler can re-plan at once instead of at its next minute.
-    pub async fn api_changed(&self) {
-        let mut seen = self.api.subscribe();
-        seen.borrow_and_update();
-        if seen.changed().await.is_err() {
-            // The sender lives as long as `self`: never reached; wait forever.
-            std::future::pending::<()>().await;
-        }
+    /// A receiver that sees every change of the API's settings, so the
+    /// scheduler can re-plan at once instead of at its next minute. Mark it
+    /// seen (`borrow_and_update`) before each read of the settings, and no
+    /// change can slip between the read and the wait.
+    pub fn api_changes(&self) -> tokio::sync::watch::Receiver<ApiLayer> {
+        self.api.subscribe()
+    }
+
+    /// Takes `settings` if they are newer than those held (a service never
+    /// goes back to an older version). True when taken.
+    pub fn offer_api_settings(&self, settings: breakglass_config::ApiSettings) -> bool {
+        self.api.send_if_modified(|layer| {
+            let newer = match layer {
+                ApiLayer::Loaded(held) => settings.version > held.version,
+                _ => true,
+            };
+            if newer {
+                tracing::info!(
+                    version = settings.version,
+                    "applying settings saved through the config API"
+                );
+                *layer = ApiLayer::Loaded(settings);
+            }
+            newer
+        })
     }
 
     /// Waits until the API's settings were read once (at most `limit`):
@@ -194,15 +210,15 @@ impl ConfigSource {
 
 /// Follows the settings published by the config API (the NATS key-value
 /// bucket) into `config`, until `shutdown`. Re-watches after a broken watch
-/// (a NATS restart), and never moves to an older version.
+/// (a NATS restart), and never moves to an older version. The caller sets
+/// [`ApiLayer::Waiting`] before spawning this, so no read can see `Off`.
 pub async fn watch_api_settings(
     bus: Bus,
-    key: breakglass_bus::payload::PayloadKey,
+    key: breakglass_core::seal::SealKey,
     config: ConfigSource,
     shutdown: CancellationToken,
 ) {
     use futures::StreamExt;
-    config.set_api_layer(ApiLayer::Waiting);
     loop {
         match bus.watch_settings(key.clone()).await {
             Ok(stream) => {
@@ -214,22 +230,16 @@ pub async fn watch_api_settings(
                     };
                     match item {
                         Some(Ok(Some(settings))) => {
-                            let newer = match config.api_layer() {
-                                ApiLayer::Loaded(held) => settings.version > held.version,
-                                _ => true,
-                            };
-                            if newer {
-                                tracing::info!(
-                                    version = settings.version,
-                                    "applying settings saved through the config API"
-                                );
-                                config.set_api_layer(ApiLayer::Loaded(settings));
-                            }
+                            config.offer_api_settings(settings);
                         }
                         Some(Ok(None)) => {
-                            if !matches!(config.api_layer(), ApiLayer::Loaded(_)) {
-                                config.set_api_layer(ApiLayer::Empty);
-                            }
+                            config.api.send_if_modified(|layer| {
+                                let first = matches!(layer, ApiLayer::Waiting);
+                                if first {
+                                    *layer = ApiLayer::Empty;
+                                }
+                                first
+                            });
                         }
                         Some(Err(err)) => {
                             tracing::warn!(error = %err, "cannot read the settings saved through the config API");
@@ -400,9 +410,16 @@ pub async fn start_with(
             "the config file holds no settings-page keys: following the settings saved through the config API"
         );
     }
+    let bus_key = breakglass_bus::settings_kv::bus_settings_key(
+        settings
+            .payload_key
+            .as_ref()
+            .context("payload_key is required for the services")?,
+    );
+    config.set_api_layer(ApiLayer::Waiting);
     tokio::spawn(watch_api_settings(
         bus.clone(),
-        payload_key(&settings)?,
+        bus_key,
         config.clone(),
         shutdown.clone(),
     ));

@@ -10,7 +10,7 @@
 use breakglass_probe::{Stage, StageResult, Status};
 use breakglass_proto::v1;
 use breakglass_proto::v1::destination_test_server::DestinationTest;
-use breakglass_service::ConfigSource;
+use breakglass_service::{ConfigSource, LoadError};
 use std::pin::Pin;
 use tonic::{Request, Response, Status as GrpcStatus};
 
@@ -30,7 +30,16 @@ impl DestinationTestService {
         &self,
         request: &v1::TestRequest,
     ) -> Result<breakglass_config::Settings, GrpcStatus> {
-        let stored = self.config.effective_raw().map_err(|err| {
+        // Before the first save through the API (or before it is read),
+        // a Test still runs: masks then fill from the file's wiring only.
+        let stored = match self.config.effective_raw() {
+            Ok(raw) => Ok(raw),
+            Err(LoadError::ApiEmpty | LoadError::ApiNotLoaded) => {
+                self.config.raw_file().map_err(LoadError::from)
+            }
+            Err(err) => Err(err),
+        }
+        .map_err(|err| {
             tracing::warn!(error = %err, "the stored settings cannot be read for a Test");
             GrpcStatus::failed_precondition(format!(
                 "the stored settings cannot be read to fill in masked secrets: {err}"
