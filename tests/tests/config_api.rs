@@ -837,3 +837,50 @@ async fn the_destination_test_fills_masked_secrets_from_the_settings_saved_throu
     assert!(!uploader.log_text().contains(&secret));
     iso.cleanup_bus().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_saving_the_first_settings_at_once_store_one_and_are_told_of_the_other() {
+    let iso = Isolation::new("configrace");
+    let dir = tempfile::tempdir().unwrap();
+    let config = wiring(dir.path(), &iso, &[]);
+    let addr = breakglass_e2e::free_loopback_addr();
+    let _scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let url = format!("http://{addr}");
+    let save = |actor: &'static str, time: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut client = ConfigServiceClient::connect(url).await.unwrap();
+            client
+                .update(call(
+                    v1::UpdateConfigRequest {
+                        fields: fields(&[
+                            ("execute_time", time),
+                            ("storage_provider", "local"),
+                            ("encryption", "none"),
+                        ]),
+                        expected_version: Some(0),
+                    },
+                    TOKEN,
+                    actor,
+                ))
+                .await
+        }
+    };
+    let (first, second) = tokio::join!(save("alice", "01:00"), save("bob", "02:00"));
+    let codes = [&first, &second].map(|r| r.as_ref().map(|_| ()).map_err(|s| s.code()));
+    assert!(
+        codes.contains(&Ok(())) && codes.contains(&Err(tonic::Code::Aborted)),
+        "{codes:?}"
+    );
+    let winner = if first.is_ok() { "alice" } else { "bob" };
+    let mut client = ConfigServiceClient::connect(url).await.unwrap();
+    let history = client
+        .history(call(v1::ConfigHistoryRequest { limit: 10 }, TOKEN, "carol"))
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].actor, winner);
+    iso.cleanup_bus().await;
+}
