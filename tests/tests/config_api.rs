@@ -32,6 +32,25 @@ fn call<T>(message: T, token: &str, actor: &str) -> tonic::Request<T> {
     request
 }
 
+/// An Update of the whole form, as `actor`.
+async fn update(
+    client: &mut ConfigServiceClient<tonic::transport::Channel>,
+    fields: HashMap<String, String>,
+    expected_version: Option<u64>,
+    actor: &str,
+) -> Result<tonic::Response<v1::ConfigSnapshot>, tonic::Status> {
+    client
+        .update(call(
+            v1::UpdateConfigRequest {
+                fields,
+                expected_version,
+            },
+            TOKEN,
+            actor,
+        ))
+        .await
+}
+
 fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
@@ -152,28 +171,25 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     // Bad input: one field violation per problem, nothing stored.
-    let bad = client
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: fields(&[
-                    ("execute_time", "24:00"),
-                    ("time_zone", "Mars/Olympus_Mons"),
-                    ("storage_provider", "s3"),
-                    ("s3_protocol", "http"),
-                    ("s3_url", "https://s3.example.com"),
-                    ("s3_access_key_id", "AKIAEXAMPLE"),
-                    ("s3_secret_access_key", "CANARY-s3-secret-key"),
-                    ("execute_tme", "09:30"),
-                    ("payload_key", "AGE-SECRET-KEY-1CANARY"),
-                    ("encryption", "none"),
-                ]),
-                expected_version: Some(0),
-            },
-            TOKEN,
-            "alice",
-        ))
-        .await
-        .unwrap_err();
+    let bad = update(
+        &mut client,
+        fields(&[
+            ("execute_time", "24:00"),
+            ("time_zone", "Mars/Olympus_Mons"),
+            ("storage_provider", "s3"),
+            ("s3_protocol", "http"),
+            ("s3_url", "https://s3.example.com"),
+            ("s3_access_key_id", "AKIAEXAMPLE"),
+            ("s3_secret_access_key", "CANARY-s3-secret-key"),
+            ("execute_tme", "09:30"),
+            ("payload_key", "AGE-SECRET-KEY-1CANARY"),
+            ("encryption", "none"),
+        ]),
+        Some(0),
+        "alice",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         bad.code(),
         tonic::Code::InvalidArgument,
@@ -227,39 +243,33 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
 
     // A valid save: version 1, the secret shown as the mask.
     let out_text = out.display().to_string();
-    let saved = client
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: fields(&[
-                    ("execute_time", "03:00"),
-                    ("time_zone", "Asia/Taipei"),
-                    ("storage_provider", "local"),
-                    ("local_dir", out_text.as_str()),
-                    ("encryption", "password"),
-                    ("encryption_passphrase", CANARY_PASSPHRASE),
-                ]),
-                expected_version: Some(0),
-            },
-            TOKEN,
-            "alice",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let saved = update(
+        &mut client,
+        fields(&[
+            ("execute_time", "03:00"),
+            ("time_zone", "Asia/Taipei"),
+            ("storage_provider", "local"),
+            ("local_dir", out_text.as_str()),
+            ("encryption", "password"),
+            ("encryption_passphrase", CANARY_PASSPHRASE),
+        ]),
+        Some(0),
+        "alice",
+    )
+    .await
+    .unwrap()
+    .into_inner();
     assert_eq!(saved.version, 1);
     assert_eq!(saved.updated_by, "alice");
     // A second "first save" (edited from version 0) is refused, not merged.
-    let late = client
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: fields(&[("storage_provider", "local"), ("encryption", "none")]),
-                expected_version: Some(0),
-            },
-            TOKEN,
-            "dave",
-        ))
-        .await
-        .unwrap_err();
+    let late = update(
+        &mut client,
+        fields(&[("storage_provider", "local"), ("encryption", "none")]),
+        Some(0),
+        "dave",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(late.code(), tonic::Code::Aborted, "{}", late.message());
     assert_eq!(saved.fields["encryption_passphrase"], MASK);
     assert_eq!(saved.fields["local_dir"], out_text);
@@ -282,31 +292,13 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
     // version is refused rather than overwriting the newer one.
     let mut form = saved.fields.clone();
     form.insert("rotation".into(), "unique".into());
-    let second = client
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: form.clone(),
-                expected_version: Some(1),
-            },
-            TOKEN,
-            "bob",
-        ))
+    let second = update(&mut client, form.clone(), Some(1), "bob")
         .await
         .unwrap()
         .into_inner();
     assert_eq!(second.version, 2);
     assert_eq!(second.fields["encryption_passphrase"], MASK);
-    let stale = client
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: form,
-                expected_version: Some(1),
-            },
-            TOKEN,
-            "bob",
-        ))
-        .await
-        .unwrap_err();
+    let stale = update(&mut client, form, Some(1), "bob").await.unwrap_err();
     assert_eq!(stale.code(), tonic::Code::Aborted, "{}", stale.message());
 
     // The audit log: who and which fields, never a value.
@@ -479,15 +471,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
     assert_eq!(after.fields["encryption_passphrase"], MASK);
     let mut form = after.fields.clone();
     form.insert("rotation".into(), "overwrite".into());
-    let kept = client
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: form.clone(),
-                expected_version: Some(3),
-            },
-            TOKEN,
-            "alice",
-        ))
+    let kept = update(&mut client, form.clone(), Some(3), "alice")
         .await
         .unwrap()
         .into_inner();
@@ -512,15 +496,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
     std::fs::write(&config, swapped).unwrap();
     let scheduler = start_scheduler(&config, dir.path(), &addr).await;
     let mut client = ConfigServiceClient::connect(url.clone()).await.unwrap();
-    let refused = client
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: form.clone(),
-                expected_version: Some(4),
-            },
-            TOKEN,
-            "alice",
-        ))
+    let refused = update(&mut client, form.clone(), Some(4), "alice")
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -536,15 +512,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
         "encryption_passphrase".into(),
         "a-new-passphrase-typed-again".into(),
     );
-    let retyped = client
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: form,
-                expected_version: Some(4),
-            },
-            TOKEN,
-            "alice",
-        ))
+    let retyped = update(&mut client, form, Some(4), "alice")
         .await
         .unwrap()
         .into_inner();
@@ -585,17 +553,14 @@ async fn a_settings_file_wins_over_the_api() {
     assert_eq!(shown.fields["execute_time"], "09:30");
     assert_eq!(shown.fields["encryption_passphrase"], MASK);
     assert_eq!(shown.fields["s3_bucket"], "");
-    let refused = client
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: fields(&[("execute_time", "10:00")]),
-                expected_version: Some(0),
-            },
-            TOKEN,
-            "alice",
-        ))
-        .await
-        .unwrap_err();
+    let refused = update(
+        &mut client,
+        fields(&[("execute_time", "10:00")]),
+        Some(0),
+        "alice",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(
         refused.message().contains("mounted config file"),
@@ -774,15 +739,7 @@ async fn the_destination_test_fills_masked_secrets_from_the_settings_saved_throu
             ("encryption", "none"),
         ])
     };
-    config_api
-        .update(call(
-            v1::UpdateConfigRequest {
-                fields: page(&secret),
-                expected_version: Some(0),
-            },
-            TOKEN,
-            "alice",
-        ))
+    update(&mut config_api, page(&secret), Some(0), "alice")
         .await
         .unwrap();
     uploader
@@ -850,20 +807,17 @@ async fn two_admins_saving_the_first_settings_at_once_store_one_and_are_told_of_
         let url = url.clone();
         async move {
             let mut client = ConfigServiceClient::connect(url).await.unwrap();
-            client
-                .update(call(
-                    v1::UpdateConfigRequest {
-                        fields: fields(&[
-                            ("execute_time", time),
-                            ("storage_provider", "local"),
-                            ("encryption", "none"),
-                        ]),
-                        expected_version: Some(0),
-                    },
-                    TOKEN,
-                    actor,
-                ))
-                .await
+            update(
+                &mut client,
+                fields(&[
+                    ("execute_time", time),
+                    ("storage_provider", "local"),
+                    ("encryption", "none"),
+                ]),
+                Some(0),
+                actor,
+            )
+            .await
         }
     };
     let (first, second) = tokio::join!(save("alice", "01:00"), save("bob", "02:00"));

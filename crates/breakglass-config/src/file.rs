@@ -14,8 +14,9 @@ use breakglass_core::secret::MASK;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Every key the file may hold (DESIGN.md §7 plus service wiring).
-pub const KNOWN_KEYS: &[&str] = &[
+/// The keys of the settings page (DESIGN.md §7 without the wiring): the
+/// file (option 1) or the config API (option 2) may hold them.
+pub const PAGE_KEYS: &[&str] = &[
     "execute_time",
     "time_zone",
     "storage_provider",
@@ -41,6 +42,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "encryption",
     "encryption_passphrase",
     "age_recipients",
+];
+
+/// The keys that are service wiring: only the mounted file holds them.
+pub const WIRING_KEYS: &[&str] = &[
     "inventory_url",
     "inventory_view",
     "nats_url",
@@ -57,6 +62,26 @@ pub const KNOWN_KEYS: &[&str] = &[
     "grpc_client_ca",
     "settings_key",
 ];
+
+/// Every key the file may hold: the settings page's, then the wiring.
+pub const KNOWN_KEYS: &[&str] =
+    &concat::<{ PAGE_KEYS.len() + WIRING_KEYS.len() }>(PAGE_KEYS, WIRING_KEYS);
+
+/// `a` then `b`, at compile time.
+const fn concat<const N: usize>(a: &[&'static str], b: &[&'static str]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < b.len() {
+        out[a.len() + j] = b[j];
+        j += 1;
+    }
+    out
+}
 
 /// Keys whose values are credentials: shown only as a mask.
 pub const SECRET_KEYS: &[&str] = &[

@@ -21,10 +21,10 @@ pub mod remote;
 pub mod settings;
 pub mod source;
 
-pub use file::{KNOWN_KEYS, RawConfig, SECRET_KEYS};
+pub use file::{KNOWN_KEYS, PAGE_KEYS, RawConfig, SECRET_KEYS, WIRING_KEYS};
 pub use problem::{ConfigError, Problem};
 pub use remote::{BlobCredential, BlobSettings, CaBundle, ChecksumMode, Protocol, S3Settings};
 pub use settings::{
     DailyTime, Encryption, GrpcTlsFiles, InventoryLocation, Rotation, Settings, StorageKind,
 };
-pub use source::{ApiSettings, SettingsSource, WIRING_KEYS, api_keys};
+pub use source::{ApiSettings, SettingsSource, api_keys};

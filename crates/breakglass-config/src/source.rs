@@ -9,43 +9,20 @@
 //! 1 is in use and the file wins: the API shows it and refuses changes.
 //! Otherwise the settings stored through the API are laid over the wiring.
 
-use crate::file::{KNOWN_KEYS, RawConfig, SECRET_KEYS, show_value};
+use crate::file::{KNOWN_KEYS, PAGE_KEYS, RawConfig, SECRET_KEYS, show_value};
 use crate::problem::Problem;
 use breakglass_core::Secret;
 use breakglass_core::secret::MASK;
 use std::collections::BTreeMap;
 
-/// The keys that are service wiring: only the mounted file holds them.
-/// Every other known key is the settings page's (DESIGN.md §7).
-pub const WIRING_KEYS: &[&str] = &[
-    "inventory_url",
-    "inventory_view",
-    "nats_url",
-    "database_url",
-    "database_schema",
-    "bus_prefix",
-    "payload_key",
-    "payload_ttl_hours",
-    "ack_wait_seconds",
-    "max_deliver",
-    "grpc_token",
-    "grpc_tls_cert",
-    "grpc_tls_key",
-    "grpc_client_ca",
-    "settings_key",
-];
-
 /// The keys the settings page manages, in the file format's order.
 pub fn api_keys() -> impl Iterator<Item = &'static str> {
-    KNOWN_KEYS
-        .iter()
-        .copied()
-        .filter(|key| !WIRING_KEYS.contains(key))
+    PAGE_KEYS.iter().copied()
 }
 
 /// True for a key the settings page manages.
 pub fn is_api_key(key: &str) -> bool {
-    KNOWN_KEYS.contains(&key) && !WIRING_KEYS.contains(&key)
+    PAGE_KEYS.contains(&key)
 }
 
 /// True for a settings-page key that holds a credential.
@@ -229,6 +206,7 @@ pub fn apply_update(
 mod tests {
     use super::*;
     use crate::Settings;
+    use crate::file::WIRING_KEYS;
 
     fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -238,8 +216,10 @@ mod tests {
     }
 
     #[test]
-    fn every_wiring_key_is_known_and_the_page_keeps_design_keys() {
+    fn the_two_key_groups_make_up_the_known_keys() {
+        assert_eq!(KNOWN_KEYS.len(), PAGE_KEYS.len() + WIRING_KEYS.len());
         assert!(WIRING_KEYS.iter().all(|key| KNOWN_KEYS.contains(key)));
+        assert!(PAGE_KEYS.iter().all(|key| !WIRING_KEYS.contains(key)));
         let page: Vec<&str> = api_keys().collect();
         for key in [
             "execute_time",

@@ -247,6 +247,18 @@ async fn publish_with_retries(bus: &Bus, slot: &Slot, reason: v1::TriggerReason)
 /// How often the configuration is read again while waiting for a slot.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Waits [`RECHECK`] or until the settings change; false on shutdown.
+async fn pause(
+    shutdown: &CancellationToken,
+    changes: &mut tokio::sync::watch::Receiver<breakglass_service::ApiLayer>,
+) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(RECHECK) => true,
+        _ = changes.changed() => true,
+    }
+}
+
 /// Catches up once, then publishes each slot, until `shutdown`. Reads the
 /// configuration again at least every minute, so a new `execute_time` or
 /// `time_zone` applies without a restart; saving settings never by itself
@@ -280,19 +292,15 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
                     );
                     announced = Some(None);
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(RECHECK) => {}
-                    _ = changes.changed() => {}
+                if !pause(&shutdown, &mut changes).await {
+                    return;
                 }
                 continue;
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "configuration is invalid; keeping the schedule paused until it is fixed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(RECHECK) => {}
-                    _ = changes.changed() => {}
+                if !pause(&shutdown, &mut changes).await {
+                    return;
                 }
                 continue;
             }
@@ -302,10 +310,8 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
                 tracing::info!("no execute_time configured: on-demand runs only");
                 announced = Some(None);
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(RECHECK) => {}
-                _ = changes.changed() => {}
+            if !pause(&shutdown, &mut changes).await {
+                return;
             }
             continue;
         };
