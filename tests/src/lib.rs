@@ -325,6 +325,25 @@ pub fn free_loopback_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// A scheduler serving its gRPC APIs on `addr`, once it listens and its
+/// run log is connected.
+pub async fn start_grpc_scheduler(config: &Path, dir: &Path, addr: &str) -> ServiceProcess {
+    let mut scheduler = ServiceProcess::start_with_env(
+        "scheduler",
+        config,
+        dir,
+        &[("BREAKGLASS_GRPC_ADDR", Path::new(addr))],
+    )
+    .expect("the scheduler starts");
+    for line in ["gRPC API listening", "recording runs in the run log"] {
+        scheduler
+            .wait_for_log(line, Duration::from_secs(60))
+            .await
+            .expect("the scheduler says it is ready");
+    }
+    scheduler
+}
+
 /// A gRPC request carrying `authorization: Bearer <token>`.
 pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

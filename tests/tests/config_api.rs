@@ -101,25 +101,6 @@ fn wiring(dir: &Path, iso: &Isolation, extra: &[(&str, &str)]) -> std::path::Pat
     write_config(dir, &entries)
 }
 
-async fn start_scheduler(config: &Path, dir: &Path, addr: &str) -> ServiceProcess {
-    let mut scheduler = ServiceProcess::start_with_env(
-        "scheduler",
-        config,
-        dir,
-        &[("BREAKGLASS_GRPC_ADDR", Path::new(addr))],
-    )
-    .unwrap();
-    scheduler
-        .wait_for_log("gRPC API listening", Duration::from_secs(60))
-        .await
-        .unwrap();
-    scheduler
-        .wait_for_log("recording runs in the run log", Duration::from_secs(60))
-        .await
-        .unwrap();
-    scheduler
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_the_next_run() {
     let iso = Isolation::new("configapi");
@@ -128,7 +109,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
     let config = wiring(dir.path(), &iso, &[]);
     let addr = breakglass_e2e::free_loopback_addr();
     let url = format!("http://{addr}");
-    let mut scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let mut scheduler = breakglass_e2e::start_grpc_scheduler(&config, dir.path(), &addr).await;
     let mut services: Vec<ServiceProcess> = ["collector", "renderer", "uploader"]
         .iter()
         .map(|name| ServiceProcess::start(name, &config, dir.path()).unwrap())
@@ -459,7 +440,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
     // A restarted scheduler serves the same version, and the mask keeps the
     // secret, which it opens with the mounted settings_key.
     scheduler.terminate(Duration::from_secs(20)).unwrap();
-    let mut scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let mut scheduler = breakglass_e2e::start_grpc_scheduler(&config, dir.path(), &addr).await;
     let mut client = ConfigServiceClient::connect(url.clone()).await.unwrap();
     let after = client
         .get(call(v1::GetConfigRequest {}, TOKEN, "alice"))
@@ -494,7 +475,7 @@ async fn settings_saved_through_the_api_are_checked_sealed_audited_and_used_by_t
         })
         .collect();
     std::fs::write(&config, swapped).unwrap();
-    let scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let scheduler = breakglass_e2e::start_grpc_scheduler(&config, dir.path(), &addr).await;
     let mut client = ConfigServiceClient::connect(url.clone()).await.unwrap();
     let refused = update(&mut client, form.clone(), Some(4), "alice")
         .await
@@ -540,7 +521,7 @@ async fn a_settings_file_wins_over_the_api() {
         ],
     );
     let addr = breakglass_e2e::free_loopback_addr();
-    let scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let scheduler = breakglass_e2e::start_grpc_scheduler(&config, dir.path(), &addr).await;
     let mut client = ConfigServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -622,7 +603,7 @@ async fn the_grpc_port_speaks_tls_and_requires_client_certificates_when_told() {
         ],
     );
     let addr = breakglass_e2e::free_loopback_addr();
-    let _scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let _scheduler = breakglass_e2e::start_grpc_scheduler(&config, dir.path(), &addr).await;
     let https = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
     let client_cert = client_cert.display().to_string();
     let client_key = client_key.display().to_string();
@@ -712,7 +693,8 @@ async fn the_destination_test_fills_masked_secrets_from_the_settings_saved_throu
         breakglass_e2e::free_loopback_addr(),
         breakglass_e2e::free_loopback_addr(),
     );
-    let _scheduler = start_scheduler(&config, dir.path(), &scheduler_addr).await;
+    let _scheduler =
+        breakglass_e2e::start_grpc_scheduler(&config, dir.path(), &scheduler_addr).await;
     let mut uploader = ServiceProcess::start_with_env(
         "uploader",
         &config,
@@ -801,7 +783,7 @@ async fn two_admins_saving_the_first_settings_at_once_store_one_and_are_told_of_
     let dir = tempfile::tempdir().unwrap();
     let config = wiring(dir.path(), &iso, &[]);
     let addr = breakglass_e2e::free_loopback_addr();
-    let _scheduler = start_scheduler(&config, dir.path(), &addr).await;
+    let _scheduler = breakglass_e2e::start_grpc_scheduler(&config, dir.path(), &addr).await;
     let url = format!("http://{addr}");
     let save = |actor: &'static str, time: &'static str| {
         let url = url.clone();

@@ -57,25 +57,11 @@ async fn runs_are_triggered_watched_listed_and_shown_over_grpc() {
         ],
     );
     let addr = breakglass_e2e::free_loopback_addr();
-    let mut scheduler = ServiceProcess::start_with_env(
-        "scheduler",
-        &config,
-        dir.path(),
-        &[("BREAKGLASS_GRPC_ADDR", Path::new(&addr))],
-    )
-    .unwrap();
+    let mut scheduler = breakglass_e2e::start_grpc_scheduler(&config, dir.path(), &addr).await;
     let _others: Vec<ServiceProcess> = ["collector", "renderer", "uploader"]
         .iter()
         .map(|name| ServiceProcess::start(name, &config, dir.path()).unwrap())
         .collect();
-    scheduler
-        .wait_for_log("gRPC API listening", Duration::from_secs(60))
-        .await
-        .unwrap();
-    scheduler
-        .wait_for_log("recording runs in the run log", Duration::from_secs(60))
-        .await
-        .unwrap();
     let (status, body) = scheduler.http_get("/readyz").await.unwrap();
     assert_eq!(status, 200, "{body}");
 
