@@ -721,6 +721,23 @@ async fn the_destination_test_fills_masked_secrets_from_the_settings_saved_throu
             ("encryption", "none"),
         ])
     };
+    let mut test = v1::destination_test_client::DestinationTestClient::connect(format!(
+        "http://{uploader_addr}"
+    ))
+    .await
+    .unwrap();
+    // Before anything is saved, the page's Test of typed-in settings works.
+    let before = test
+        .run_unary(breakglass_e2e::authorized(
+            v1::TestRequest {
+                settings: page(&secret),
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(before.passed, "{before:?}");
     update(&mut config_api, page(&secret), Some(0), "alice")
         .await
         .unwrap();
@@ -734,11 +751,6 @@ async fn the_destination_test_fills_masked_secrets_from_the_settings_saved_throu
 
     // The page's Test sends the mask: the uploader fills in the secret
     // saved through the API, and the upload stage passes with it.
-    let mut test = v1::destination_test_client::DestinationTestClient::connect(format!(
-        "http://{uploader_addr}"
-    ))
-    .await
-    .unwrap();
     let report = test
         .run_unary(breakglass_e2e::authorized(
             v1::TestRequest {
@@ -773,6 +785,57 @@ async fn the_destination_test_fills_masked_secrets_from_the_settings_saved_throu
         .unwrap()
         .into_inner();
     assert!(!report.passed, "{report:?}");
+
+    // An entry written on the bus without the payload key (here: one that
+    // claims version 999 and points nowhere) is refused by the services
+    // and replaced by the scheduler's periodic re-publish.
+    let bus = iso.connect_bus().await;
+    let kv = bus.settings_store().await.unwrap();
+    let forged = v1::PublishedSettings {
+        version: 999,
+        sealed: b"storage_provider: local, encryption: none".to_vec(),
+    };
+    kv.put("current", prost::Message::encode_to_vec(&forged).into())
+        .await
+        .unwrap();
+    uploader
+        .wait_for_log(
+            "does not open with this payload_key",
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let payload_key = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("payload_key: ").map(str::to_owned))
+        .unwrap();
+    let bus_key =
+        breakglass_bus::settings_kv::bus_settings_key(&breakglass_core::Secret::new(payload_key));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let healed = loop {
+        if let Ok(Some(held)) = bus.published_settings(&bus_key).await {
+            break held;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forged entry stayed"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(healed.version, 1);
+    // The uploader kept version 1 all along: the masked Test still passes.
+    let report = test
+        .run_unary(breakglass_e2e::authorized(
+            v1::TestRequest {
+                settings: page(MASK),
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.passed, "{report:?}");
     assert!(!uploader.log_text().contains(&secret));
     iso.cleanup_bus().await;
 }

@@ -44,6 +44,15 @@ fn setup(bucket: &str, reason: impl std::fmt::Display) -> BusError {
     }
 }
 
+/// What [`Bus::publish_settings`] found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// True when the entry was written.
+    pub written: bool,
+    /// The version the bus holds now (`None`: nothing that opens).
+    pub bus_version: Option<u64>,
+}
+
 impl Bus {
     /// The settings bucket, created when missing.
     pub async fn settings_store(&self) -> Result<kv::Store, BusError> {
@@ -76,12 +85,14 @@ impl Bus {
     }
 
     /// Publishes `settings` unless the bucket already holds this version or
-    /// a newer one. Returns true when it wrote.
+    /// a newer one that opens with `key`. An entry that does not open (a
+    /// changed `payload_key`, or one written without the key) counts as
+    /// nothing and is replaced. Returns what was there and whether it wrote.
     pub async fn publish_settings(
         &self,
         key: &SealKey,
         settings: &ApiSettings,
-    ) -> Result<bool, BusError> {
+    ) -> Result<Published, BusError> {
         let bucket = self.subjects().settings_bucket();
         let store = self.settings_store().await?;
         let fields = v1::StoredSettingsFields {
@@ -110,11 +121,16 @@ impl Bus {
             let outcome = match entry {
                 Some(entry) => {
                     let stored = (entry.operation == kv::Operation::Put)
-                        .then(|| v1::PublishedSettings::decode(entry.value.as_ref()).ok())
+                        .then(|| open(key, &bucket, &entry.value).ok())
                         .flatten()
-                        .map_or(0, |p| p.version);
-                    if stored >= settings.version {
-                        return Ok(false);
+                        .map(|held| held.version);
+                    if let Some(stored) = stored
+                        && stored >= settings.version
+                    {
+                        return Ok(Published {
+                            written: false,
+                            bus_version: Some(stored),
+                        });
                     }
                     match store.update(CURRENT, value.clone(), entry.revision).await {
                         Ok(_) => Ok(()),
@@ -131,7 +147,12 @@ impl Bus {
                 },
             };
             match outcome {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    return Ok(Published {
+                        written: true,
+                        bus_version: Some(settings.version),
+                    });
+                }
                 Err(Some(reason)) => return Err(setup(&bucket, reason)),
                 Err(None) => continue,
             }

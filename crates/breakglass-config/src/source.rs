@@ -168,17 +168,13 @@ pub fn apply_update(
                     Ok(()) => "unknown key".into(),
                 }
             };
-            // A misspelt secret key is not known to be secret: an unknown
-            // key's value is never shown.
-            let shown_value = if KNOWN_KEYS.contains(&key) {
-                show_value(key, value)
-            } else {
-                "(not shown)".into()
-            };
+            // A refused key's value is never shown: a misspelt secret key
+            // is not known to be secret, and a wiring value (a PEM path,
+            // a URL) has no business in the page's reply.
             problems.push(Problem {
                 location: None,
                 field: key.into(),
-                shown_value,
+                shown_value: "(not shown)".into(),
                 rule,
             });
             continue;

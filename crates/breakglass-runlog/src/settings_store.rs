@@ -1,5 +1,6 @@
 //! Settings stored through the config API, in the same PostgreSQL schema as
-//! the run log: the current values (secrets sealed, see [`crate::seal`]), a
+//! the run log: the current values (secrets sealed, see
+//! [`breakglass_core::seal`]), a
 //! version per update and an audit row per update naming who changed which
 //! keys, never the values.
 //!
@@ -147,17 +148,19 @@ impl SettingsStore {
         })
     }
 
-    /// Stores `next` as the version after `expected_version`, with an audit
-    /// row; fails with [`SettingsStoreError::VersionMoved`] when another
-    /// update came first. Returns the stored settings with their version.
+    /// Stores `next` as the version after `expected_version` (and above
+    /// `version_floor`, the newest version the services have seen), with
+    /// an audit row naming the `changed` keys; fails with
+    /// [`SettingsStoreError::VersionMoved`] when another update came first.
+    /// Returns the stored settings with their version.
     pub async fn update(
         &self,
         expected_version: u64,
-        previous: &ApiSettings,
+        version_floor: u64,
         next: &ApiSettings,
+        changed: &[String],
         actor: &Actor,
     ) -> Result<ApiSettings, SettingsStoreError> {
-        let changed = previous.changed_keys(next);
         let mut sealed_rows = Vec::new();
         for (key, value) in next.iter() {
             if is_secret_key(key) {
@@ -184,7 +187,9 @@ impl SettingsStore {
                 current,
             });
         }
-        let version = current + 1;
+        // After a restored database, numbering continues above what the
+        // services hold, or they would ignore the update as old.
+        let version = current.max(version_floor) + 1;
         sqlx::query("DELETE FROM settings")
             .execute(&mut *tx)
             .await
@@ -205,7 +210,7 @@ impl SettingsStore {
         .bind(Utc::now())
         .bind(&actor.name)
         .bind(&actor.peer)
-        .bind(&changed)
+        .bind(changed)
         .execute(&mut *tx)
         .await
         .map_err(db)?;

@@ -104,19 +104,32 @@ impl ConfigApi {
         // The scheduler applies its own update at once, bus or no bus.
         self.config.offer_api_settings(settings.clone());
         match self.bus.publish_settings(&self.bus_key, settings).await {
-            Ok(written) => {
-                if written {
-                    tracing::info!(
-                        version = settings.version,
-                        "published settings to the services"
-                    );
-                }
+            Ok(published) if published.written => {
+                tracing::info!(
+                    version = settings.version,
+                    "published settings to the services"
+                );
                 Ok(())
             }
+            Ok(published) => match published.bus_version {
+                Some(bus) if bus > settings.version => Err(Status::failed_precondition(format!(
+                    "the services hold settings version {bus}, newer than the database's {} (was the database restored?): they keep it until a save, which is numbered above it",
+                    settings.version
+                ))),
+                _ => Ok(()),
+            },
             Err(err) => Err(Status::unavailable(format!(
                 "cannot publish settings version {} to the services yet: {err}",
                 settings.version
             ))),
+        }
+    }
+
+    /// The newest version the services can see on the bus (0 for none).
+    async fn bus_version(&self) -> u64 {
+        match self.bus.published_settings(&self.bus_key).await {
+            Ok(held) => held.map_or(0, |s| s.version),
+            Err(_) => 0,
         }
     }
 
@@ -339,11 +352,19 @@ impl ConfigService for ConfigApi {
             invalid(&problems)
         })?;
         let expected = body.expected_version.unwrap_or(current.settings.version);
+        // A secret that no longer opens and is not typed again is dropped:
+        // the audit row names it too.
+        let mut changed = current.settings.changed_keys(&next);
+        for (field, _) in &current.unreadable {
+            if next.get(field).is_none() && !changed.contains(field) {
+                changed.push(field.clone());
+            }
+        }
+        changed.sort();
         let stored = store
-            .update(expected, &current.settings, &next, &who)
+            .update(expected, self.bus_version().await, &next, &changed, &who)
             .await
             .map_err(store_status)?;
-        let changed = current.settings.changed_keys(&stored);
         tracing::info!(
             actor = %who.name,
             peer = %who.peer,

@@ -273,6 +273,8 @@ pub async fn run(bus: Bus, config: ConfigSource, shutdown: CancellationToken) {
             "the settings saved through the config API were not readable within 30 s; no catch-up this start"
         );
     }
+    // Catch-up is decided once, on the settings known at start-up. Settings
+    // that arrive later are a save, and a save never starts a run.
     if let Ok(settings) = config.load()
         && let Some(time) = settings.execute_time
     {
