@@ -3,8 +3,10 @@
 //! Start-up order (as in zero-to-production's `startup.rs`): telemetry →
 //! config → bus → the stage's worker loop, with a [`CancellationToken`]
 //! that SIGTERM (what Kubernetes sends) or Ctrl-C cancels. The config file
-//! comes from `--config FILE` or `BREAKGLASS_CONFIG`; without one, the
-//! documented defaults apply.
+//! comes from `--config FILE` or `BREAKGLASS_CONFIG` and holds the wiring
+//! (`payload_key` at least); the settings come from it too when it holds
+//! any settings-page key, else from the config API over the bus
+//! ([`watch_api_settings`]).
 #![warn(missing_docs)]
 
 pub mod grpc;
