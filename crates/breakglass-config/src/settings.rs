@@ -372,6 +372,21 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The one rule the services add to the file's: they never make a
+    /// passphrase up (`run-once` does), so `encryption: password` (the
+    /// default) needs `encryption_passphrase`. Checked at service start-up
+    /// for a settings file and by the config API for saved settings.
+    pub fn services_problem(&self) -> Option<Problem> {
+        (self.encryption == Encryption::Password(None)).then(|| Problem {
+            location: None,
+            field: "encryption_passphrase".into(),
+            shown_value: String::new(),
+            rule: "is required when encryption is password (the default): set it, choose encryption: age with age_recipients, or set encryption: none explicitly".into(),
+        })
+    }
+}
+
 /// How the stored workbook is protected (the `encryption` key).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Encryption {
@@ -937,6 +952,26 @@ fn parse_bounded(text: &str, min: u64, max: u64) -> Result<u64, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_services_need_a_passphrase_unless_another_encryption_is_chosen() {
+        let defaults = Settings::from_raw(&RawConfig::new()).unwrap();
+        let problem = defaults.services_problem().unwrap();
+        assert_eq!(problem.field, "encryption_passphrase");
+        for chosen in [
+            "encryption: none\n",
+            "encryption_passphrase: a long enough passphrase\n",
+        ] {
+            let raw = RawConfig::parse(chosen, "f").unwrap();
+            assert!(
+                Settings::from_raw(&raw)
+                    .unwrap()
+                    .services_problem()
+                    .is_none(),
+                "{chosen}"
+            );
+        }
+    }
 
     fn settings(text: &str) -> Result<Settings, ConfigError> {
         Settings::from_raw(&RawConfig::parse(text, "f")?)

@@ -98,13 +98,9 @@ impl SettingsStore {
         Self { log, key }
     }
 
-    /// The sealing key's public id.
-    pub fn key_id(&self) -> &str {
-        self.key.id()
-    }
-
     /// The current settings with their version (0 and none before the
-    /// first update), secrets opened.
+    /// first update), secrets opened where they open (the others are in
+    /// [`StoredSettings::unreadable`]).
     pub async fn current(&self) -> Result<StoredSettings, SettingsStoreError> {
         let mut tx = self.log.pool.begin().await.map_err(db)?;
         // One snapshot of both tables: REPEATABLE READ.

@@ -165,27 +165,15 @@ impl ConfigApi {
                 rule: status.message().to_owned(),
             }]
         })?;
-        match Settings::from_raw(&next.over(&wiring)) {
+        let more = match Settings::from_raw(&next.over(&wiring)) {
             // What the services would refuse at start-up with a file.
-            Ok(settings)
-                if settings.encryption == breakglass_config::Encryption::Password(None)
-                    && !problems.iter().any(|p| p.field == "encryption_passphrase") =>
-            {
-                problems.push(Problem {
-                    location: None,
-                    field: "encryption_passphrase".into(),
-                    shown_value: String::new(),
-                    rule: "is required when encryption is password (the default): set it, choose encryption age with age_recipients, or set encryption none explicitly".into(),
-                });
-            }
-            Ok(_) => {}
-            Err(err) => {
-                // A field already refused is not reported twice.
-                for problem in err.problems {
-                    if !problems.iter().any(|p| p.field == problem.field) {
-                        problems.push(problem);
-                    }
-                }
+            Ok(settings) => settings.services_problem().into_iter().collect(),
+            Err(err) => err.problems,
+        };
+        // A field already refused is not reported twice.
+        for problem in more {
+            if !problems.iter().any(|p| p.field == problem.field) {
+                problems.push(problem);
             }
         }
         if problems.is_empty() {

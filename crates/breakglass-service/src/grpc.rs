@@ -112,11 +112,6 @@ impl GrpcPort {
         self.auth.clone()
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
-    }
-
     /// Serves `service` until `shutdown`, over TLS when configured.
     pub async fn serve<S, ResBody>(
         self,

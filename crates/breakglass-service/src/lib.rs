@@ -116,11 +116,6 @@ impl ConfigSource {
         self.api.send_replace(layer);
     }
 
-    /// What this process knows of the API's settings now.
-    pub fn api_layer(&self) -> ApiLayer {
-        self.api.borrow().clone()
-    }
-
     /// A receiver that sees every change of the API's settings, so the
     /// scheduler can re-plan at once instead of at its next minute. Mark it
     /// seen (`borrow_and_update`) before each read of the settings, and no
@@ -382,11 +377,9 @@ pub async fn start_with(
     let source = SettingsSource::of(&file);
     let settings = Settings::from_raw(&file).context("invalid configuration")?;
     if source == SettingsSource::File
-        && settings.encryption == breakglass_config::Encryption::Password(None)
+        && let Some(problem) = settings.services_problem()
     {
-        anyhow::bail!(
-            "encryption_passphrase is required when encryption is password (the default): set it, choose encryption: age with age_recipients, or set encryption: none explicitly"
-        );
+        anyhow::bail!("{problem}");
     }
     if settings.payload_key.is_none() {
         anyhow::bail!(
