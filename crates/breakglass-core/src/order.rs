@@ -9,12 +9,16 @@ use crate::device::DeviceRow;
 use std::cmp::Ordering;
 
 /// Compares two strings naturally: runs of ASCII digits compare by numeric
-/// value (any length, no overflow), other text case-insensitively.
+/// value (any length, no overflow), other text case-insensitively; leading
+/// zeros only break a tie of everything else (`x7` < `x007a` < `x7b`).
 pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a, b);
+    // Leading zeros (`7` before `007`) decide only a full tie, as in
+    // `sort -V` and natsort: the first run of digits where they differ.
+    let mut zeros_tie = Ordering::Equal;
     loop {
         match (a.is_empty(), b.is_empty()) {
-            (true, true) => return Ordering::Equal,
+            (true, true) => return zeros_tie,
             (true, false) => return Ordering::Less,
             (false, true) => return Ordering::Greater,
             _ => {}
@@ -24,7 +28,12 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
         let (a_run, a_rest) = split_run(a, a_digits);
         let (b_run, b_rest) = split_run(b, b_digits);
         let ordering = match (a_digits, b_digits) {
-            (true, true) => cmp_numeric(a_run, b_run),
+            (true, true) => {
+                if zeros_tie == Ordering::Equal {
+                    zeros_tie = a_run.len().cmp(&b_run.len());
+                }
+                cmp_numeric(a_run, b_run)
+            }
             // Digits sort before letters, as in file managers.
             (true, false) => Ordering::Less,
             (false, true) => Ordering::Greater,
@@ -60,6 +69,7 @@ fn split_run(s: &str, digits: bool) -> (&str, &str) {
     s.split_at(end)
 }
 
+/// Compares two digit runs by value alone (leading zeros ignored).
 fn cmp_numeric(a: &str, b: &str) -> Ordering {
     let a_trim = a.trim_start_matches('0');
     let b_trim = b.trim_start_matches('0');
@@ -67,8 +77,6 @@ fn cmp_numeric(a: &str, b: &str) -> Ordering {
         .len()
         .cmp(&b_trim.len())
         .then_with(|| a_trim.cmp(b_trim))
-        // `007` after `7`: fewer leading zeros first, so the order is total.
-        .then_with(|| a.len().cmp(&b.len()))
 }
 
 fn cmp_caseless(a: &str, b: &str) -> Ordering {
@@ -114,6 +122,21 @@ mod tests {
             Ordering::Less
         );
         assert_eq!(natural_cmp("x7", "x007"), Ordering::Less);
+    }
+
+    #[test]
+    fn leading_zeros_only_break_a_full_tie() {
+        // As `sort -V` and natsort: equal numbers compare on the rest of
+        // the name first.
+        assert_eq!(natural_cmp("x007a", "x7b"), Ordering::Less);
+        assert_eq!(natural_cmp("x7b", "x007a"), Ordering::Greater);
+        assert_eq!(natural_cmp("web-01-b", "web-1-a"), Ordering::Greater);
+        assert_eq!(
+            sorted(vec!["x7b", "x007a", "x07", "x7"]),
+            vec!["x7", "x07", "x007a", "x7b"]
+        );
+        // The first differing run of zeros decides a full tie.
+        assert_eq!(natural_cmp("a01b7", "a1b007"), Ordering::Greater);
     }
 
     #[test]
