@@ -256,7 +256,7 @@ pub(crate) async fn run(settings: &Settings, blob: &BlobSettings, rec: &mut Reco
     }
     notes.note("blob versioning and lifecycle management are account settings the Blob API does not show to a container credential: check them in the portal (az storage account blob-service-properties show, az storage account management-policy show); with versioning on, overwrite keeps every old copy");
     if settings.rotation == Rotation::Unique {
-        notes.warn("unique rotation keeps every copy and deletes none: no lifecycle rule could be confirmed through the Blob API; add a management policy expiring breakglass-backup-* under the prefix (see the README, Azure Blob destination)");
+        notes.warn("unique rotation keeps every copy and deletes none: no lifecycle rule could be confirmed through the Blob API; add a management policy expiring breakglass-backup-* under the prefix (see docs/DESTINATIONS.md, Azure Blob destination)");
     }
     rec.finish(Stage::Retention, started, notes);
 }

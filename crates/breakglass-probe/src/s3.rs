@@ -271,7 +271,7 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
     if settings.rotation == Rotation::Unique
         && !covering.iter().any(|r| r.expiration_days.is_some())
     {
-        notes.warn("unique rotation keeps every copy and deletes none: no lifecycle rule expiring breakglass-backup-* under the prefix could be confirmed; add one (see the README, S3 destination) or old copies pile up");
+        notes.warn("unique rotation keeps every copy and deletes none: no lifecycle rule expiring breakglass-backup-* under the prefix could be confirmed; add one (see docs/DESTINATIONS.md, S3 destination) or old copies pile up");
     }
     rec.finish(Stage::Retention, started, notes);
 }
