@@ -73,7 +73,10 @@ fn source_name(source: i32) -> &'static str {
     }
 }
 
-fn print_snapshot(snapshot: &v1::ConfigSnapshot, json: bool) {
+fn print_snapshot(
+    snapshot: &v1::ConfigSnapshot,
+    json: bool,
+) -> Result<(), crate::output::StdoutClosed> {
     let mut fields: Vec<_> = snapshot.fields.iter().collect();
     fields.sort();
     if json {
@@ -84,23 +87,24 @@ fn print_snapshot(snapshot: &v1::ConfigSnapshot, json: bool) {
             "updated_at_unix_ms": snapshot.updated_at_unix_ms,
             "fields": snapshot.fields.iter().collect::<std::collections::BTreeMap<_, _>>(),
         });
-        println!("{value:#}");
-        return;
+        outln!("{value:#}")?;
+        return Ok(());
     }
-    println!("# source: {}", source_name(snapshot.source));
+    outln!("# source: {}", source_name(snapshot.source))?;
     if snapshot.version > 0 {
-        println!(
+        outln!(
             "# version: {} (by {} at {})",
             snapshot.version,
             snapshot.updated_by,
             crate::runs::when(snapshot.updated_at_unix_ms)
-        );
+        )?;
     }
     for (key, value) in fields {
         if !value.is_empty() {
-            println!("{key}: {value}");
+            outln!("{key}: {value}")?;
         }
     }
+    Ok(())
 }
 
 /// Prints an INVALID_ARGUMENT's field violations one per line, or the
@@ -128,7 +132,7 @@ pub async fn run(action: Action, pairs: Vec<String>, args: Args) -> anyhow::Resu
     match action {
         Action::Get => match client.get(v1::GetConfigRequest {}).await {
             Ok(snapshot) => {
-                print_snapshot(snapshot.get_ref(), args.json);
+                print_snapshot(snapshot.get_ref(), args.json)?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(status) => report(status),
@@ -139,14 +143,14 @@ pub async fn run(action: Action, pairs: Vec<String>, args: Args) -> anyhow::Resu
                 Err(status) => return report(status),
             };
             for change in history.changes {
-                println!(
+                outln!(
                     "version {} at {} by {} from {}: {}",
                     change.version,
                     crate::runs::when(change.at_unix_ms),
                     change.actor,
                     change.peer,
                     change.changed_fields.join(", ")
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -176,14 +180,14 @@ pub async fn run(action: Action, pairs: Vec<String>, args: Args) -> anyhow::Resu
                     eprintln!("{}: {}", problem.field, problem.description);
                 }
                 if problems.is_empty() {
-                    println!("settings are valid");
+                    outln!("settings are valid")?;
                     return Ok(ExitCode::SUCCESS);
                 }
                 return Ok(ExitCode::FAILURE);
             }
             match client.update(request).await {
                 Ok(snapshot) => {
-                    print_snapshot(snapshot.get_ref(), args.json);
+                    print_snapshot(snapshot.get_ref(), args.json)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(status) => report(status),

@@ -202,7 +202,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "not printing credentials to the terminal: give --out FILE, or pipe the output (e.g. `| kubectl apply -f -`)"
                 );
             }
-            print!("{text}");
+            out!("{text}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -13,7 +13,12 @@
 //! - `runs`: the run history from the scheduler's gRPC API.
 //! - `test`: the destination Test, stage by stage (exit 1 when one failed).
 //!
-//! Errors print as one line on stderr and exit non-zero.
+//! Errors print as one line on stderr and exit non-zero. A reader that
+//! closes standard output early (`| head`) ends the command quietly with
+//! exit code 141 (see `output`).
+
+#[macro_use]
+mod output;
 
 mod bus_args;
 mod config_api;
@@ -66,14 +71,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Print a new payload key (an age X25519 identity) for the services'
-    /// `payload_key` setting, or with `--settings` a `settings_key`.
-    Keygen {
-        /// Make the scheduler's `settings_key` (32 random bytes, base64),
-        /// which seals secret settings stored through the config API.
-        #[arg(long)]
-        settings: bool,
-    },
+    /// Make a new payload key (an age X25519 identity) for the services'
+    /// `payload_key` setting, or with `--settings` a `settings_key`, into a
+    /// new private file (`--out`) or a pipe; never onto the terminal.
+    Keygen(KeygenArgs),
     /// Emergency: download the newest backup with the break-glass (read)
     /// credential, verify it against its manifest and decrypt it.
     Fetch(retrieve::FetchArgs),
@@ -96,6 +97,22 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+/// Flags of `keygen`.
+#[derive(Debug, clap::Args)]
+struct KeygenArgs {
+    /// Make the scheduler's `settings_key` (32 random bytes, base64),
+    /// which seals secret settings stored through the config API.
+    #[arg(long)]
+    settings: bool,
+    /// Write the key to this new file, mode 0600 (else standard output,
+    /// which must not be a terminal).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace FILE when it exists (the key in it is then lost).
+    #[arg(long, requires = "out")]
+    force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,20 +179,7 @@ fn main() -> ExitCode {
                 seed,
                 out,
             } => generate(rows, projects, seed, &out),
-            Command::Keygen { settings: true } => {
-                let secret = breakglass_core::seal::SealKey::generate();
-                let key = breakglass_core::seal::SealKey::parse(&secret)?;
-                println!("# key id: {}", key.id());
-                println!("settings_key: {}", secret.expose());
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Keygen { settings: false } => {
-                let secret = breakglass_bus::payload::PayloadKey::generate();
-                let key = breakglass_bus::payload::PayloadKey::parse(&secret)?;
-                println!("# public key: {}", key.public());
-                println!("payload_key: {}", secret.expose());
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::Keygen(args) => keygen(&args),
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_check(&file),
@@ -198,6 +202,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // The reader went away (`| head`): nothing to say, like `cat`.
+        Err(err) if output::is_closed_stdout(&err) => ExitCode::from(output::CLOSED_EXIT),
         Err(err) => {
             eprintln!(
                 "breakglass: {}",
@@ -206,6 +212,76 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `breakglass keygen`: the key into a new `0600` file, or into a pipe
+/// (`breakglass keygen > file`, `| kubectl create secret …`); a key is
+/// never printed onto a terminal, where scroll-back and screen sharing
+/// keep it.
+fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use std::io::{IsTerminal, Write};
+    // Held as a Secret: wiped from memory when dropped.
+    let text = breakglass_core::Secret::new(if args.settings {
+        let secret = breakglass_core::seal::SealKey::generate();
+        let key = breakglass_core::seal::SealKey::parse(&secret)?;
+        format!(
+            "# key id: {}\nsettings_key: {}\n",
+            key.id(),
+            secret.expose()
+        )
+    } else {
+        let secret = breakglass_bus::payload::PayloadKey::generate();
+        let key = breakglass_bus::payload::PayloadKey::parse(&secret)?;
+        format!(
+            "# public key: {}\npayload_key: {}\n",
+            key.public(),
+            secret.expose()
+        )
+    });
+    let Some(path) = &args.out else {
+        if std::io::stdout().is_terminal() {
+            anyhow::bail!(
+                "not printing a key to the terminal: give --out FILE (written with mode 0600), or redirect the output"
+            );
+        }
+        out!("{}", text.expose())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    // A temp file (0600) beside the target, renamed into place: the key is
+    // never in a file others can read, and never half written.
+    let mut temp = tempfile::Builder::new()
+        .prefix(".breakglass-key-")
+        .tempfile_in(dir)
+        .with_context(|| format!("--out {}: cannot write in its folder", path.display()))?;
+    temp.write_all(text.expose().as_bytes())
+        .and_then(|()| temp.as_file().sync_all())
+        .with_context(|| format!("--out {}: cannot write", path.display()))?;
+    if args.force {
+        temp.persist(path)
+            .map_err(|err| err.error)
+            .with_context(|| format!("--out {}: cannot write", path.display()))?;
+    } else {
+        temp.persist_noclobber(path).map_err(|err| {
+            if err.error.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow::anyhow!(
+                    "--out {}: the file exists and may hold the key in use; choose another name or add --force to replace it",
+                    path.display()
+                )
+            } else {
+                anyhow::anyhow!("--out {}: cannot write: {}", path.display(), err.error)
+            }
+        })?;
+    }
+    eprintln!(
+        "wrote {} (mode 0600); it holds a secret key: keep it out of version control",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn generate(
@@ -236,7 +312,7 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         .and_then(|raw| breakglass_config::Settings::from_raw(&raw));
     match result {
         Ok(_) => {
-            println!("{}: ok", file.display());
+            outln!("{}: ok", file.display())?;
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {

@@ -8,9 +8,11 @@
 //! Exit codes: 0 done; 1 failed (nothing usable, or a check did not pass);
 //! 2 `fetch` wrote a verified copy that is older than `--max-age`.
 
+use crate::output::StdoutClosed;
 use anyhow::Context;
 use breakglass_config::{Encryption, RawConfig, Settings, StorageKind};
 use breakglass_core::Secret;
+use breakglass_retrieve::display::{for_terminal, table_cell};
 use breakglass_retrieve::drill::{StepStatus, run_drill};
 use breakglass_retrieve::fetch::{decrypt_fetched, fetch_latest, human, verify_file};
 use breakglass_retrieve::unseal::{OpenKey, open_sealed, read_identity_file};
@@ -91,6 +93,11 @@ pub struct ShowArgs {
     /// with the passphrase or identity).
     #[arg(long)]
     file: PathBuf,
+    /// Print the values exactly as stored, control characters included
+    /// (for a pipe into a password manager). Without it, values holding
+    /// control or terminal escape characters are shown escaped (`\x1b`).
+    #[arg(long)]
+    raw: bool,
     #[command(flatten)]
     key: KeyArgs,
 }
@@ -197,8 +204,11 @@ impl KeyArgs {
         interactive: bool,
     ) -> anyhow::Result<Option<Secret>> {
         if let Some(path) = &self.passphrase_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the passphrase file {}", path.display()))?;
+            let text = breakglass_core::limits::read_text(
+                path,
+                breakglass_core::limits::MAX_SECRET_FILE_BYTES,
+                "the passphrase file",
+            )?;
             let first = text.lines().next().unwrap_or_default().to_owned();
             if first.is_empty() {
                 anyhow::bail!("the passphrase file {} is empty", path.display());
@@ -299,7 +309,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         PathBuf::from(name)
     });
     let manifest = verify_file(&args.file, &manifest_path)?;
-    println!(
+    outln!(
         "{}: OK — {} bytes, SHA-256 {}, run {} collected {}, {} rows in {} projects, encryption {}{}",
         args.file.display(),
         manifest.size,
@@ -314,7 +324,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!(" (key id {})", manifest.key_id)
         }
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -367,52 +377,106 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     let mut out = std::io::stdout().lock();
+    let mut escaped = false;
     for row in &found {
-        print_device(&mut out, row)?;
+        escaped |= print_device(&mut out, row, args.raw).map_err(StdoutClosed)?;
+    }
+    if escaped {
+        writeln!(
+            out,
+            "* escaped: the value holds control characters, shown as \\xHH or \\u{{H}} (one character each), \\t \\n \\r (tab, newline, CR) and \\\\ (one backslash); --raw prints values as stored"
+        )
+        .map_err(StdoutClosed)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_device(out: &mut impl Write, row: &ReadRow) -> std::io::Result<()> {
-    let address = [
+/// Prints one device; returns whether a value was shown escaped. An
+/// escaped value's label gets a `*` (never the value itself, which the
+/// reader copies).
+fn print_device(out: &mut impl Write, row: &ReadRow, raw: bool) -> std::io::Result<bool> {
+    let mut any = false;
+    let mut shown = |value: &str| -> (String, bool) {
+        if raw {
+            return (value.to_owned(), false);
+        }
+        match for_terminal(value) {
+            std::borrow::Cow::Borrowed(plain) => (plain.to_owned(), false),
+            std::borrow::Cow::Owned(text) => {
+                any = true;
+                (text, true)
+            }
+        }
+    };
+    let (device, device_escaped) = shown(row.get("Device name"));
+    let (sheet, sheet_escaped) = shown(&row.sheet);
+    let note = if device_escaped || sheet_escaped {
+        ", escaped*"
+    } else {
+        ""
+    };
+    writeln!(out, "{device}   (tab {sheet}{note})")?;
+    let mut address_escaped = false;
+    let addresses = [
         row.get("Public IP address"),
         row.get("Private IP address"),
         row.get("URL"),
     ]
     .into_iter()
     .filter(|a| !a.is_empty())
+    .map(|a| {
+        let (text, escaped) = shown(a);
+        address_escaped |= escaped;
+        text
+    })
     .collect::<Vec<_>>()
     .join("  ");
-    writeln!(out, "{}   (tab {})", row.get("Device name"), row.sheet)?;
+    let mut lines = vec![("address", addresses, address_escaped)];
     for (label, value) in [
         ("protocol", row.get("Protocol")),
-        ("address", address.as_str()),
         ("port", row.get("Port")),
         ("account", row.get("Account")),
         ("password", row.get("Password")),
         ("pem file", row.get("PEM file name")),
         ("extra", row.get("Extra credential")),
     ] {
+        let (text, escaped) = shown(value);
+        lines.push((label, text, escaped));
+    }
+    lines.swap(0, 1); // protocol first, then the address, as before
+    for (label, value, escaped) in lines {
         if !value.is_empty() {
+            let label = if escaped {
+                format!("{label}*")
+            } else {
+                label.to_owned()
+            };
             writeln!(out, "  {label:<9} {value}")?;
         }
     }
-    writeln!(out)
+    writeln!(out)?;
+    Ok(any)
 }
 
+/// Every row as tab-separated text: cells escaped as PostgreSQL's `COPY`
+/// text format does (so a row stays one line and no control character
+/// reaches the terminal) and formula-looking cells marked with a leading
+/// `'` (OWASP CSV injection), see `breakglass_retrieve::display`.
 fn print_table(workbook: &Path) -> anyhow::Result<()> {
+    eprintln!(
+        "  table: tab-separated; \\t \\n \\r \\\\ \\xHH \\u{{H}} are escapes; a cell starting with = + - @ or ' got one leading ' (remove it for the value)"
+    );
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    writeln!(out, "Tab\t{}", breakglass_core::COLUMNS.join("\t"))?;
-    let clean = |value: &str| value.replace(['\t', '\n', '\r'], " ");
+    writeln!(out, "Tab\t{}", breakglass_core::COLUMNS.join("\t")).map_err(StdoutClosed)?;
     let mut result = Ok(());
     for_each_row(workbook, |row| {
         if result.is_ok() {
-            let cells: Vec<String> = row.cells.iter().map(|c| clean(c)).collect();
-            result = writeln!(out, "{}\t{}", clean(&row.sheet), cells.join("\t"));
+            let cells: Vec<String> = row.cells.iter().map(|c| table_cell(c)).collect();
+            result = writeln!(out, "{}\t{}", table_cell(&row.sheet), cells.join("\t"));
         }
     })?;
-    result?;
-    out.flush()?;
+    result.map_err(StdoutClosed)?;
+    out.flush().map_err(StdoutClosed)?;
     Ok(())
 }
 
@@ -454,7 +518,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "destination": report.destination,
@@ -463,28 +527,30 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
                 "created_at": report.created_at.map(|t| t.to_rfc3339()),
                 "steps": steps,
             })
-        );
+        )?;
     } else {
-        println!("breakglass drill: {}", report.destination);
+        outln!("breakglass drill: {}", report.destination)?;
         for step in &report.steps {
             let mark = match step.status {
                 StepStatus::Ok => "ok     ",
                 StepStatus::Failed => "FAILED ",
                 StepStatus::Skipped => "skipped",
             };
-            println!(
+            outln!(
                 "  {mark} {:<20} {:>6.2} s  {}",
-                step.name, step.seconds, step.detail
-            );
+                step.name,
+                step.seconds,
+                step.detail
+            )?;
         }
-        println!(
+        outln!(
             "  {}",
             if report.passed() {
                 "PASSED: the emergency path works"
             } else {
                 "FAILED: the emergency path is broken; fix it before you need it"
             }
-        );
+        )?;
     }
     // Recorded after the report is printed: a drill that passed is shown
     // as passed even when the run log cannot take the record (exit 3).

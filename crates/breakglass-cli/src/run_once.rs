@@ -145,31 +145,33 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let _ = display.await;
     }
 
-    println!(
+    outln!(
         "breakglass run-once: {} rows in {} projects from {}",
         report.rows,
         report.projects.len(),
         source.describe()
-    );
+    )?;
     for receipt in &stored {
-        println!(
+        outln!(
             "  stored {} ({} bytes, sha256 {})",
-            receipt.location, receipt.size, receipt.sha256
-        );
+            receipt.location,
+            receipt.size,
+            receipt.sha256
+        )?;
     }
     match (&generated, sealed.encryption) {
         (Some(passphrase), _) => {
             // Shown once, here, and nowhere else (not logged, not stored).
-            println!(
+            outln!(
                 "  encrypted with a new passphrase, shown only now: {}",
                 passphrase.expose()
-            );
-            println!(
+            )?;
+            outln!(
                 "  store it in your password manager; set encryption_passphrase to keep one for every run"
-            );
+            )?;
         }
-        (None, "password") => println!("  encrypted with the configured passphrase"),
-        (None, "age") => println!("  encrypted with age to {}", sealed.key_id),
+        (None, "password") => outln!("  encrypted with the configured passphrase")?,
+        (None, "age") => outln!("  encrypted with age to {}", sealed.key_id)?,
         _ => eprintln!("  warning: the workbook is stored UNENCRYPTED (encryption: none)"),
     }
     let warning_count = collect_warning_count + report.warning_count;
@@ -185,10 +187,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             warning_count - 20
         );
     }
-    println!(
+    outln!(
         "  run {run_id} took {:.2} s",
         started.elapsed().as_secs_f64()
-    );
+    )?;
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {

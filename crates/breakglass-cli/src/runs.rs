@@ -84,12 +84,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_err(status_error)?
                 .into_inner()
                 .runs;
-            println!(
+            outln!(
                 "{:<38} {:<10} {:<17} {:<21} {:>8}  error",
-                "run", "reason", "status", "requested", "rows"
-            );
+                "run",
+                "reason",
+                "status",
+                "requested",
+                "rows"
+            )?;
             for run in runs {
-                println!(
+                outln!(
                     "{:<38} {:<10} {:<17} {:<21} {:>8}  {}",
                     run.run_id,
                     run.reason,
@@ -97,7 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     when(run.requested_at_unix_ms),
                     run.rows,
                     run.error
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -107,8 +111,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("run        {}", run.run_id);
-            println!(
+            outln!("run        {}", run.run_id)?;
+            outln!(
                 "reason     {} (asked by {}{})",
                 run.reason,
                 run.requested_by,
@@ -117,10 +121,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 } else {
                     format!(": {}", run.note)
                 }
-            );
-            println!("requested  {}", when(run.requested_at_unix_ms));
-            println!("finished   {}", when(run.finished_at_unix_ms));
-            println!(
+            )?;
+            outln!("requested  {}", when(run.requested_at_unix_ms))?;
+            outln!("finished   {}", when(run.finished_at_unix_ms))?;
+            outln!(
                 "status     {}{}",
                 run.status,
                 if run.failed_stage.is_empty() {
@@ -128,13 +132,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 } else {
                     format!(" (in {})", run.failed_stage)
                 }
-            );
-            println!("rows       {} ({} warnings)", run.rows, run.warning_count);
+            )?;
+            outln!("rows       {} ({} warnings)", run.rows, run.warning_count)?;
             if !run.error.is_empty() {
-                println!("error      {}", run.error);
+                outln!("error      {}", run.error)?;
             }
             for destination in &run.destinations {
-                println!(
+                outln!(
                     "  {} {}: {}",
                     if destination.status == v1::RunStatus::Succeeded as i32 {
                         "ok    "
@@ -150,7 +154,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     } else {
                         destination.error.clone()
                     }
-                );
+                )?;
             }
             Ok(if run.status == "succeeded" || run.status == "running" {
                 ExitCode::SUCCESS
@@ -167,7 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_err(status_error)?
                 .into_inner()
                 .run_id;
-            println!("triggered run {run_id}");
+            outln!("triggered run {run_id}")?;
             if no_wait {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -186,12 +190,12 @@ async fn watch(client: &mut Client, run_id: String) -> anyhow::Result<ExitCode> 
         .into_inner();
     let mut ended = false;
     while let Some(event) = events.message().await.map_err(status_error)? {
-        println!(
+        outln!(
             "{}  {:<12} {}",
             when(event.at_unix_ms),
             event.stage,
             event.detail
-        );
+        )?;
         ended |= event.ends_run;
     }
     if !ended {

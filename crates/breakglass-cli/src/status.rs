@@ -64,40 +64,40 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match last_run {
         Some(run) => {
             let status = v1::RunStatus::try_from(run.status).unwrap_or(v1::RunStatus::Unspecified);
-            println!(
+            outln!(
                 "last run {} finished {} ({:.1} h ago): {}",
                 run.run_id,
                 when(run.finished_at_unix_ms),
                 hours(run.finished_at_unix_ms),
                 status.as_str_name()
-            );
+            )?;
             if !run.error.is_empty() {
-                println!("  {} failed: {}", run.failed_stage, run.error);
+                outln!("  {} failed: {}", run.failed_stage, run.error)?;
             }
         }
-        None => println!("no run in the last 7 days"),
+        None => outln!("no run in the last 7 days")?,
     }
     let mut stale = destinations.is_empty();
     for (name, state) in &destinations {
-        println!("{name}");
+        outln!("{name}")?;
         match &state.last_success {
             Some((at, run_id, _)) => {
                 let age = hours(*at);
                 let fresh = age <= args.max_age;
                 stale |= !fresh;
-                println!(
+                outln!(
                     "  newest copy: {} ({age:.1} h old, run {run_id}){}",
                     when(*at),
                     if fresh { "" } else { "  STALE" }
-                );
+                )?;
             }
             None => {
                 stale = true;
-                println!("  newest copy: none in the last 7 days  STALE");
+                outln!("  newest copy: none in the last 7 days  STALE")?;
             }
         }
         if let Some((at, run_id, error)) = &state.last_failure {
-            println!("  last failure: {} (run {run_id}): {error}", when(*at));
+            outln!("  last failure: {} (run {run_id}): {error}", when(*at))?;
         }
     }
     if stale {

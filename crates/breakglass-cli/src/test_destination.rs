@@ -26,20 +26,34 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{} is not valid", args.config.display()))?;
     let report = if args.json {
         let report = breakglass_probe::run(&settings, &mut |_| {}).await;
-        println!("{}", report.to_json());
+        outln!("{}", report.to_json())?;
         report
     } else {
-        println!("  {:<26} {:<8} {:>8}  MESSAGE", "STAGE", "STATUS", "TIME");
+        outln!("  {:<26} {:<8} {:>8}  MESSAGE", "STAGE", "STATUS", "TIME")?;
         let mut destination = String::new();
+        // The probe's callback returns nothing: keep the first write error
+        // and stop printing; it ends the command once the probe is done.
+        let mut closed = None;
         let mut print = |result: &StageResult| {
-            if result.destination != destination {
-                destination.clone_from(&result.destination);
-                println!("{destination}");
+            if closed.is_some() {
+                return;
             }
-            println!("{}", row(result));
-            let _ = std::io::stdout().flush();
+            let mut line = || {
+                if result.destination != destination {
+                    destination.clone_from(&result.destination);
+                    outln!("{destination}")?;
+                }
+                outln!("{}", row(result))?;
+                std::io::stdout()
+                    .flush()
+                    .map_err(crate::output::StdoutClosed)
+            };
+            closed = line().err();
         };
         let report = breakglass_probe::run(&settings, &mut print).await;
+        if let Some(err) = closed {
+            return Err(err.into());
+        }
         let failed = report
             .results
             .iter()
@@ -50,10 +64,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .filter(|r| r.status == Status::Warning)
             .count();
-        println!(
+        outln!(
             "{}: {failed} failed, {warnings} warning(s)",
             if failed == 0 { "passed" } else { "FAILED" }
-        );
+        )?;
         report
     };
     Ok(if report.failed() {

@@ -54,9 +54,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("publishing the trigger")?;
     if duplicate {
-        println!("run {run_id}: already triggered (duplicate ignored; no second run)");
+        outln!("run {run_id}: already triggered (duplicate ignored; no second run)")?;
     } else {
-        println!("run {run_id}: triggered");
+        outln!("run {run_id}: triggered")?;
     }
     if !args.wait {
         bus.close().await;
@@ -73,28 +73,31 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     };
     let status = v1::RunStatus::try_from(finished.status).unwrap_or(v1::RunStatus::Unspecified);
-    println!(
+    outln!(
         "run {run_id}: {} ({} rows, {} projects, {} warnings)",
         status.as_str_name(),
         finished.rows,
         finished.projects.len(),
         finished.warning_count
-    );
+    )?;
     for destination in &finished.destinations {
         if destination.error.is_empty() {
-            println!(
+            outln!(
                 "  {}: stored {} ({} bytes)",
-                destination.destination, destination.location, destination.size
-            );
+                destination.destination,
+                destination.location,
+                destination.size
+            )?;
         } else {
-            println!(
+            outln!(
                 "  {}: FAILED: {}",
-                destination.destination, destination.error
-            );
+                destination.destination,
+                destination.error
+            )?;
         }
     }
     if !finished.error.is_empty() {
-        println!("  {} failed: {}", finished.failed_stage, finished.error);
+        outln!("  {} failed: {}", finished.failed_stage, finished.error)?;
     }
     Ok(if status == v1::RunStatus::Succeeded {
         ExitCode::SUCCESS

@@ -126,16 +126,20 @@ impl RawConfig {
         Self::default()
     }
 
-    /// Reads and parses a file; the path names the file in errors.
+    /// Reads and parses a file of at most
+    /// [`MAX_CONFIG_FILE_BYTES`](breakglass_core::limits::MAX_CONFIG_FILE_BYTES);
+    /// the path names the file in errors.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
-            problems: vec![Problem {
-                location: Some(path.display().to_string()),
-                field: "config file".into(),
-                shown_value: path.display().to_string(),
-                rule: format!("cannot be read: {err}"),
-            }],
-        })?;
+        use breakglass_core::limits::{MAX_CONFIG_FILE_BYTES, read_text};
+        let text =
+            read_text(path, MAX_CONFIG_FILE_BYTES, "config file").map_err(|err| ConfigError {
+                problems: vec![Problem {
+                    location: Some(path.display().to_string()),
+                    field: "config file".into(),
+                    shown_value: path.display().to_string(),
+                    rule: err.rule(),
+                }],
+            })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -287,6 +291,19 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_config_file_is_refused_with_its_size_and_the_limit() {
+        let path = std::env::temp_dir().join(format!("bg-huge-{}.conf", std::process::id()));
+        std::fs::write(&path, "# padding\n".repeat(200_000)).unwrap();
+        let err = RawConfig::from_file(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(err.problems.len(), 1);
+        let text = err.problems[0].to_string();
+        assert!(text.contains("huge.conf"), "{text}");
+        assert!(text.contains("over the limit of 1 MiB"), "{text}");
+        assert!(text.contains("2000000 bytes"), "{text}");
+    }
 
     #[test]
     fn values_stay_strings_and_keep_colons() {

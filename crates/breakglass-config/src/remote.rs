@@ -339,9 +339,11 @@ impl std::fmt::Debug for CaBundle {
 
 /// Reads and checks a PEM CA bundle.
 pub fn read_ca_bundle(path: &str) -> Result<CaBundle, String> {
+    use breakglass_core::limits::{MAX_PEM_FILE_BYTES, read_file};
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let pem = std::fs::read(path).map_err(|err| format!("cannot be read: {err}"))?;
+    let pem = read_file(std::path::Path::new(path), MAX_PEM_FILE_BYTES, "ca_bundle")
+        .map_err(|err| err.rule())?;
     let certificates = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("is not a valid PEM certificate file: {err:?}"))?;
@@ -603,6 +605,14 @@ mod tests {
                 .unwrap_err()
                 .contains("cannot be read")
         );
+        // A bundle bigger than any real one, or an endless file, is refused
+        // without being read whole.
+        let huge = dir.join("huge.pem");
+        std::fs::write(&huge, vec![b'a'; 2 << 20]).unwrap();
+        let err = read_ca_bundle(huge.to_str().unwrap()).unwrap_err();
+        assert_eq!(err, "is 2 MiB, over the limit of 1 MiB");
+        let err = read_ca_bundle("/dev/zero").unwrap_err();
+        assert!(err.contains("over the limit of 1 MiB"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -414,14 +414,16 @@ impl Checker {
     fn grpc_tls(&mut self, raw: &RawConfig) -> Option<GrpcTlsFiles> {
         let mut pem_file = |key: &str| {
             let value = raw.get(key)?;
-            match std::fs::read_to_string(&value.value) {
+            let limit = breakglass_core::limits::MAX_PEM_FILE_BYTES;
+            match breakglass_core::limits::read_text(std::path::Path::new(&value.value), limit, key)
+            {
                 Ok(text) if text.contains("-----BEGIN ") => Some(PathBuf::from(&value.value)),
                 Ok(_) => {
                     self.fail(key, value, "must be a PEM file (no -----BEGIN line found)");
                     None
                 }
                 Err(err) => {
-                    self.fail_owned(key, value, format!("cannot be read: {err}"));
+                    self.fail_owned(key, value, err.rule());
                     None
                 }
             }

@@ -12,6 +12,8 @@
 //! - [`spill`]: sorting bigger-than-memory inventories through sorted runs
 //!   on unnamed temp files.
 //! - [`run`]: run ids.
+//! - [`limits`]: every size limit on outside input, and a bounded file
+//!   reader.
 //! - [`private_fs`]: files that may hold credentials (0600/0700) and their hash.
 //! - [`seal`]: authenticated encryption of small values with a symmetric key
 //!   (secret settings at rest and on the bus).
@@ -21,6 +23,7 @@
 
 pub mod device;
 pub mod inventory;
+pub mod limits;
 pub mod order;
 pub mod private_fs;
 pub mod run;

@@ -166,53 +166,60 @@ fn seal_with_password(plain: &Path, out: &Path, passphrase: &Secret) -> std::io:
     finished?.sync_all()
 }
 
-/// Iterations of the key id's hash: as many as the file's own password
-/// verifier (ECMA-376 agile, spin count 100,000).
-const KEY_ID_ROUNDS: u32 = 100_000;
-/// The key id's format tag.
-const KEY_ID_PREFIX: &str = "passphrase v2 ";
+/// PBKDF2-HMAC-SHA256 iterations of the key id: OWASP's 2023 figure for
+/// this hash. Each guess against a key id costs more than a guess against
+/// the file's own ECMA-376 verifier (100,000 SHA-512 spins).
+const KEY_ID_ROUNDS: u32 = 600_000;
+/// The key id's format tag. `v2` (an iterated SHA-512 made here) is no
+/// longer produced or checked: its files still open, without the early
+/// "wrong passphrase" answer.
+const KEY_ID_PREFIX: &str = "passphrase v3 ";
+/// Bytes of the random per-file salt (NIST SP 800-132: at least 128 bits).
+const KEY_ID_SALT_BYTES: usize = 16;
+/// Bytes of the derived tag kept in the id: enough to tell the right
+/// passphrase from a few others, too few to confirm a strong one offline.
+const KEY_ID_TAG_BYTES: usize = 4;
 
-fn key_id_hash(salt: &[u8], passphrase: &Secret) -> String {
-    use sha2::{Digest, Sha512};
-    let mut digest = Sha512::new()
-        .chain_update(b"breakglass key id v2\0")
-        .chain_update(salt)
-        .chain_update(passphrase.expose().as_bytes())
-        .finalize();
-    for round in 0..KEY_ID_ROUNDS {
-        digest = Sha512::new()
-            .chain_update(round.to_le_bytes())
-            .chain_update(digest)
-            .finalize();
-    }
-    hex::encode(&digest[..4])
+fn key_id_tag(salt: &[u8], passphrase: &Secret) -> [u8; KEY_ID_TAG_BYTES] {
+    pbkdf2::pbkdf2_hmac_array::<sha2::Sha256, KEY_ID_TAG_BYTES>(
+        passphrase.expose().as_bytes(),
+        salt,
+        KEY_ID_ROUNDS,
+    )
 }
 
 /// Names a passphrase without revealing it, for one sealed file:
-/// `passphrase v2 <16 hex salt>:<8 hex>`, 32 bits of a SHA-512 iterated
-/// 100,000 times over a random per-file salt and the passphrase. The salt
-/// makes every file's id different, so one dictionary pass cannot serve
-/// many files; the cost per guess is the file's own verifier's, and 32 bits
-/// leave billions of false candidates. Recorded in the manifest so `fetch`
-/// and `drill` can say "this passphrase does not open this file" (see
-/// [`passphrase_matches`]) before decrypting noise.
+/// `passphrase v3 <32 hex salt>:<8 hex>`, the first 32 bits of
+/// PBKDF2-HMAC-SHA256 (600,000 iterations) over a random 128-bit per-file
+/// salt. The salt makes every file's id different, so one dictionary pass
+/// cannot serve many files; a guess costs more than against the file's own
+/// verifier, and 32 bits leave billions of false candidates for a strong
+/// passphrase. Recorded in the manifest beside the file so `fetch` and
+/// `drill` can say "this passphrase does not open this file" (see
+/// [`passphrase_matches`]) before decrypting the whole workbook in memory.
 pub fn passphrase_key_id(passphrase: &Secret) -> String {
     use rand::RngCore;
-    let mut salt = [0u8; 8];
+    let mut salt = [0u8; KEY_ID_SALT_BYTES];
     rand::rng().fill_bytes(&mut salt);
     format!(
         "{KEY_ID_PREFIX}{}:{}",
         hex::encode(salt),
-        key_id_hash(&salt, passphrase)
+        hex::encode(key_id_tag(&salt, passphrase))
     )
 }
 
-/// Whether `passphrase` is the one `key_id` names; `None` when `key_id` is
-/// not a passphrase key id of this format (an older file, or age).
+/// Whether `passphrase` is the one `key_id` names (compared in constant
+/// time); `None` when `key_id` is not a passphrase key id of this format
+/// (an older `v2` file, age, or none): then only decrypting tells.
 pub fn passphrase_matches(passphrase: &Secret, key_id: &str) -> Option<bool> {
-    let (salt, hash) = key_id.strip_prefix(KEY_ID_PREFIX)?.split_once(':')?;
+    use subtle::ConstantTimeEq;
+    let (salt, tag) = key_id.strip_prefix(KEY_ID_PREFIX)?.split_once(':')?;
     let salt = hex::decode(salt).ok()?;
-    Some(key_id_hash(&salt, passphrase) == hash)
+    let tag = hex::decode(tag).ok()?;
+    if salt.len() != KEY_ID_SALT_BYTES || tag.len() != KEY_ID_TAG_BYTES {
+        return None;
+    }
+    Some(bool::from(key_id_tag(&salt, passphrase).ct_eq(&tag[..])))
 }
 
 /// A strong passphrase for `run-once` when none is configured: 24
@@ -237,6 +244,41 @@ pub fn generate_passphrase() -> Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_id_is_pbkdf2_sha256_over_a_per_file_salt() {
+        let passphrase = Secret::new("correct horse battery staple");
+        let id = passphrase_key_id(&passphrase);
+        let (salt, tag) = id
+            .strip_prefix("passphrase v3 ")
+            .unwrap()
+            .split_once(':')
+            .unwrap();
+        assert_eq!((salt.len(), tag.len()), (32, 8), "{id}");
+        // Recomputed with the kept crate, independently of this module.
+        let expected = pbkdf2::pbkdf2_hmac_array::<sha2::Sha256, 32>(
+            b"correct horse battery staple",
+            &hex::decode(salt).unwrap(),
+            600_000,
+        );
+        assert_eq!(tag, hex::encode(&expected[..4]));
+        assert_eq!(passphrase_matches(&passphrase, &id), Some(true));
+        assert_eq!(
+            passphrase_matches(&Secret::new("correct horse battery stapler"), &id),
+            Some(false)
+        );
+        assert_ne!(id, passphrase_key_id(&passphrase), "a new salt per file");
+        // Old v2 ids (hand-made iterated SHA-512) are no longer checked;
+        // malformed ids are not either.
+        for old in [
+            "passphrase v2 0011223344556677:8899aabb",
+            "passphrase v3 00:8899aabb",
+            "passphrase v3 zz:zz",
+            "age1xyz",
+        ] {
+            assert_eq!(passphrase_matches(&passphrase, old), None, "{old}");
+        }
+    }
 
     #[test]
     fn generated_passphrases_are_long_and_different() {

@@ -138,8 +138,11 @@ pub fn decrypt_fetched(fetched: &Fetched, key: &OpenKey) -> Result<PathBuf, Retr
 
 /// Checks a file on disk against a manifest file (`verify`).
 pub fn verify_file(file: &Path, manifest_path: &Path) -> Result<Manifest, RetrieveError> {
-    let bytes = std::fs::read(manifest_path)
-        .map_err(|err| RetrieveError::io("reading the manifest", manifest_path, err))?;
+    let bytes = breakglass_core::limits::read_file(
+        manifest_path,
+        breakglass_core::limits::MAX_MANIFEST_BYTES,
+        "the manifest",
+    )?;
     let manifest = Manifest::from_json(&bytes)
         .map_err(|err| RetrieveError::io("reading the manifest", manifest_path, err))?;
     let (size, sha256) = breakglass_core::private_fs::hash_file(file)

@@ -11,11 +11,14 @@
 //! - [`workbook`]: read a decrypted workbook back (row counts per tab, the
 //!   rows of one device) with an independent reader (calamine).
 //! - [`drill`]: compare what was read back with the manifest.
+//! - [`display`]: inventory values made safe to print on a terminal or in
+//!   a tab-separated table (escapes shown, formulas marked).
 //!
 //! It needs nothing but the storage credential and the passphrase or
 //! identity: no NATS, no PostgreSQL, no Mavis. Everything it writes is
 //! created `0600`.
 
+pub mod display;
 pub mod drill;
 pub mod fetch;
 pub mod unseal;
@@ -32,6 +35,10 @@ pub enum RetrieveError {
     /// The download does not match its manifest, or has none.
     #[error(transparent)]
     Integrity(#[from] breakglass_storage::archive::IntegrityError),
+    /// A local file (manifest, identity) is unreadable or over its size
+    /// limit.
+    #[error(transparent)]
+    Read(#[from] breakglass_core::limits::ReadError),
     /// Nothing breakglass wrote is under the prefix.
     #[error(
         "no breakglass backup under {place}: check path_prefix, the bucket or container, and that the reader may list it"

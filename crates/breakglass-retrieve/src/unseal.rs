@@ -42,8 +42,11 @@ impl std::fmt::Debug for OpenKey {
 /// lines are skipped, anything else that is not an identity is an error
 /// that names the line (never its content).
 pub fn read_identity_file(path: &Path) -> Result<Vec<age::x25519::Identity>, RetrieveError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| RetrieveError::io("reading the identity file", path, err))?;
+    let text = breakglass_core::limits::read_text(
+        path,
+        breakglass_core::limits::MAX_SECRET_FILE_BYTES,
+        "the identity file",
+    )?;
     let mut identities = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -4,7 +4,12 @@
 //! the `grpc_token` setting or `$BREAKGLASS_GRPC_TOKEN` (the environment
 //! wins, so a Kubernetes Secret can provide it apart from the config file).
 //! Refused calls answer UNAUTHENTICATED and are logged with the peer and the
-//! reason, never with the token presented or expected.
+//! reason, never with the token presented or expected. The token is
+//! compared in constant time (`subtle`).
+//!
+//! Every request body is capped at [`MAX_REQUEST_BYTES`]: a bigger one is
+//! refused with RESOURCE_EXHAUSTED before it is held in memory. A port
+//! bound beyond loopback without TLS warns at start, once.
 
 use breakglass_config::RawConfig;
 use breakglass_core::Secret;
@@ -15,6 +20,9 @@ pub const TOKEN_ENV: &str = "BREAKGLASS_GRPC_TOKEN";
 pub const TOKEN_KEY: &str = "grpc_token";
 /// The shortest token accepted: a guessable token is no protection.
 pub const MIN_TOKEN_CHARS: usize = 16;
+/// The largest request body any gRPC API accepts (every request is a few
+/// KiB of settings at most).
+pub const MAX_REQUEST_BYTES: usize = breakglass_core::limits::MAX_GRPC_REQUEST_BYTES;
 
 /// Why no usable token was found.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +78,12 @@ pub async fn listen(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for the gRPC API (--grpc)"))?;
+    let local = listener.local_addr().unwrap_or(addr);
+    if let Some(warning) = plaintext_warning(local, tls.is_some()) {
+        tracing::warn!(addr = %local, "{warning}");
+    }
     tracing::info!(
-        addr = %listener.local_addr().unwrap_or(addr),
+        addr = %local,
         tls = tls.is_some(),
         client_certificates = wiring.grpc_tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "gRPC API listening"
@@ -83,14 +95,25 @@ pub async fn listen(
     })
 }
 
+/// The start-up warning for a port that others can reach in plain text:
+/// the bearer token and the settings would cross the network readable.
+pub fn plaintext_warning(addr: std::net::SocketAddr, tls: bool) -> Option<String> {
+    (!tls && !addr.ip().is_loopback()).then(|| {
+        format!(
+            "gRPC API on {addr} without TLS: the bearer token and settings cross the network in clear text; set grpc_tls_cert and grpc_tls_key, or bind --grpc to 127.0.0.1"
+        )
+    })
+}
+
 /// The server side of TLS from the PEM files; with a client CA, clients
 /// must present a certificate that chains to it.
 fn server_tls(
     files: &breakglass_config::GrpcTlsFiles,
 ) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
-    use anyhow::Context;
+    use anyhow::Context as _;
     let read = |path: &std::path::PathBuf, key: &str| {
-        std::fs::read(path).with_context(|| format!("{key} {}: cannot be read", path.display()))
+        breakglass_core::limits::read_file(path, breakglass_core::limits::MAX_PEM_FILE_BYTES, key)
+            .context("the gRPC TLS files")
     };
     let identity = tonic::transport::Identity::from_pem(
         read(&files.cert, "grpc_tls_cert")?,
@@ -137,8 +160,100 @@ impl GrpcPort {
             server = server.tls_config(tls)?;
         }
         server
-            .serve_with_incoming_shutdown(service, incoming, shutdown.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                Capped::new(service, MAX_REQUEST_BYTES),
+                incoming,
+                shutdown.cancelled_owned(),
+            )
             .await
+    }
+}
+
+/// A service whose request bodies are cut off at `limit` bytes with
+/// RESOURCE_EXHAUSTED (tonic's own per-service limit answers OUT_OF_RANGE
+/// and must be set on every generated server; this covers all at once).
+#[derive(Clone, Debug)]
+struct Capped<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> Capped<S> {
+    fn new(inner: S, limit: usize) -> Self {
+        Self { inner, limit }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Capped<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Capped<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let limit = self.limit;
+        self.inner.call(request.map(|body| {
+            tonic::body::Body::new(CappedBody {
+                inner: body,
+                seen: 0,
+                limit,
+            })
+        }))
+    }
+}
+
+/// A request body that fails with RESOURCE_EXHAUSTED once more than
+/// `limit` bytes came in.
+struct CappedBody {
+    inner: tonic::body::Body,
+    seen: usize,
+    limit: usize,
+}
+
+impl http_body::Body for CappedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.seen = self.seen.saturating_add(data.len());
+            if self.seen > self.limit {
+                return std::task::Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
+                    format!(
+                        "the request is larger than the limit of {}",
+                        breakglass_core::limits::bytes(self.limit as u64)
+                    ),
+                ))));
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -174,7 +289,14 @@ impl BearerAuth {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or("authorization is not a bearer token")?;
-        if constant_time_eq(presented.as_bytes(), self.expected.expose().as_bytes()) {
+        // `subtle`: no early return on the first differing byte, so timing
+        // does not tell how much of a guess was right (the length may show).
+        use subtle::ConstantTimeEq;
+        if bool::from(
+            presented
+                .as_bytes()
+                .ct_eq(self.expected.expose().as_bytes()),
+        ) {
             Ok(())
         } else {
             Err("wrong bearer token")
@@ -256,15 +378,6 @@ where
     }
 }
 
-/// Compares without returning early, so timing does not reveal how much
-/// of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +409,19 @@ mod tests {
             call(&mut auth, Some("a-long-enough-token-1")),
             Err(tonic::Code::Unauthenticated)
         );
+    }
+
+    #[test]
+    fn plain_text_beyond_loopback_is_warned_about() {
+        let at = |a: &str| a.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(plaintext_warning(at("127.0.0.1:50051"), false), None);
+        assert_eq!(plaintext_warning(at("[::1]:50051"), false), None);
+        assert_eq!(plaintext_warning(at("0.0.0.0:50051"), true), None);
+        let warning = plaintext_warning(at("0.0.0.0:50051"), false).unwrap();
+        assert!(warning.contains("without TLS"), "{warning}");
+        assert!(warning.contains("grpc_tls_cert"), "{warning}");
+        assert!(plaintext_warning(at("10.0.0.5:1"), false).is_some());
+        assert!(plaintext_warning(at("[::]:1"), false).is_some());
     }
 
     #[test]

@@ -135,10 +135,11 @@ impl AnyDestination {
     /// is none, an error when it is there but unreadable.
     pub async fn sidecar(&self, key: &str) -> Result<Option<Manifest>, StorageError> {
         let sidecar = manifest::sidecar_name(key);
+        let limit = breakglass_core::limits::MAX_MANIFEST_BYTES;
         let bytes = match self {
-            Self::Local(folder) => folder.get_small(&sidecar)?,
-            Self::S3(bucket) => bucket.get_small(&sidecar).await?,
-            Self::Blob(container) => container.get_small(&sidecar).await?,
+            Self::Local(folder) => folder.get_small(&sidecar, limit)?,
+            Self::S3(bucket) => bucket.get_small(&sidecar, limit).await?,
+            Self::Blob(container) => container.get_small(&sidecar, limit).await?,
         };
         bytes
             .map(|bytes| {

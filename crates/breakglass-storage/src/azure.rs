@@ -803,20 +803,36 @@ impl AzureContainer {
         })
     }
 
-    /// A small blob's bytes, or `None` when there is no such blob.
-    pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    /// A small blob's bytes (at most `limit`: a bigger blob is refused as
+    /// its body passes the limit), or `None` when there is no such blob.
+    pub async fn get_small(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StorageError> {
         let container_url = self.reader_url()?;
         let result = match self.blob_client(&container_url, key)?.download(None).await {
             Ok(result) => result,
             Err(err) if err.http_status().map(u16::from) == Some(404) => return Ok(None),
             Err(err) => return Err(self.remote_error("Get Blob", &err)),
         };
-        let bytes = result
-            .body
-            .collect()
-            .await
-            .map_err(|err| self.remote_error("Get Blob", &err))?;
-        Ok(Some(bytes.to_vec()))
+        let mut body = result.body;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| self.remote_error("Get Blob", &err))?;
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > limit {
+                return Err(StorageError::Io {
+                    destination: self.describe(),
+                    action: "reading",
+                    reason: breakglass_core::limits::ReadError::TooLarge {
+                        what: "the blob".into(),
+                        path: key.to_owned(),
+                        size: limit,
+                        exact: false,
+                        limit,
+                    }
+                    .to_string(),
+                });
+            }
+        }
+        Ok(Some(bytes))
     }
 }
 

@@ -329,11 +329,16 @@ impl LocalFolder {
         })
     }
 
-    /// A small file's bytes, or `None` when there is no such file.
-    pub fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        match fs::read(self.dir.join(key)) {
+    /// A small file's bytes (at most `limit`), or `None` when there is no
+    /// such file.
+    pub fn get_small(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        use breakglass_core::limits::{ReadError, read_file};
+        match read_file(&self.dir.join(key), limit, "the file") {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(ReadError::Io {
+                kind: std::io::ErrorKind::NotFound,
+                ..
+            }) => Ok(None),
             Err(err) => Err(self.fail("reading", err)),
         }
     }

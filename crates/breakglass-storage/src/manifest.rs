@@ -69,6 +69,13 @@ pub enum ManifestError {
     /// The sidecar is not a manifest.
     #[error("the manifest is not valid JSON of version {MANIFEST_VERSION}: {0}")]
     Json(String),
+    /// The sidecar is bigger than any manifest of a real backup.
+    #[error(
+        "the manifest is {} bytes, over the limit of {}",
+        .0,
+        breakglass_core::limits::bytes(breakglass_core::limits::MAX_MANIFEST_BYTES)
+    )]
+    TooLarge(usize),
     /// A metadata field is missing or malformed.
     #[error("object metadata {field}: {problem}")]
     Metadata {
@@ -103,8 +110,12 @@ impl Manifest {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
-    /// Parses a sidecar.
+    /// Parses a sidecar of at most
+    /// [`MAX_MANIFEST_BYTES`](breakglass_core::limits::MAX_MANIFEST_BYTES).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() as u64 > breakglass_core::limits::MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge(bytes.len()));
+        }
         let manifest: Self =
             serde_json::from_slice(bytes).map_err(|err| ManifestError::Json(err.to_string()))?;
         if manifest.version != MANIFEST_VERSION {
@@ -300,5 +311,35 @@ mod tests {
         value["version"] = 99.into();
         let err = Manifest::from_json(value.to_string().as_bytes()).unwrap_err();
         assert!(err.to_string().contains("99"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_sidecar_is_refused_before_parsing() {
+        let mut value: serde_json::Value = serde_json::from_slice(&manifest().to_json()).unwrap();
+        let limit = breakglass_core::limits::MAX_MANIFEST_BYTES as usize;
+        value["padding"] = "x".repeat(limit).into();
+        let err = Manifest::from_json(value.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, ManifestError::TooLarge(_)), "{err}");
+        assert!(err.to_string().contains("16 MiB"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_sidecar_in_a_folder_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = crate::local_destination(dir.path(), breakglass_config::Rotation::Unique);
+        let crate::AnyDestination::Local(local) = &folder else {
+            unreachable!("a local destination")
+        };
+        std::fs::write(
+            dir.path().join(sidecar_name("b.xlsx")),
+            vec![b' '; breakglass_core::limits::MAX_MANIFEST_BYTES as usize + 1],
+        )
+        .unwrap();
+        let err = folder.sidecar("b.xlsx").await.unwrap_err();
+        assert!(
+            err.to_string().contains("over the limit of 16 MiB"),
+            "{err}"
+        );
+        assert!(local.get_small("absent", 10).unwrap().is_none());
     }
 }

@@ -640,7 +640,9 @@ impl S3Bucket {
     }
 
     /// A small object's bytes, or `None` when there is no such key.
-    pub async fn get_small(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    /// At most `limit` bytes are read: a bigger object is refused before
+    /// its body is downloaded (or, without a length, as it passes `limit`).
+    pub async fn get_small(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StorageError> {
         let this = self.regional().await;
         let output = match this
             .client
@@ -654,18 +656,40 @@ impl S3Bucket {
             Err(err) if err.code() == Some("NoSuchKey") => return Ok(None),
             Err(err) => return Err(this.remote_error("GetObject", &err)),
         };
-        let bytes = output
-            .body
-            .collect()
-            .await
-            .map_err(|err| StorageError::Remote {
+        let too_large = |size: u64, exact: bool| StorageError::Io {
+            destination: this.describe(),
+            action: "reading",
+            reason: breakglass_core::limits::ReadError::TooLarge {
+                what: "the object".into(),
+                path: key.to_owned(),
+                size,
+                exact,
+                limit,
+            }
+            .to_string(),
+        };
+        if let Some(size) = output.content_length().and_then(|n| u64::try_from(n).ok())
+            && size > limit
+        {
+            return Err(too_large(size, true));
+        }
+        let mut body = output.body;
+        let mut bytes = Vec::new();
+        loop {
+            let chunk = body.try_next().await.map_err(|err| StorageError::Remote {
                 destination: this.describe(),
                 action: "GetObject",
                 code: "connection".into(),
                 reason: format!("the download broke off: {}", this.scrub(&err.to_string())),
                 transient: true,
             })?;
-        Ok(Some(bytes.into_bytes().to_vec()))
+            let Some(chunk) = chunk else { break };
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > limit {
+                return Err(too_large(limit, false));
+            }
+        }
+        Ok(Some(bytes))
     }
 }
 
