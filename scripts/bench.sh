@@ -1,27 +1,51 @@
 #!/usr/bin/env bash
-# make bench: run-once throughput and peak memory at 100k and 1M rows over
-# 1,000 projects, beside the Python/XlsxWriter peer (../shared/peer_xlsxwriter.py)
-# on the same input. Medians of BENCH_RUNS runs (default 3): the machines are
-# noisy. Peak memory is the maximum resident set size from GNU time. Both
-# write a plain workbook (--encryption none), like for like.
+# make bench: one table of breakglass beside the Python/XlsxWriter peer
+# (../shared/peer_xlsxwriter.py) on the same synthetic inventory.
+#
+# Rows of the table (medians of BENCH_RUNS runs, default 3; the machines are
+# noisy): the peer; `run-once` with `encryption: none` and `password` at
+# every size of BENCH_ROWS (default "100000 1000000") over 1,000 projects,
+# and at the largest size over 10,000 projects; the NATS pipeline
+# (`trigger --wait` with collector, renderer and uploader running) at the
+# largest size in both modes, when `nats-server` is installed; and the
+# emergency path at the largest size: `fetch` (local folder) and `show
+# DEVICE` on the encrypted file. Peak memory is the maximum resident set
+# (GNU time for commands, VmHWM for the services). "vs peer" is the peer's
+# median wall time divided by ours at the same rows (a speed-up); the note
+# says what the targets of issue #13 compare.
+#
+# BENCH_ROWS="20000 100000" BENCH_RUNS=1 scripts/bench.sh   # a quick look
+# About 6 minutes at the defaults on a 2-core machine once the release
+# build exists (the Python peer takes most of it: ~50 s per run at 1M).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 runs="${BENCH_RUNS:-3}"
-sizes="${BENCH_SIZES:-100000 1000000}"
-data="$here/target/bench-data"
+sizes="${BENCH_ROWS:-${BENCH_SIZES:-100000 1000000}}"
+largest=$(printf '%s\n' $sizes | sort -n | tail -1)
+target_dir="${CARGO_TARGET_DIR:-$here/target}"
+data="$target_dir/bench-data"
 mkdir -p "$data"
+work=$(mktemp -d)
+cleanup() {
+  for pid in "${service_pids[@]:-}"; do [[ -n "$pid" ]] && kill "$pid" 2>/dev/null || true; done
+  [[ -n "${nats_pid:-}" ]] && kill "$nats_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+service_pids=()
 
-cargo build --release -q -p breakglass-cli
-bg="$here/target/release/breakglass"
+cargo build --release -q -p breakglass-cli -p breakglass-collector -p breakglass-renderer -p breakglass-uploader
+bin="$target_dir/release"
+bg="$bin/breakglass"
 
 peer_script=""
-for candidate in "$here/../shared/peer_xlsxwriter.py" "$here/shared/peer_xlsxwriter.py"; do
+for candidate in "$here/../shared/peer_xlsxwriter.py" "$here/shared/peer_xlsxwriter.py" /work/shared/peer_xlsxwriter.py; do
   [[ -f "$candidate" ]] && peer_script="$candidate" && break
 done
 peer_python=""
 if [[ -n "$peer_script" ]]; then
-  venv="$here/target/bench-venv"
+  venv="$target_dir/bench-venv"
   if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv" && "$venv/bin/pip" install -q xlsxwriter >&2 || true
   fi
@@ -29,31 +53,137 @@ if [[ -n "$peer_script" ]]; then
 fi
 [[ -z "$peer_python" ]] && echo "bench: the Python peer is not available; measuring breakglass alone" >&2
 
-measure() { # label command... -> prints "seconds maxrss_kib" per run, median chosen later
-  shift # the label names the measurement for readers; the rest is the command
-  local out; out=$(mktemp)
-  local times=() mems=()
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# measure command... -> "median_seconds median_peak_kib"
+measure() {
+  local out times=() mems=() t m
+  out=$(mktemp)
   for _ in $(seq "$runs"); do
-    /usr/bin/time -f "%e %M" -o "$out" "$@" >/dev/null 2>&1
+    /usr/bin/time -f "%e %M" -o "$out" "$@" >"$work/last.out" 2>"$work/last.err" || {
+      echo "bench: failed: $*" >&2; cat "$work/last.err" >&2; exit 1; }
     read -r t m <"$out"
     times+=("$t"); mems+=("$m")
   done
   rm -f "$out"
-  local mt mm
-  mt=$(printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  mm=$(printf '%s\n' "${mems[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  echo "$mt $mm"
+  echo "$(printf '%s\n' "${times[@]}" | median) $(printf '%s\n' "${mems[@]}" | median)"
 }
 
-printf '%-10s %-12s %10s %12s %10s %8s\n' rows tool "median s" "rows/s" "peak MiB" "speed-up"
-for rows in $sizes; do
-  csv="$data/inventory-$rows.csv"
-  [[ -f "$csv" ]] || "$bg" generate --rows "$rows" --projects 1000 --seed 1 --out "$csv" 2>/dev/null
-  out="$data/out-$rows"
-  read -r t m < <(measure breakglass "$bg" run-once --inventory "$csv" --out "$out" --encryption none)
-  printf '%-10s %-12s %10.2f %12.0f %10.1f %8s\n' "$rows" breakglass "$t" "$(awk -v a="$rows" -v b="$t" 'BEGIN{print a/b}')" "$(awk -v a="$m" 'BEGIN{print a/1024}')" ""
-  if [[ -n "$peer_python" ]]; then
-    read -r pt pm < <(measure peer "$peer_python" "$peer_script" "$csv" "$data/peer-$rows.xlsx")
-    printf '%-10s %-12s %10.2f %12.0f %10.1f %7.1fx\n' "$rows" python-peer "$pt" "$(awk -v a="$rows" -v b="$pt" 'BEGIN{print a/b}')" "$(awk -v a="$pm" 'BEGIN{print a/1024}')" "$(awk -v a="$pt" -v b="$t" 'BEGIN{print a/b}')"
+declare -A peer_time
+row() { # what mode rows projects seconds peak_kib size_bytes note
+  local speedup="" size=""
+  if [[ -n "${peer_time[$3]:-}" && "$1" != peer ]]; then
+    speedup=$(awk -v p="${peer_time[$3]}" -v t="$5" 'BEGIN{printf "%.1fx", p/t}')
   fi
+  [[ -n "$7" ]] && size=$(awk -v b="$7" 'BEGIN{printf "%.1f", b/1e6}')
+  printf '%-9s %-9s %8s %8s %8.2f %8.1f %8s %8s  %s\n' "$1" "$2" "$3" "$4" "$5" \
+    "$(awk -v k="$6" 'BEGIN{print k/1024}')" "$speedup" "$size" "$8"
+}
+
+inventory() { # rows projects -> path
+  local csv="$data/inventory-$1-$2.csv"
+  [[ -f "$csv" ]] || "$bg" generate --rows "$1" --projects "$2" --seed 1 --out "$csv" >/dev/null 2>&1
+  echo "$csv"
+}
+
+newest() { ls -t "$1"/*.xlsx* 2>/dev/null | grep -v manifest | head -1; }
+
+passphrase="bench passphrase, not a secret"
+printf '%s\n' "$passphrase" >"$work/passphrase"
+cat >"$work/password.conf" <<EOF
+encryption: password
+encryption_passphrase: $passphrase
+EOF
+
+printf '%-9s %-9s %8s %8s %8s %8s %8s %8s  %s\n' what mode rows projects "wall s" "peak MiB" "vs peer" "size MB" note
+declare -A took
+for rows in $sizes; do
+  csv=$(inventory "$rows" 1000)
+  if [[ -n "$peer_python" ]]; then
+    read -r t m < <(measure "$peer_python" "$peer_script" "$csv" "$work/peer.xlsx")
+    peer_time[$rows]=$t
+    row peer none "$rows" 1000 "$t" "$m" "$(stat -c %s "$work/peer.xlsx")" "Python XlsxWriter, constant memory"
+  fi
+  for mode in none password; do
+    out="$work/out-$mode-$rows"
+    args=(run-once --inventory "$csv" --out "$out" --encryption "$mode")
+    [[ $mode == password ]] && args+=(--config "$work/password.conf")
+    read -r t m < <(measure "$bg" "${args[@]}")
+    took[$mode:$rows]=$t
+    note=$(awk -v r="$rows" -v t="$t" 'BEGIN{printf "%.2f us/row", t/r*1e6}')
+    if [[ $mode == password ]]; then
+      note=$(awk -v a="$t" -v b="${took[none:$rows]}" 'BEGIN{printf "%.2fx none; ", a/b}')$note
+    fi
+    row run-once "$mode" "$rows" 1000 "$t" "$m" "$(stat -c %s "$(newest "$out")")" "$note"
+  done
 done
+
+csv=$(inventory "$largest" 10000)
+for mode in none password; do
+  out="$work/out-$mode-10k"
+  args=(run-once --inventory "$csv" --out "$out" --encryption "$mode")
+  [[ $mode == password ]] && args+=(--config "$work/password.conf")
+  read -r t m < <(measure "$bg" "${args[@]}")
+  row run-once "$mode" "$largest" 10000 "$t" "$m" "$(stat -c %s "$(newest "$out")")" \
+    "$(awk -v a="$t" -v b="${took[$mode:$largest]}" 'BEGIN{printf "%.2fx of 1,000 projects", a/b}')"
+done
+
+# The emergency path on the largest encrypted workbook.
+stored=$(newest "$work/out-password-$largest")
+cat >"$work/reader.conf" <<EOF
+storage_provider: local
+local_dir: $work/out-password-$largest
+EOF
+export BREAKGLASS_PASSPHRASE="$passphrase"
+read -r t m < <(measure bash -c "rm -rf '$work/fetched' && exec '$bg' fetch --config '$work/reader.conf' --out '$work/fetched' --max-age 1000")
+row fetch password "$largest" 1000 "$t" "$m" "$(stat -c %s "$stored")" "local folder; download, verify, decrypt"
+device=$(sed -n 2p "$(inventory "$largest" 1000)" | cut -d, -f3)
+read -r t m < <(measure "$bg" show "$device" --file "$stored")
+row show password "$largest" 1000 "$t" "$m" "$(stat -c %s "$stored")" "decrypt + find $device"
+unset BREAKGLASS_PASSPHRASE
+
+# The pipeline over NATS: collector, renderer, uploader as processes.
+if command -v nats-server >/dev/null; then
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  nats-server -js -a 127.0.0.1 -p "$port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
+  nats_pid=$!
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  key=$("$bg" keygen 2>/dev/null | sed -n 's/^payload_key: //p')
+  csv=$(inventory "$largest" 1000)
+  for mode in none password; do
+    conf="$work/pipeline-$mode.conf"
+    cat >"$conf" <<EOF
+nats_url: nats://127.0.0.1:$port
+bus_prefix: bench$mode
+payload_key: $key
+inventory_url: $csv
+local_dir: $work/pipeline-out-$mode
+encryption: $mode
+EOF
+    [[ $mode == password ]] && echo "encryption_passphrase: $passphrase" >>"$conf"
+    service_pids=()
+    for service in collector renderer uploader; do
+      "$bin/$service" --config "$conf" --http 127.0.0.1:0 2>"$work/$service-$mode.log" &
+      service_pids+=($!)
+    done
+    # Ready when each has connected (its log says so).
+    for service in collector renderer uploader; do
+      for _ in $(seq 300); do grep -q "connected to NATS" "$work/$service-$mode.log" && break; sleep 0.1; done
+    done
+    read -r t m < <(measure "$bg" trigger --config "$conf" --wait --timeout 600)
+    peaks=""; worst=0
+    for i in 0 1 2; do
+      service=$(echo collector renderer uploader | cut -d' ' -f$((i + 1)))
+      hwm=$(awk '/VmHWM/ {print $2}' "/proc/${service_pids[$i]}/status")
+      peaks+="$service $((hwm / 1024)) "
+      (( hwm > worst )) && worst=$hwm
+    done
+    for pid in "${service_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    service_pids=()
+    ratio=$(awk -v a="$t" -v b="${took[$mode:$largest]}" 'BEGIN{printf "%.2fx run-once; ", a/b}')
+    row pipeline "$mode" "$largest" 1000 "$t" "$worst" "$(stat -c %s "$(newest "$work/pipeline-out-$mode")")" \
+      "${ratio}peak MiB per service: ${peaks% }"
+  done
+else
+  echo "bench: nats-server not installed; the pipeline rows are skipped" >&2
+fi

@@ -17,6 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// The prefix of run-once's working folders in the temp dir.
+const WORK_DIR_PREFIX: &str = "breakglass-run-once-";
+
 /// Flags of `run-once`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -61,15 +64,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let collect_warning_count = sorted.warning_count;
     progress.writing(sorted.rows);
 
-    breakglass_core::private_fs::sweep_stale_dirs(
-        &["breakglass-run-once-"],
-        std::time::Duration::from_secs(3600),
-    );
-    let temp = tempfile::Builder::new()
-        .prefix("breakglass-run-once-")
-        .tempdir()
+    // A run-once killed mid-run left its working folder: remove those no
+    // live run-once holds, whatever their age.
+    breakglass_render::workdir::sweep_orphans(&[WORK_DIR_PREFIX]);
+    let temp = breakglass_render::workdir::WorkDir::create(WORK_DIR_PREFIX)
         .context("cannot create a private temp directory")?;
-    // Ctrl-C must not leave the plain workbook behind.
+    // Ctrl-C: the working files are unnamed or encrypted; remove the
+    // folder and stop.
     let cleanup = temp.path().to_path_buf();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -80,7 +81,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             std::process::exit(130);
         }
     });
-    let workbook = temp.path().join("workbook.xlsx");
     let options = RenderOptions {
         run_id: run_id.to_string(),
         generated_at: collected_at,
@@ -88,17 +88,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         temp_dir: temp.path().to_path_buf(),
         max_rows_per_sheet: EXCEL_MAX_DATA_ROWS,
     };
-    let report = {
-        let path = workbook.clone();
+    let rendered = {
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || {
-            breakglass_render::render_stream(sorted, options, &path, || progress.row_written())
+            breakglass_render::render_stream(sorted, options, || progress.row_written())
         })
         .await
         .context("the render task failed")?
     };
-    let report = report.context("writing the workbook failed")?;
-    // Protect the file before it goes anywhere.
+    let (report, plain) = rendered.context("writing the workbook failed")?;
+    // Protect the file before it goes anywhere. The plain workbook is an
+    // unnamed file: it never has a name another process could open, and
+    // vanishes with this process whatever happens.
     let mut encryption = settings.encryption.clone();
     let mut generated = None;
     if encryption == Encryption::Password(None) {
@@ -106,10 +107,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         generated = Some(passphrase.clone());
         encryption = Encryption::Password(Some(passphrase));
     }
-    let stored_file = temp.path().join("workbook.sealed");
-    let sealed = breakglass_render::encrypt::seal(&workbook, &stored_file, &encryption)?;
-    let _ = std::fs::remove_file(&workbook);
-    let (size, sha256) = breakglass_core::private_fs::hash_file(&stored_file)
+    let (sealed, mut sealed_file) = {
+        let dir = temp.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            breakglass_render::encrypt::seal_file(plain, &encryption, &dir)
+        })
+        .await
+        .context("the encryption task failed")??
+    };
+    let (size, sha256) = breakglass_render::encrypt::hash_open_file(&mut sealed_file)
+        .context("reading the workbook back")?;
+    let stored_file = breakglass_render::encrypt::reopenable_path(&mut sealed_file, temp.path())
         .context("reading the workbook back")?;
 
     let projects: Vec<ProjectRows> = report

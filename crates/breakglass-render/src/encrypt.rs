@@ -1,21 +1,27 @@
 //! Protecting the finished workbook before it leaves the machine.
 //!
 //! - `password`: ECMA-376 agile encryption (AES-256, SHA-512), the way Excel
-//!   itself encrypts, through the `ms-offcrypto-writer` crate: the file
-//!   opens in Excel or LibreOffice with the break-glass passphrase. It is
-//!   still named `.xlsx`, as Excel names such files.
+//!   itself encrypts (see [`crate::agile`]): the file opens in Excel or
+//!   LibreOffice with the break-glass passphrase. It is still named
+//!   `.xlsx`, as Excel names such files.
 //! - `age`: the age format to one or more X25519 recipients (`.xlsx.age`),
 //!   for teams that keep the private keys offline; this side only ever holds
 //!   public keys.
 //! - `none`: the plain workbook; callers warn on every run.
 //!
-//! Both encryptors stream (4 KiB chunks / 64 KiB age chunks): memory stays
-//! flat whatever the workbook's size.
+//! Both encryptors stream (4 KiB segments / 64 KiB age chunks): memory
+//! stays flat whatever the workbook's size.
+//!
+//! [`seal_file`] works on unnamed files (the plain workbook from
+//! [`crate::WorkbookBuilder::finish_unnamed`] in, an unnamed sealed file
+//! out), so neither has a name another process could open, and a crash
+//! leaves nothing behind; [`seal`] is the same between two named files.
 
 use breakglass_config::Encryption;
 use breakglass_core::Secret;
-use std::io::{BufReader, BufWriter, Write};
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// What was applied, for the manifest and the object name.
@@ -45,29 +51,98 @@ pub enum SealError {
 /// Encrypts `plain` into `out` as the settings say. `out` is created new,
 /// readable only by this user, and removed again if anything fails.
 ///
+/// Traced as one `encrypt` span (see [`seal_file`]).
+pub fn seal(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed, SealError> {
+    let io = |err: std::io::Error| SealError::Io(err.to_string());
+    let input = File::open(plain).map_err(io)?;
+    let temp_dir = out
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (sealed, mut file) = seal_file(input, encryption, temp_dir)?;
+    let mut copy = || -> std::io::Result<()> {
+        let mut output = breakglass_core::private_fs::create_new(out)?;
+        std::io::copy(&mut file, &mut output)?;
+        output.sync_all()
+    };
+    copy().map_err(|err| {
+        let _ = std::fs::remove_file(out);
+        io(err)
+    })?;
+    Ok(sealed)
+}
+
+/// Protects the plain workbook `plain` (read from its current position to
+/// its end) as the settings say, into a new unnamed file in `temp_dir`,
+/// handed back positioned at its start. With `encryption: none` the result
+/// is `plain` itself, rewound.
+///
 /// Traced as one `encrypt` span with the mode (`encryption`), the
 /// workbook's size (`bytes`) and the sealed file's (`sealed_bytes`); never a
 /// key or passphrase.
-pub fn seal(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed, SealError> {
+pub fn seal_file(
+    mut plain: File,
+    encryption: &Encryption,
+    temp_dir: &Path,
+) -> Result<(Sealed, File), SealError> {
+    let io = |err: std::io::Error| SealError::Io(err.to_string());
+    let start = plain.stream_position().map_err(io)?;
+    let len = plain.metadata().map_err(io)?.len().saturating_sub(start);
     let span = tracing::info_span!(
         "encrypt",
         encryption = mode_name(encryption),
-        bytes = std::fs::metadata(plain).map(|m| m.len()).unwrap_or(0),
+        bytes = len,
         sealed_bytes = tracing::field::Empty,
     );
     let _entered = span.enter();
-    let result = seal_into(plain, out, encryption);
-    match &result {
-        Ok(_) => {
-            if let Ok(meta) = std::fs::metadata(out) {
-                span.record("sealed_bytes", meta.len());
-            }
-        }
-        Err(_) => {
-            let _ = std::fs::remove_file(out);
-        }
+    let (sealed, mut file) = seal_into(plain, len, encryption, temp_dir)?;
+    file.rewind().map_err(io)?;
+    if let Ok(meta) = file.metadata() {
+        span.record("sealed_bytes", meta.len());
     }
-    result
+    Ok((sealed, file))
+}
+
+/// A path that opens `file` for reading while it is open, though it has no
+/// name: `/proc/self/fd/N` on Linux. Elsewhere the file is copied into a
+/// new named file in `fallback_dir` (sealed content only should go there).
+pub fn reopenable_path(file: &mut File, fallback_dir: &Path) -> std::io::Result<PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = fallback_dir;
+        use std::os::fd::AsRawFd;
+        Ok(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let path = fallback_dir.join("workbook.sealed");
+        let mut out = breakglass_core::private_fs::create_new(&path)?;
+        file.rewind()?;
+        std::io::copy(file, &mut out)?;
+        file.rewind()?;
+        out.sync_all()?;
+        Ok(path)
+    }
+}
+
+/// Size and lowercase hex SHA-256 of an open file's whole content; leaves
+/// it positioned at its start.
+pub fn hash_open_file(file: &mut File) -> std::io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    file.rewind()?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    file.rewind()?;
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// The mode's name as the manifest spells it.
@@ -79,32 +154,44 @@ fn mode_name(encryption: &Encryption) -> &'static str {
     }
 }
 
-fn seal_into(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed, SealError> {
+fn seal_into(
+    mut plain: File,
+    len: u64,
+    encryption: &Encryption,
+    temp_dir: &Path,
+) -> Result<(Sealed, File), SealError> {
     let io = |err: std::io::Error| SealError::Io(err.to_string());
+    let unnamed = || {
+        tempfile::tempfile_in(temp_dir).map_err(|err| {
+            SealError::Io(format!("creating a file in {}: {err}", temp_dir.display()))
+        })
+    };
     match encryption {
-        Encryption::None => {
-            let mut input = std::fs::File::open(plain).map_err(io)?;
-            let mut output = breakglass_core::private_fs::create_new(out).map_err(io)?;
-            std::io::copy(&mut input, &mut output).map_err(io)?;
-            output.sync_all().map_err(io)?;
-            Ok(Sealed {
+        Encryption::None => Ok((
+            Sealed {
                 encryption: "none",
                 extension: ".xlsx",
                 key_id: String::new(),
-            })
-        }
+            },
+            plain,
+        )),
         Encryption::Password(passphrase) => {
             let passphrase = passphrase.as_ref().ok_or_else(|| {
                 SealError::Config(
                     "encryption is password but no encryption_passphrase is set".into(),
                 )
             })?;
-            seal_with_password(plain, out, passphrase).map_err(io)?;
-            Ok(Sealed {
-                encryption: "password",
-                extension: ".xlsx",
-                key_id: passphrase_key_id(passphrase),
-            })
+            let input = BufReader::with_capacity(1 << 16, &mut plain);
+            let file =
+                crate::agile::encrypt(input, len, passphrase.expose(), unnamed()?).map_err(io)?;
+            Ok((
+                Sealed {
+                    encryption: "password",
+                    extension: ".xlsx",
+                    key_id: passphrase_key_id(passphrase),
+                },
+                file,
+            ))
         }
         Encryption::Age(recipients) => {
             if recipients.is_empty() {
@@ -123,47 +210,24 @@ fn seal_into(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed
             let encryptor =
                 age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
                     .map_err(|err| SealError::Config(err.to_string()))?;
-            let mut input = BufReader::new(std::fs::File::open(plain).map_err(io)?);
-            let output = breakglass_core::private_fs::create_new(out).map_err(io)?;
+            let mut input = BufReader::with_capacity(1 << 16, &mut plain);
             let mut writer = encryptor
-                .wrap_output(BufWriter::with_capacity(1 << 16, output))
+                .wrap_output(BufWriter::with_capacity(1 << 16, unnamed()?))
                 .map_err(io)?;
             std::io::copy(&mut input, &mut writer).map_err(io)?;
             let mut inner = writer.finish().map_err(io)?;
             inner.flush().map_err(io)?;
-            inner.get_ref().sync_all().map_err(io)?;
-            Ok(Sealed {
-                encryption: "age",
-                extension: ".xlsx.age",
-                key_id: recipients.join(","),
-            })
+            let file = inner.into_inner().map_err(|err| io(err.into_error()))?;
+            Ok((
+                Sealed {
+                    encryption: "age",
+                    extension: ".xlsx.age",
+                    key_id: recipients.join(","),
+                },
+                file,
+            ))
         }
     }
-}
-
-fn seal_with_password(plain: &Path, out: &Path, passphrase: &Secret) -> std::io::Result<()> {
-    // Open the input first: the writer must never be dropped half-way, since
-    // its destructor finishes the file and panics if that fails.
-    let mut input = BufReader::with_capacity(1 << 16, std::fs::File::open(plain)?);
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let file = options.open(out)?;
-    let mut writer = ms_offcrypto_writer::Ecma376AgileWriter::create(
-        &mut rand::rng(),
-        passphrase.expose(),
-        file,
-    )?;
-    let copied = std::io::copy(&mut input, &mut writer);
-    // Finish (or abandon) explicitly, so no error path reaches the
-    // destructor; on a copy error the caller removes the partial file.
-    let finished = writer.into_inner();
-    copied?;
-    finished?.sync_all()
 }
 
 /// PBKDF2-HMAC-SHA256 iterations of the key id: OWASP's 2023 figure for

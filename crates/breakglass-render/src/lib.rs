@@ -16,9 +16,11 @@
 //! keeps private.
 #![warn(missing_docs)]
 
+pub mod agile;
 pub mod cells;
 pub mod encrypt;
 pub mod sheet_names;
+pub mod workdir;
 mod xlsx;
 
 use breakglass_core::{COLUMNS, DeviceRow, RowWarning};
@@ -56,11 +58,11 @@ pub struct RenderOptions {
     pub generated_at: DateTime<Utc>,
     /// Where the inventory came from (no password).
     pub source: String,
-    /// Folder the workbook is streamed into while it is written: one file,
-    /// created `0600` and removed again if the workbook is not finished.
-    /// [`WorkbookBuilder::finish`] then moves it to its final path, by a
-    /// rename when both are on one file system (else by a copy). Must be
-    /// private to this process.
+    /// Folder the workbook is streamed into while it is written: one
+    /// unnamed file (`O_TMPFILE`, or unlinked at once where that is not
+    /// supported), so the plain workbook never has a name another process
+    /// could open and nothing is left on disk by a crash. Must be private
+    /// to this process.
     pub temp_dir: PathBuf,
     /// Data rows per sheet before a continuation tab; Excel's limit unless a
     /// test wants to see continuation without a million rows. Values
@@ -135,10 +137,8 @@ struct OpenProject {
 /// Tabs are written one after another as the rows arrive; the Summary tab,
 /// which needs the totals, is written last but listed first.
 pub struct WorkbookBuilder {
+    /// Writes into an unnamed file in [`RenderOptions::temp_dir`].
     package: Package<BufWriter<File>>,
-    /// The file being written in [`RenderOptions::temp_dir`]; deleted on
-    /// drop unless [`WorkbookBuilder::finish`] moved it into place.
-    file: tempfile::TempPath,
     options: RenderOptions,
     max_rows: u32,
     /// Sheet XML after which a project goes on in a continuation tab.
@@ -157,17 +157,12 @@ impl WorkbookBuilder {
     /// name is reserved now, and the tab is written by
     /// [`WorkbookBuilder::finish`] (but listed first).
     pub fn new(options: RenderOptions) -> Result<Self, RenderError> {
-        let temp = tempfile::Builder::new()
-            .prefix(".breakglass-workbook-")
-            .suffix(".xlsx.part")
-            .tempfile_in(&options.temp_dir)
-            .map_err(|err| {
-                RenderError::io(
-                    &format!("creating a file in {}", options.temp_dir.display()),
-                    err,
-                )
-            })?;
-        let (file, path) = temp.into_parts();
+        let file = tempfile::tempfile_in(&options.temp_dir).map_err(|err| {
+            RenderError::io(
+                &format!("creating a file in {}", options.temp_dir.display()),
+                err,
+            )
+        })?;
         let package = Package::new(
             BufWriter::with_capacity(FILE_BUFFER, file),
             options.generated_at,
@@ -176,7 +171,6 @@ impl WorkbookBuilder {
         let summary_name = names.reserve(SUMMARY_SHEET);
         Ok(Self {
             package,
-            file: path,
             max_rows: options.max_rows_per_sheet.clamp(1, EXCEL_MAX_DATA_ROWS),
             sheet_bytes_limit: xlsx::SHEET_PART_LIMIT,
             options,
@@ -284,16 +278,35 @@ impl WorkbookBuilder {
         Ok(())
     }
 
-    /// Writes the Summary tab and the workbook's index, and moves the file
-    /// to `path` (replacing what is there).
-    pub fn finish(mut self, path: &Path) -> Result<RenderReport, RenderError> {
+    /// Writes the Summary tab and the workbook's index, and copies the
+    /// workbook to `path` (replacing what is there, `0600`): for callers
+    /// that want the plain file named (tests, `encryption: none` callers
+    /// that keep it). The services and `run-once` use
+    /// [`WorkbookBuilder::finish_unnamed`] instead.
+    pub fn finish(self, path: &Path) -> Result<RenderReport, RenderError> {
+        let (report, mut file) = self.finish_unnamed()?;
+        let mut out = breakglass_core::private_fs::create_or_truncate(path)
+            .map_err(|err| RenderError::io(&format!("creating {}", path.display()), err))?;
+        std::io::copy(&mut file, &mut out)
+            .and_then(|_| out.sync_all())
+            .map_err(|err| RenderError::io(&format!("writing {}", path.display()), err))?;
+        Ok(report)
+    }
+
+    /// Writes the Summary tab and the workbook's index, and hands back the
+    /// workbook as the unnamed file it was written to, positioned at its
+    /// start: it disappears when the file is closed, whatever happens.
+    pub fn finish_unnamed(mut self) -> Result<(RenderReport, File), RenderError> {
+        use std::io::Seek;
         self.end_project()?;
         self.write_summary()?;
         let mut out = self.package.finish()?;
         out.flush()?;
-        drop(out);
-        persist(self.file, path)?;
-        Ok(self.report)
+        let mut file = out
+            .into_inner()
+            .map_err(|err| RenderError::io("finishing the workbook", err.into_error()))?;
+        file.rewind()?;
+        Ok((self.report, file))
     }
 
     /// Checks the open project got all its rows and ends its last tab.
@@ -468,7 +481,7 @@ impl WorkbookBuilder {
 }
 
 /// Writes `cells` from column A on as row `row` (empty ones left blank).
-fn text_row<W: Write + std::io::Seek>(
+fn text_row<W: Write + std::io::Seek + Send + 'static>(
     package: &mut Package<W>,
     row: u32,
     cells: &[(&str, Style)],
@@ -485,30 +498,15 @@ fn text_row<W: Write + std::io::Seek>(
 
 /// Moves the finished workbook from the temp folder to `path`: a rename
 /// when both are on one file system, else a copy into a new `0600` file.
-fn persist(file: tempfile::TempPath, path: &Path) -> Result<(), RenderError> {
-    let file = match file.persist(path) {
-        Ok(()) => return Ok(()),
-        Err(err) => err.path,
-    };
-    let copy = || -> std::io::Result<()> {
-        let mut from = File::open(&file)?;
-        let mut to = breakglass_core::private_fs::create_or_truncate(path)?;
-        std::io::copy(&mut from, &mut to)?;
-        to.flush()
-    };
-    copy()
-        .map_err(|err| RenderError::io(&format!("moving the workbook to {}", path.display()), err))
-    // `file` (the temp copy) is deleted when dropped here.
-}
-
 /// Renders an inventory streaming in workbook order (the embedded mode's
-/// path): rows go from the sorted runs straight into the file.
+/// path): rows go from the sorted runs straight into an unnamed file, which
+/// is handed back positioned at its start (see
+/// [`WorkbookBuilder::finish_unnamed`]).
 pub fn render_stream(
     rows: breakglass_core::SortedRows,
     options: RenderOptions,
-    path: &Path,
     mut on_row: impl FnMut(),
-) -> Result<RenderReport, RenderError> {
+) -> Result<(RenderReport, File), RenderError> {
     let mut builder = WorkbookBuilder::new(options)?;
     builder.add_collect_warnings(&rows.warnings, rows.warning_count);
     for item in rows.stream {
@@ -522,7 +520,7 @@ pub fn render_stream(
             }
         }
     }
-    builder.finish(path)
+    builder.finish_unnamed()
 }
 
 /// Renders a whole in-memory inventory (small inventories and tests).

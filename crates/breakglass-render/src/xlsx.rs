@@ -12,6 +12,11 @@
 //! then the styles and document properties) when the package is created.
 //! A sheet may be written last and still be listed first (the Summary tab).
 //!
+//! Deflating runs on a thread of its own ([`Compressor`]): the caller's
+//! thread produces the XML (and whatever feeds it: a snapshot, a merge of
+//! sorted runs) while the other core compresses the previous buffers, in
+//! order, through a short bounded queue, so memory stays flat.
+//!
 //! Every text cell is an inline string (`t="inlineStr"`), so no shared
 //! string table grows with the data. Text is escaped the way Excel and
 //! rust_xlsxwriter do it: `& < >` as entities; the C0 control characters
@@ -41,12 +46,114 @@ const FLUSH_AT: usize = 128 * 1024;
 /// extensions, which some readers (LibreOffice 7.4) cannot open.
 pub(crate) const SHEET_PART_LIMIT: u64 = u32::MAX as u64 - 16 * 1024 * 1024;
 
-/// Deflate level: the fastest. Measured on 1M rows / 1,000 projects
-/// (writer alone, 2 cores): level 1 takes 1.5 s for 88 MB, level 2 1.9 s
-/// for 65 MB, level 3 2.9 s for 62 MB, level 6 5.4 s for 57 MB. Speed is
-/// the target here (DESIGN.md §8); level 2 is the choice if size matters
-/// more.
-const DEFLATE_LEVEL: i64 = 1;
+/// Deflate level. Measured on 1M rows / 1,000 projects (writer alone):
+/// level 1 takes 1.5 s for 88 MB, level 2 1.9 s for 65 MB, level 3 2.9 s
+/// for 62 MB, level 6 5.4 s for 57 MB. Level 1 made workbooks 1.36× the
+/// XlsxWriter peer's (issue #13 asks ≤ 1.1×); level 2 is about its size,
+/// and with deflating on its own core it costs no wall time while the
+/// other core writes the XML.
+const DEFLATE_LEVEL: i64 = 2;
+
+/// XML buffers queued for the compressor thread (each about [`FLUSH_AT`]).
+const QUEUE: usize = 4;
+
+/// One instruction for the compressor thread.
+enum Job {
+    /// Start the next zip entry.
+    Start(String),
+    /// Bytes of the open entry.
+    Data(Vec<u8>),
+}
+
+/// A [`ZipWriter`] on a thread of its own, fed entries in order.
+struct Compressor<W> {
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// Emptied buffers coming back for reuse.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    worker: Option<std::thread::JoinHandle<io::Result<W>>>,
+}
+
+impl<W: Write + Seek + Send + 'static> Compressor<W> {
+    fn new(out: W, options: SimpleFileOptions) -> io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+        let worker = std::thread::Builder::new()
+            .name("xlsx-deflate".into())
+            .spawn(move || -> io::Result<W> {
+                let mut zip = ZipWriter::new(out);
+                for job in queue {
+                    match job {
+                        Job::Start(name) => zip.start_file(name, options)?,
+                        Job::Data(mut buf) => {
+                            zip.write_all(&buf)?;
+                            buf.clear();
+                            let _ = give_back.send(buf);
+                        }
+                    }
+                }
+                Ok(zip.finish()?)
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            spare,
+            worker: Some(worker),
+        })
+    }
+
+    fn start_file(&mut self, name: String) -> io::Result<()> {
+        self.send(Job::Start(name))
+    }
+
+    /// Hands `buf`'s bytes to the compressor, leaving `buf` empty.
+    fn write(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let empty = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(buf.capacity()));
+        let full = std::mem::replace(buf, empty);
+        self.send(Job::Data(full))
+    }
+
+    fn send(&mut self, job: Job) -> io::Result<()> {
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The worker stopped: it failed; its error says why.
+            _ => match self.join() {
+                Err(err) => Err(err),
+                Ok(_) => Err(io::Error::other("the xlsx compressor stopped early")),
+            },
+        }
+    }
+
+    fn join(&mut self) -> io::Result<W> {
+        self.jobs = None;
+        match self.worker.take() {
+            Some(worker) => worker
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the xlsx compressor panicked"))),
+            None => Err(io::Error::other("the xlsx compressor already finished")),
+        }
+    }
+
+    /// Waits for everything queued, writes the zip's directory and returns
+    /// the writer.
+    fn finish(mut self) -> io::Result<W> {
+        self.join()
+    }
+}
+
+impl<W> Drop for Compressor<W> {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
 
 const XML_DECLARATION: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n";
 const NS_MAIN: &str = "http://schemas.openxmlformats.org/spreadsheetml/2006/main";
@@ -115,11 +222,10 @@ struct OpenSheet {
 }
 
 /// Streams worksheets into an `.xlsx` package written to `W`.
-pub(crate) struct Package<W: Write + Seek> {
-    zip: ZipWriter<W>,
-    /// Options for every part: deflated, no ZIP64 extensions (every part
-    /// stays under 4 GiB, see [`SHEET_PART_LIMIT`]).
-    options: SimpleFileOptions,
+pub(crate) struct Package<W: Write + Seek + Send + 'static> {
+    /// Compresses every part with the same options: deflated, no ZIP64
+    /// extensions (every part stays under 4 GiB, see [`SHEET_PART_LIMIT`]).
+    zip: Compressor<W>,
     /// XML not yet handed to the compressor.
     buf: Vec<u8>,
     /// Sheets in the order they were written.
@@ -136,7 +242,7 @@ fn misuse(what: &str) -> io::Error {
     )
 }
 
-impl<W: Write + Seek> Package<W> {
+impl<W: Write + Seek + Send + 'static> Package<W> {
     /// Starts a package on `out` and writes its fixed parts; `created` is
     /// the document's creation time (document properties, entry times).
     pub(crate) fn new(out: W, created: DateTime<Utc>) -> io::Result<Self> {
@@ -154,8 +260,7 @@ impl<W: Write + Seek> Package<W> {
             options = options.last_modified_time(time);
         }
         let mut package = Self {
-            zip: ZipWriter::new(out),
-            options,
+            zip: Compressor::new(out, options)?,
             buf: Vec::with_capacity(FLUSH_AT + 64 * 1024),
             sheets: Vec::new(),
             first: None,
@@ -194,7 +299,7 @@ impl<W: Write + Seek> Package<W> {
             filter: None,
         });
         self.zip
-            .start_file(format!("xl/worksheets/sheet{part}.xml"), self.options)?;
+            .start_file(format!("xl/worksheets/sheet{part}.xml"))?;
         self.open = Some(OpenSheet {
             row: 0,
             flushed: 0,
@@ -366,7 +471,7 @@ impl<W: Write + Seek> Package<W> {
         self.write_workbook(&order)?;
         self.write_workbook_rels()?;
         self.write_content_types()?;
-        Ok(self.zip.finish()?)
+        self.zip.finish()
     }
 
     /// Indices into `sheets` in tab order.
@@ -378,17 +483,15 @@ impl<W: Write + Seek> Package<W> {
     }
 
     fn flush_buf(&mut self) -> io::Result<()> {
-        self.zip.write_all(&self.buf)?;
         if let Some(sheet) = self.open.as_mut() {
             sheet.flushed += self.buf.len() as u64;
         }
-        self.buf.clear();
-        Ok(())
+        self.zip.write(&mut self.buf)
     }
 
     /// Writes the buffer as the whole part `name`.
     fn write_part(&mut self, name: &str) -> io::Result<()> {
-        self.zip.start_file(name, self.options)?;
+        self.zip.start_file(name.to_owned())?;
         self.flush_buf()
     }
 
@@ -465,7 +568,7 @@ impl<W: Write + Seek> Package<W> {
     }
 
     fn write_workbook(&mut self, order: &[usize]) -> io::Result<()> {
-        self.zip.start_file("xl/workbook.xml", self.options)?;
+        self.zip.start_file("xl/workbook.xml".into())?;
         self.buf.extend_from_slice(XML_DECLARATION.as_bytes());
         write!(
             self.buf,
@@ -512,8 +615,7 @@ impl<W: Write + Seek> Package<W> {
     }
 
     fn write_workbook_rels(&mut self) -> io::Result<()> {
-        self.zip
-            .start_file("xl/_rels/workbook.xml.rels", self.options)?;
+        self.zip.start_file("xl/_rels/workbook.xml.rels".into())?;
         self.buf.extend_from_slice(XML_DECLARATION.as_bytes());
         write!(self.buf, "<Relationships xmlns=\"{NS_PKG_REL}\">")?;
         for part in 1..=self.sheets.len() {
@@ -534,7 +636,7 @@ impl<W: Write + Seek> Package<W> {
     }
 
     fn write_content_types(&mut self) -> io::Result<()> {
-        self.zip.start_file("[Content_Types].xml", self.options)?;
+        self.zip.start_file("[Content_Types].xml".into())?;
         self.buf.extend_from_slice(XML_DECLARATION.as_bytes());
         self.buf.extend_from_slice(
             b"<Types xmlns=\"http://schemas.openxmlformats.org/package/2006/content-types\">\

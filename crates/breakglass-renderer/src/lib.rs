@@ -6,13 +6,17 @@
 //! builder in a blocking task, hashes the finished file (the destinations
 //! verify against that hash), encrypts it into the object store and
 //! publishes `workbook.ready` (`Nats-Msg-Id = workbook-<run id>`). All of it
-//! happens in one private temp directory that is removed afterwards, on
-//! success, failure and panic alike.
+//! happens in one private, locked working folder
+//! ([`breakglass_render::workdir`]) that is removed afterwards, on success,
+//! failure and panic alike, and by the next renderer to start if this one
+//! is killed. The plain workbook (and, with `encryption: none`, the stored
+//! file) only ever lives in unnamed files there: the named files are the
+//! age-encrypted snapshot and payload, and the sealed workbook.
 
 use async_nats::jetstream;
 use breakglass_bus::payload::attempt_object_name;
 use breakglass_bus::payload::{
-    PayloadKey, SnapshotItem, SnapshotReader, hash_file, warning_from_proto, warning_to_proto,
+    PayloadKey, SnapshotItem, SnapshotReader, warning_from_proto, warning_to_proto,
 };
 use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
 use breakglass_bus::{Bus, worker};
@@ -23,6 +27,22 @@ use breakglass_render::encrypt::Sealed;
 use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions, RenderReport, WorkbookBuilder};
 use breakglass_service::ConfigSource;
 use std::path::Path;
+
+/// The prefix of the renderer's working folders in the temp dir.
+pub const WORK_DIR_PREFIX: &str = "breakglass-renderer-";
+
+/// Removes the working folders of renderers that are no longer running
+/// (killed mid-run), whatever their age; call at start-up. Returns how many.
+pub fn sweep_crashed_work_dirs() -> usize {
+    let removed = breakglass_render::workdir::sweep_orphans(&[WORK_DIR_PREFIX]);
+    if !removed.is_empty() {
+        tracing::info!(
+            swept = removed.len(),
+            "removed working folders of renderers that did not finish"
+        );
+    }
+    removed.len()
+}
 
 /// The render stage bound to the bus.
 pub struct Renderer {
@@ -70,12 +90,9 @@ impl Stage for Renderer {
         let reference = ready.snapshot.clone().ok_or_else(|| {
             StageFailure::permanent("snapshot.ready carries no snapshot reference")
         })?;
-        let temp = tempfile::Builder::new()
-            .prefix("breakglass-renderer-")
-            .tempdir()
-            .map_err(|err| {
-                StageFailure::retry(format!("cannot create a private temp directory: {err}"))
-            })?;
+        let temp = breakglass_render::workdir::WorkDir::create(WORK_DIR_PREFIX).map_err(|err| {
+            StageFailure::retry(format!("cannot create a private temp directory: {err}"))
+        })?;
         let snapshot_path = temp.path().join("snapshot.age");
         bus.fetch_payload(&reference, &snapshot_path)
             .await
@@ -210,32 +227,25 @@ fn render_encrypted(
         };
         result.map_err(|err| StageFailure::permanent(err.to_string()))?;
     }
-    let workbook = dir.join("workbook.xlsx");
-    let report = builder
-        .finish(&workbook)
+    let (report, plain) = builder
+        .finish_unnamed()
         .map_err(|err| StageFailure::retry(err.to_string()))?;
     // The file the destinations will hold: the workbook protected as the
     // settings say. Its size and hash are what every upload is verified by.
-    let stored = dir.join("workbook.sealed");
-    let sealed = breakglass_render::encrypt::seal(&workbook, &stored, encryption).map_err(
-        |err| match err {
+    let (sealed, mut stored) = breakglass_render::encrypt::seal_file(plain, encryption, dir)
+        .map_err(|err| match err {
             breakglass_render::encrypt::SealError::Config(_) => {
                 StageFailure::permanent(err.to_string())
             }
             _ => StageFailure::retry(err.to_string()),
-        },
-    )?;
-    // The plaintext workbook is not needed any more: remove it now rather
-    // than when the directory goes.
-    let _ = std::fs::remove_file(&workbook);
-    let (size, sha256) = hash_file(&stored).map_err(|err| StageFailure::retry(err.to_string()))?;
+        })?;
+    let (size, sha256) = breakglass_render::encrypt::hash_open_file(&mut stored)
+        .map_err(|err| StageFailure::retry(err.to_string()))?;
     let encrypted = dir.join("workbook.age");
     key.encrypt_to_file(&encrypted, |out| {
-        let mut input = std::fs::File::open(&stored)?;
-        std::io::copy(&mut input, out).map(|_| ())
+        std::io::copy(&mut stored, out).map(|_| ())
     })
     .map_err(|err| StageFailure::retry(format!("encrypting the payload failed: {err}")))?;
-    let _ = std::fs::remove_file(&stored);
     Ok(Rendered {
         report,
         encrypted,

@@ -16,6 +16,9 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let context = breakglass_service::start("breakglass-renderer").await?;
+    // A renderer killed mid-run left its working folder: remove it now,
+    // whatever its age, unless a live renderer still holds it.
+    breakglass_renderer::sweep_crashed_work_dirs();
     let renderer = Renderer::new(
         breakglass_service::payload_key(&context.settings)?,
         context.config.clone(),

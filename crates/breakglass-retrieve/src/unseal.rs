@@ -1,11 +1,11 @@
 //! Decrypting a stored backup with what the on-call person holds.
 //!
-//! - `password`: ECMA-376 agile decryption through the `office-crypto`
-//!   crate. That crate does not check the password verifier, so a wrong
-//!   passphrase yields noise: the result is accepted only when it is a zip
-//!   package, and the manifest's key id is compared first so the message can
-//!   say which passphrase the file needs. The crate works in memory: a
-//!   workbook of N bytes needs about 3×N while it is decrypted.
+//! - `password`: ECMA-376 agile decryption ([`breakglass_render::agile`]),
+//!   streamed segment by segment into the output: memory stays at a few
+//!   buffers whatever the workbook's size. The password verifier and the
+//!   package's HMAC are checked before anything is written; the manifest's
+//!   key id is compared first so the message can say which passphrase the
+//!   file needs, and the result must be a zip package.
 //! - `age`: streamed through the `age` crate with X25519 identities read
 //!   from an identity file (`AGE-SECRET-KEY-1…` lines, as `age-keygen`
 //!   writes them).
@@ -16,7 +16,7 @@
 
 use crate::RetrieveError;
 use breakglass_core::Secret;
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -123,19 +123,52 @@ fn open_into(
                     ),
                 });
             }
-            let plain = decrypt_agile(stored, passphrase)?;
-            if !plain.starts_with(b"PK\x03\x04") {
+            let input = std::fs::File::open(stored)
+                .map_err(|err| RetrieveError::io("opening", stored, err))?;
+            let output = breakglass_core::private_fs::create_new(out)
+                .map_err(|err| RetrieveError::io("creating", out, err))?;
+            let mut writer = std::io::BufWriter::with_capacity(1 << 16, output);
+            let decrypted = breakglass_render::agile::decrypt(
+                BufReader::with_capacity(1 << 16, input),
+                passphrase.expose(),
+                &mut writer,
+            );
+            match decrypted {
+                Ok(_) => {}
+                Err(breakglass_render::agile::DecryptError::WrongPassword) => {
+                    return Err(RetrieveError::WrongPassphrase {
+                        file,
+                        hint: "its password verifier does not match".into(),
+                    });
+                }
+                Err(breakglass_render::agile::DecryptError::Io(err)) => {
+                    return Err(RetrieveError::io("decrypting", stored, err));
+                }
+                Err(err) => {
+                    return Err(RetrieveError::Workbook {
+                        file,
+                        reason: err.to_string(),
+                    });
+                }
+            }
+            let output = writer
+                .into_inner()
+                .map_err(|err| RetrieveError::io("writing", out, err.into_error()))?;
+            output
+                .sync_all()
+                .map_err(|err| RetrieveError::io("writing", out, err))?;
+            let mut magic = [0u8; 4];
+            let is_zip = std::fs::File::open(out)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .is_ok()
+                && magic == *b"PK\x03\x04";
+            if !is_zip {
                 return Err(RetrieveError::WrongPassphrase {
                     file,
                     hint: "it decrypts to noise, not a workbook".into(),
                 });
             }
-            let mut output = breakglass_core::private_fs::create_new(out)
-                .map_err(|err| RetrieveError::io("creating", out, err))?;
-            output
-                .write_all(&plain)
-                .and_then(|()| output.sync_all())
-                .map_err(|err| RetrieveError::io("writing", out, err))
+            Ok(())
         }
         "age" => {
             if key.identities.is_empty() {
@@ -185,31 +218,6 @@ fn open_into(
     }
 }
 
-/// Agile decryption, with the decoder's panics (it trusts the size fields
-/// of the file) turned into an error about the file.
-fn decrypt_agile(stored: &Path, passphrase: &Secret) -> Result<Vec<u8>, RetrieveError> {
-    let file = stored.display().to_string();
-    let path = stored.to_path_buf();
-    let passphrase = passphrase.clone();
-    let outcome = std::panic::catch_unwind(move || {
-        office_crypto::decrypt_from_file(&path, passphrase.expose())
-    });
-    match outcome {
-        Ok(Ok(plain)) => Ok(plain),
-        Ok(Err(office_crypto::DecryptError::IoError(err))) => {
-            Err(RetrieveError::io("reading", stored, err))
-        }
-        Ok(Err(err)) => Err(RetrieveError::Workbook {
-            file,
-            reason: format!("not an encrypted Office file ({err})"),
-        }),
-        Err(_) => Err(RetrieveError::Workbook {
-            file,
-            reason: "its encryption structure is damaged".into(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,9 +263,14 @@ mod tests {
         );
         assert!(err.to_string().contains(&info.key_id), "{err}");
         assert!(!out2.exists());
-        // Without a key id to compare, the noise is caught.
+        // Without a key id to compare, the file's own verifier refuses it.
         let err = open_sealed(&sealed, &out2, "password", "", &wrong).unwrap_err();
-        assert!(err.to_string().contains("noise"), "{err}");
+        assert!(
+            matches!(err, RetrieveError::WrongPassphrase { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("verifier"), "{err}");
+        assert!(!out2.exists());
         assert!(!err.to_string().contains("Tr0ub4dor"), "{err}");
     }
 
