@@ -11,6 +11,8 @@
 //! - [`Moto`] / [`Azurite`]: an S3-compatible server or the Azure Blob
 //!   emulator of a test's own (HTTP, or HTTPS with a [`TestCa`]), with an
 //!   independent client (boto3 / azure-storage-blob) to read back.
+//! - [`TestPostgres`]: a PostgreSQL server of a test's own, with TLS from a
+//!   [`TestCa`] certificate or plain only.
 //! - [`TraceReceiver`]: an in-test OTLP/gRPC receiver keeping every span the
 //!   services export, to check a run's trace across processes.
 
@@ -423,6 +425,234 @@ impl TestCa {
         std::fs::write(&cert_pem, cert.pem()).expect("write client cert");
         std::fs::write(&key_pem, key.serialize_pem()).expect("write client key");
         (cert_pem, key_pem)
+    }
+    /// A server certificate for exactly `names` (DNS names or IP
+    /// addresses) signed by this CA: the certificate and key files, written
+    /// under `dir`.
+    pub fn server_cert(&self, names: &[&str], dir: &Path) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("server params");
+        let cert = params.signed_by(&key, &self.issuer).expect("server cert");
+        let cert_pem = dir.join("server-named.pem");
+        let key_pem = dir.join("server-named.key");
+        std::fs::write(&cert_pem, cert.pem()).expect("write server cert");
+        std::fs::write(&key_pem, key.serialize_pem()).expect("write server key");
+        (cert_pem, key_pem)
+    }
+}
+
+/// A PostgreSQL server of a test's own (Debian's binaries, run as the
+/// `postgres` user when the test runs as root), listening on every address
+/// of a free port, password (SCRAM) authentication over TCP, trust over its
+/// private Unix socket for [`TestPostgres::psql`]. With a certificate it
+/// accepts only TLS connections (`hostssl`); without, only plain ones
+/// (`ssl = off`). Stopped on drop.
+pub struct TestPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    owner: Option<(u32, u32)>,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl TestPostgres {
+    /// Starts a server; `tls` is the server certificate and key files.
+    pub fn start(tls: Option<(&Path, &Path)>) -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("Debian PostgreSQL is installed (/usr/lib/postgresql)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("a PostgreSQL bin folder");
+        let dir = tempfile::tempdir().expect("temp dir");
+        // initdb refuses root: the server runs as `postgres` then.
+        let own_uid = std::fs::metadata("/proc/self").ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid()
+        });
+        let owner = if own_uid == Some(0) {
+            let id = |flag: &str| -> u32 {
+                let out = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .expect("id postgres");
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .expect("the postgres user exists")
+            };
+            Some((id("-u"), id("-g")))
+        } else {
+            None
+        };
+        let data = dir.path().join("data");
+        let port = std::net::TcpListener::bind("0.0.0.0:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = Self {
+            dir,
+            bin,
+            owner,
+            port,
+        };
+        server.chown(server.dir.path());
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
+        );
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '*'\nunix_socket_directories = '{}'\n",
+            server.dir.path().display()
+        );
+        let hba = if let Some((cert, key)) = tls {
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                let target = data.join(to);
+                std::fs::copy(from, &target).expect("copy server certificate");
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                server.chown(&target);
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            "local all all trust\nhostssl all all all scram-sha-256\n"
+        } else {
+            conf.push_str("ssl = off\n");
+            "local all all trust\nhost all all all scram-sha-256\n"
+        };
+        let mut existing = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
+        existing.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), existing).expect("write conf");
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write hba");
+        let log = server.dir.path().join("server.log");
+        server.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-l",
+                log.to_str().expect("utf-8 path"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        server
+    }
+
+    fn chown(&self, path: &Path) {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
+        }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.owner {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid).env("HOME", self.dir.path());
+        }
+        command.current_dir(self.dir.path());
+        command
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|err| panic!("{program} runs: {err}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs SQL as the superuser in `database` (over the Unix socket).
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let port = self.port.to_string();
+        let socket = self.dir.path().to_str().expect("utf-8 path").to_owned();
+        self.run(
+            "psql",
+            &[
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &socket,
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+        )
+    }
+
+    /// Creates database `inv` with the inventory view contract over a
+    /// small table (as deploy/compose/inventory.sql) and a login role
+    /// `reader` with `password` that may only read the view.
+    pub fn create_inventory(&self, password: &str) {
+        self.psql("postgres", "CREATE DATABASE inv");
+        self.psql(
+            "inv",
+            &format!(
+                "CREATE TABLE devices (project text, provider text, device_name text, protocol text, \
+                 public_ip text, private_ip text, url text, port text, access_type text, \
+                 account text, password text, pem_file_name text, extra_credential text); \
+                 INSERT INTO devices VALUES \
+                 ('Payments', 'AWS', 'web-1', 'SSH', '203.0.113.1', '10.0.0.1', NULL, '22', 'password', 'root', 'device-pass-1', NULL, NULL), \
+                 ('Core', 'Azure', 'db-1', 'PostgreSQL', NULL, '10.1.0.1', NULL, '5432', 'password', 'postgres', 'device-pass-2', NULL, NULL); \
+                 CREATE VIEW breakglass_inventory AS SELECT * FROM devices; \
+                 CREATE ROLE reader LOGIN PASSWORD '{password}'; \
+                 GRANT SELECT ON breakglass_inventory TO reader;"
+            ),
+        );
+    }
+
+    /// Creates a login role `owner` with `password` owning a fresh database
+    /// `runs` (for the run log, which creates its schema).
+    pub fn create_run_log_database(&self, password: &str) {
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE owner LOGIN PASSWORD '{password}'"),
+        );
+        self.psql("postgres", "CREATE DATABASE runs OWNER owner");
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data.to_string_lossy(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

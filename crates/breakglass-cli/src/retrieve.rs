@@ -569,10 +569,14 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
             backup_created_at: report.created_at,
         };
         let recorded = async {
-            breakglass_runlog::RunLog::connect_existing(url.expose(), &schema)
-                .await?
-                .record_drill(&record)
-                .await
+            breakglass_runlog::RunLog::connect_existing_with_ca(
+                url.expose(),
+                &schema,
+                settings.ca_bundle.as_ref(),
+            )
+            .await?
+            .record_drill(&record)
+            .await
         }
         .await;
         if let Err(err) = recorded {

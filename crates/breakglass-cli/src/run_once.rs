@@ -48,7 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         breakglass_telemetry::init_with_default("breakglass-cli", tracing::Level::WARN)?;
     let settings = settings(&args)?;
     let run_id = RunId::generate();
-    let source = AnySource::for_location(&settings.inventory, &settings.inventory_view);
+    let source = AnySource::for_settings(&settings);
     let (progress, display) = Progress::start();
 
     let inventory = source
@@ -184,10 +184,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let warning_count = collect_warning_count + report.warning_count;
     for warning in collect_warnings.iter().chain(&report.warnings).take(20) {
-        eprintln!(
-            "  warning: project {:?}, device {:?}, {}: {}",
-            warning.project, warning.device, warning.field, warning.message
-        );
+        if warning.project.is_empty() && warning.device.is_empty() {
+            // A warning about the run itself (e.g. inventory_url's TLS).
+            eprintln!("  warning: {}: {}", warning.field, warning.message);
+        } else {
+            eprintln!(
+                "  warning: project {:?}, device {:?}, {}: {}",
+                warning.project, warning.device, warning.field, warning.message
+            );
+        }
     }
     if warning_count > 20 {
         eprintln!(

@@ -99,6 +99,18 @@ impl AnySource {
     }
 }
 
+impl AnySource {
+    /// The source `settings` name (`inventory_url`, `inventory_view`),
+    /// trusting `ca_bundle` for PostgreSQL's TLS when the URL names no
+    /// `sslrootcert`.
+    pub fn for_settings(settings: &breakglass_config::Settings) -> Self {
+        match Self::for_location(&settings.inventory, &settings.inventory_view) {
+            Self::Sql(source) => Self::Sql(source.with_ca_bundle(settings.ca_bundle.clone())),
+            other => other,
+        }
+    }
+}
+
 impl Source for AnySource {
     fn describe(&self) -> String {
         match self {

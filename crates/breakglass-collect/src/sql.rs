@@ -7,10 +7,14 @@
 //! `project, provider, device_name, protocol, public_ip, private_ip, url,
 //! port, access_type, account, password, pem_file_name, extra_credential`.
 //! The PostgreSQL session is set read-only: the collector never writes to
-//! the inventory database.
+//! the inventory database. The connection follows the TLS policy of
+//! `breakglass-pg` (default `verify-full` to a remote host); a weakened one
+//! puts a warning on every run's inventory.
 
 use crate::{CollectError, RowCounter, Source};
-use breakglass_core::{DeviceRow, Inventory, Secret};
+use breakglass_config::CaBundle;
+use breakglass_core::{DeviceRow, Inventory, RowWarning, Secret};
+use breakglass_pg::PgTarget;
 use futures::TryStreamExt;
 use sqlx::{Connection, Row};
 use std::str::FromStr;
@@ -42,6 +46,7 @@ pub struct SqlSource {
     url: Secret,
     engine: Engine,
     view: String,
+    ca_bundle: Option<CaBundle>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +62,15 @@ impl SqlSource {
             url,
             engine: Engine::Postgres,
             view: view.into(),
+            ca_bundle: None,
         }
+    }
+
+    /// Trusts `ca_bundle` for PostgreSQL's TLS when the URL names no
+    /// `sslrootcert`.
+    pub fn with_ca_bundle(mut self, ca_bundle: Option<CaBundle>) -> Self {
+        self.ca_bundle = ca_bundle;
+        self
     }
 
     /// A SQLite source (`sqlite://path`), opened read-only.
@@ -66,6 +79,7 @@ impl SqlSource {
             url: Secret::new(url),
             engine: Engine::Sqlite,
             view: view.into(),
+            ca_bundle: None,
         }
     }
 
@@ -80,9 +94,12 @@ impl SqlSource {
     }
 
     fn fail(&self, reason: impl std::fmt::Display) -> CollectError {
-        let reason = reason
-            .to_string()
-            .replace(self.url.expose(), "<inventory_url>");
+        let reason = breakglass_pg::scrub_password(
+            &reason
+                .to_string()
+                .replace(self.url.expose(), "<inventory_url>"),
+            self.url.expose(),
+        );
         CollectError::Database {
             source_name: self.describe(),
             reason,
@@ -91,6 +108,7 @@ impl SqlSource {
 
     async fn read_rows<R>(
         &self,
+        mut inventory: Inventory,
         mut rows: impl futures::Stream<Item = Result<R, sqlx::Error>> + Unpin,
         counter: &RowCounter,
     ) -> Result<Inventory, CollectError>
@@ -99,7 +117,6 @@ impl SqlSource {
         usize: sqlx::ColumnIndex<R>,
         for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     {
-        let mut inventory = Inventory::new();
         let mut number: u64 = 0;
         while let Some(row) = rows
             .try_next()
@@ -139,12 +156,12 @@ impl Source for SqlSource {
     async fn collect(&self, counter: &RowCounter) -> Result<Inventory, CollectError> {
         match self.engine {
             Engine::Postgres => {
-                let options = sqlx::postgres::PgConnectOptions::from_str(self.url.expose())
-                    .map_err(|err| {
-                        self.fail(format!(
-                            "inventory_url is not a valid PostgreSQL URL: {err}"
-                        ))
-                    })?
+                let target =
+                    PgTarget::new("inventory_url", self.url.expose(), self.ca_bundle.as_ref())
+                        .map_err(|err| self.fail(err))?;
+                let options = target
+                    .options()
+                    .clone()
                     .application_name("breakglass-collector");
                 let mut conn = tokio::time::timeout(
                     CONNECT_TIMEOUT,
@@ -157,7 +174,18 @@ impl Source for SqlSource {
                         CONNECT_TIMEOUT.as_secs()
                     ))
                 })?
-                .map_err(|err| self.fail(format!("cannot connect: {err}")))?;
+                .map_err(|err| self.fail(format!("cannot connect: {}", target.explain(&err))))?;
+                // Connected: a weakened connection is said on every run.
+                let mut inventory = Inventory::new();
+                if let Some(warning) = target.warning() {
+                    tracing::warn!(field = "inventory_url", "{warning}");
+                    inventory.warn(RowWarning {
+                        project: String::new(),
+                        device: String::new(),
+                        field: "inventory_url".into(),
+                        message: warning,
+                    });
+                }
                 sqlx::query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
                     .execute(&mut conn)
                     .await
@@ -165,7 +193,7 @@ impl Source for SqlSource {
                         self.fail(format!("cannot make the session read-only: {err}"))
                     })?;
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.select())).fetch(&mut conn);
-                let inventory = self.read_rows(rows, counter).await?;
+                let inventory = self.read_rows(inventory, rows, counter).await?;
                 let _ = conn.close().await;
                 Ok(inventory)
             }
@@ -186,7 +214,7 @@ impl Source for SqlSource {
                 })?
                 .map_err(|err| self.fail(format!("cannot open: {err}")))?;
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.select())).fetch(&mut conn);
-                let inventory = self.read_rows(rows, counter).await?;
+                let inventory = self.read_rows(Inventory::new(), rows, counter).await?;
                 let _ = conn.close().await;
                 Ok(inventory)
             }

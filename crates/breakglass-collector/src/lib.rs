@@ -54,7 +54,7 @@ impl Stage for Collector {
         let run_id = RunId::parse(&trigger.run_id)
             .map_err(|err| StageFailure::permanent(err.to_string()))?;
         let settings = self.config.load_for_run()?;
-        let source = AnySource::for_location(&settings.inventory, &settings.inventory_view);
+        let source = AnySource::for_settings(&settings);
         let described = source.describe();
         let collected = async { source.collect(&RowCounter::new()).await }
             .instrument(tracing::info_span!("inventory query", source = %described))

@@ -11,11 +11,15 @@
 //!   secret) and rule, the one error shape every bad input gets.
 //! - [`remote`]: S3 / Azure destination settings, endpoint and bucket rules,
 //!   the CA bundle.
+//! - [`postgres_tls`]: libpq's TLS parameters (`sslmode`, `sslrootcert`,
+//!   `sslcert`, `sslkey`) in `inventory_url` / `database_url`, and the one
+//!   policy both connections follow.
 //! - [`source`]: which keys the settings page (the config API) manages, and
 //!   how settings stored through it lay over the mounted file's wiring.
 #![warn(missing_docs)]
 
 pub mod file;
+pub mod postgres_tls;
 pub mod problem;
 pub mod remote;
 pub mod settings;

@@ -261,6 +261,9 @@ impl Settings {
         let inventory = check
             .parse(raw, "inventory_url", InventoryLocation::parse)
             .unwrap_or(InventoryLocation::BundledSample);
+        if let InventoryLocation::Postgres(url) = &inventory {
+            check.postgres_tls(raw, "inventory_url", url.expose());
+        }
         let inventory_view = check
             .parse(raw, "inventory_view", |v| {
                 parse_sql_name(v).map(|()| v.to_owned())
@@ -280,6 +283,9 @@ impl Settings {
                 _ => Err("must be a postgres://user:password@host:port/database URL with a host; percent-encode @ : / # ? in the user and password"),
             }
         });
+        if let Some(url) = &database_url {
+            check.postgres_tls(raw, "database_url", url.expose());
+        }
         let database_schema = check
             .parse(raw, "database_schema", |v| {
                 let ok = !v.is_empty()
@@ -518,6 +524,18 @@ impl Checker {
                 }
                 Encryption::None
             }
+        }
+    }
+
+    /// The libpq TLS parameters of a `postgres://` URL setting
+    /// ([`crate::postgres_tls`]): checked here so `config check` reports
+    /// them with the other problems.
+    fn postgres_tls(&mut self, raw: &RawConfig, key: &'static str, url: &str) {
+        if let (Err(rule), Some(value)) = (
+            crate::postgres_tls::TlsParams::from_url(key, url),
+            raw.get(key),
+        ) {
+            self.fail_owned(key, value, rule);
         }
     }
 

@@ -10,6 +10,11 @@
 //! applied versions are checked against the files). It holds no credential:
 //! the events carry none (DESIGN.md invariant 3).
 //!
+//! The connection follows the TLS policy of `breakglass-pg` (default
+//! `verify-full` to a remote host, `ca_bundle` trusted when `database_url`
+//! names no `sslrootcert`); a weakened one is warned about on every
+//! connect and kept in [`RunLog::transport_warning`].
+//!
 //! The same schema keeps the settings stored through the config API
 //! ([`settings_store`]), their secrets sealed with `settings_key`
 //! (`breakglass_core::seal`) before they are written: both are the control
@@ -17,12 +22,13 @@
 
 pub mod settings_store;
 
+use breakglass_config::CaBundle;
+use breakglass_pg::PgTarget;
 use breakglass_proto::v1;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Row, SqlSafeStr};
-use std::str::FromStr;
 
 /// Why the run log could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -196,13 +202,24 @@ pub struct DrillRecord {
 #[derive(Clone, Debug)]
 pub struct RunLog {
     pool: PgPool,
+    warning: Option<String>,
 }
 
 impl RunLog {
     /// Connects, creates the schema if missing and applies the migrations.
     /// `schema` must be a plain identifier (letters, digits, `_`).
     pub async fn connect(database_url: &str, schema: &str) -> Result<Self, RunLogError> {
-        let pool = pool(database_url, schema, 4).await?;
+        Self::connect_with_ca(database_url, schema, None).await
+    }
+
+    /// Like [`RunLog::connect`], trusting `ca_bundle` for TLS when
+    /// `database_url` names no `sslrootcert`.
+    pub async fn connect_with_ca(
+        database_url: &str,
+        schema: &str,
+        ca_bundle: Option<&CaBundle>,
+    ) -> Result<Self, RunLogError> {
+        let (pool, warning) = pool(database_url, schema, 4, ca_bundle).await?;
         // The schema name was checked by `pool` to be a plain identifier.
         // Connections resolve search_path per statement, so the schema
         // created here is used by the migrations that follow.
@@ -216,7 +233,7 @@ impl RunLog {
             .run(&pool)
             .await
             .map_err(|err| RunLogError::Migrate(err.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, warning })
     }
 
     /// Connects to a run log the scheduler has already created, without
@@ -224,7 +241,17 @@ impl RunLog {
     /// needs only INSERT on `drills`, and whose binary may be older or newer
     /// than the scheduler's migrations.
     pub async fn connect_existing(database_url: &str, schema: &str) -> Result<Self, RunLogError> {
-        let pool = pool(database_url, schema, 1).await?;
+        Self::connect_existing_with_ca(database_url, schema, None).await
+    }
+
+    /// Like [`RunLog::connect_existing`], trusting `ca_bundle` for TLS when
+    /// `database_url` names no `sslrootcert`.
+    pub async fn connect_existing_with_ca(
+        database_url: &str,
+        schema: &str,
+        ca_bundle: Option<&CaBundle>,
+    ) -> Result<Self, RunLogError> {
+        let (pool, warning) = pool(database_url, schema, 1, ca_bundle).await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('drills')::text")
             .fetch_one(&pool)
             .await
@@ -234,7 +261,13 @@ impl RunLog {
                 "schema {schema:?} has no run log yet: start the scheduler with this database_url (it creates the schema), or check database_schema"
             )));
         }
-        Ok(Self { pool })
+        Ok(Self { pool, warning })
+    }
+
+    /// The warning a weakened connection carries (`sslmode` `disable`,
+    /// `prefer` or `require` to a remote host), already logged on connect.
+    pub fn transport_warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     /// True when the database answers (for `/readyz`).
@@ -516,7 +549,12 @@ fn run_from_row(row: &sqlx::postgres::PgRow) -> Result<RunRecord, RunLogError> {
 
 /// A pool on `schema` (checked to be a plain identifier) of the database
 /// at `database_url`; connection errors never carry the password.
-async fn pool(database_url: &str, schema: &str, connections: u32) -> Result<PgPool, RunLogError> {
+async fn pool(
+    database_url: &str,
+    schema: &str,
+    connections: u32,
+    ca_bundle: Option<&CaBundle>,
+) -> Result<(PgPool, Option<String>), RunLogError> {
     if schema.is_empty()
         || schema.len() > 63
         || !schema
@@ -528,49 +566,17 @@ async fn pool(database_url: &str, schema: &str, connections: u32) -> Result<PgPo
             "schema {schema:?} must be 1-63 lower-case letters, digits or '_', not starting with a digit"
         )));
     }
-    let options = PgConnectOptions::from_str(database_url)
-        .map_err(|err| RunLogError::Config(breakglass_scrub(&err.to_string(), database_url)))?
-        .options([("search_path", schema)]);
-    PgPoolOptions::new()
+    let target = PgTarget::new("database_url", database_url, ca_bundle)
+        .map_err(|err| RunLogError::Config(err.to_string()))?;
+    let options = target.options().clone().options([("search_path", schema)]);
+    let pool = PgPoolOptions::new()
         .max_connections(connections)
         .connect_with(options)
         .await
-        .map_err(|err| RunLogError::Database(breakglass_scrub(&err.to_string(), database_url)))
-}
-
-/// Removes the URL's password, as written and percent-decoded, from a
-/// driver message, should it echo it. (Too short a password would mask
-/// ordinary words; such a password is a problem of its own.)
-fn breakglass_scrub(text: &str, url: &str) -> String {
-    let Some(encoded) = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_owned))
-    else {
-        return text.to_owned();
-    };
-    // Percent-decoding only: a literal `+` stays a plus.
-    let decoded =
-        url::form_urlencoded::parse(format!("p={}", encoded.replace('+', "%2B")).as_bytes())
-            .next()
-            .map(|(_, value)| value.into_owned())
-            .unwrap_or_default();
-    let mut text = text.to_owned();
-    for password in [encoded, decoded] {
-        if password.len() >= 4 {
-            text = text.replace(&password, "********");
-        }
+        .map_err(|err| RunLogError::Database(target.explain(&err)))?;
+    let warning = target.warning();
+    if let Some(warning) = &warning {
+        tracing::warn!(field = "database_url", "{warning}");
     }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn driver_messages_lose_the_password_as_written_and_decoded() {
-        let url = "postgres://runlog:pa%40ss+word@db:5432/x";
-        let text = breakglass_scrub("auth failed for pa%40ss+word / pa@ss+word", url);
-        assert_eq!(text, "auth failed for ******** / ********");
-    }
+    Ok((pool, warning))
 }

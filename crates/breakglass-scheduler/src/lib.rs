@@ -71,17 +71,25 @@ pub fn slot_on(date: NaiveDate, time: DailyTime, zone: Tz) -> Slot {
 /// Connects the run log (retrying every 10 s while PostgreSQL is away, so
 /// the schedule never waits for it) and records every bus event into it
 /// until `shutdown`. The connected log goes to `connected` for the gRPC
-/// run history.
+/// run history. `ca_bundle` is trusted for TLS when `database_url` names no
+/// `sslrootcert`.
 pub async fn record_runs(
     bus: Bus,
     database_url: breakglass_core::Secret,
     schema: String,
+    ca_bundle: Option<breakglass_config::CaBundle>,
     connected: tokio::sync::watch::Sender<Option<breakglass_runlog::RunLog>>,
     reachable: std::sync::Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let log = loop {
-        match breakglass_runlog::RunLog::connect(database_url.expose(), &schema).await {
+        match breakglass_runlog::RunLog::connect_with_ca(
+            database_url.expose(),
+            &schema,
+            ca_bundle.as_ref(),
+        )
+        .await
+        {
             Ok(log) => break log,
             Err(err) => {
                 tracing::error!(error = %err, "the run log is unavailable; retrying in 10 s (runs go on)");

@@ -106,6 +106,7 @@ async fn run() -> anyhow::Result<()> {
             context.bus.clone(),
             url,
             context.settings.database_schema.clone(),
+            context.settings.ca_bundle.clone(),
             runlog_tx,
             reachable,
             context.shutdown.clone(),
