@@ -129,3 +129,59 @@ fn the_checker_catches_broken_references() {
         "{text}"
     );
 }
+
+fn run_python(script: &str, args: &[&Path]) -> (bool, String) {
+    let output = Command::new(test_python())
+        .arg(repo().join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The network policies, evaluated as Kubernetes does over the rendered
+/// manifests: every flow the pipeline needs is open, the closed ones are
+/// closed (tests/py/netpol.py lists both).
+#[test]
+fn the_network_policies_let_the_pipeline_run_and_nothing_else() {
+    let (ok, text) = run_python("tests/py/netpol.py", &[&repo()]);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn the_network_policy_evaluator_passes_its_own_unit_tests() {
+    let (ok, text) = run_python("tests/py/test_netpol.py", &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("OK"), "{text}");
+}
+
+/// Without the policy that opens NATS to the services, the evaluator sees
+/// what the cluster would do: the default policy isolates NATS too.
+#[test]
+fn the_evaluator_sees_nats_shut_when_its_policy_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_inputs(dir.path());
+    let path = dir.path().join("deploy/k8s/networkpolicy.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("name: breakglass-nats\n"))
+        .collect();
+    assert_eq!(kept.len() + 1, text.split("\n---\n").count());
+    std::fs::write(&path, kept.join("\n---\n")).unwrap();
+    let (ok, text) = run_python("tests/py/netpol.py", &[dir.path()]);
+    assert!(!ok, "{text}");
+    for service in ["scheduler", "collector", "renderer", "uploader"] {
+        assert!(
+            text.contains(&format!(
+                "DENIED but needed: breakglass-{service} -> nats:4222/TCP"
+            )),
+            "{text}"
+        );
+    }
+}
