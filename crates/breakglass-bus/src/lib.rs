@@ -315,8 +315,18 @@ impl Bus {
                 what: self.subjects().stream(),
                 reason: err.to_string(),
             })?;
-        if let Ok(stored) = stream.get_last_raw_message_by_subject(&subject).await {
-            return decode(&stored.payload).map(Some);
+        // A direct get names the subject in the request subject, which the
+        // Mavis core's NATS user is allowed for `run.finished.>` only;
+        // streams created before `allow_direct` answer the leader's get.
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match stream.direct_get_last_for_subject(subject.clone()).await {
+            Ok(stored) => return decode(&stored.payload).map(Some),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => {}
+            Err(_) => {
+                if let Ok(stored) = stream.get_last_raw_message_by_subject(&subject).await {
+                    return decode(&stored.payload).map(Some);
+                }
+            }
         }
         match tokio::time::timeout(timeout, live.next()).await {
             Ok(Some(message)) => decode(&message.payload).map(Some),
