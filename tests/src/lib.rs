@@ -83,6 +83,7 @@ impl Isolation {
             max_deliver: 3,
             payload_ttl: std::time::Duration::from_secs(3600),
             payload_key: None,
+            ca_bundle: None,
         })
         .await
         .expect("NATS with JetStream is reachable (make test starts it)")

@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod payload;
+pub mod permissions;
 pub mod settings_kv;
 pub mod subjects;
 pub mod worker;
@@ -52,6 +53,9 @@ pub struct BusOptions {
     pub payload_ttl: Duration,
     /// age identity that encrypts and decrypts payloads.
     pub payload_key: Option<Secret>,
+    /// Extra trusted CAs (PEM) for `tls://` NATS URLs (`ca_bundle`); the
+    /// system's roots when `None`.
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// A connected bus with its stream and object store in place.
@@ -75,22 +79,40 @@ impl Bus {
     /// Connects (failing fast when NATS is unreachable) and makes sure the
     /// stream exists.
     pub async fn connect(options: BusOptions) -> Result<Self, BusError> {
-        let client = tokio::time::timeout(
-            Duration::from_secs(10),
-            async_nats::ConnectOptions::new()
-                .name("breakglass")
-                .connection_timeout(Duration::from_secs(5))
-                .connect(options.url.expose()),
-        )
-        .await
-        .map_err(|_| BusError::Connect {
-            url: breakglass_core::secret::mask_url_credentials(options.url.expose()),
-            reason: "timed out after 10s".into(),
-        })?
-        .map_err(|err| BusError::Connect {
-            url: breakglass_core::secret::mask_url_credentials(options.url.expose()),
-            reason: err.to_string().replace(options.url.expose(), "<nats_url>"),
+        let masked = || breakglass_core::secret::mask_url_credentials(options.url.expose());
+        let target = connect_target(options.url.expose()).map_err(|reason| BusError::Connect {
+            url: masked(),
+            reason,
         })?;
+        let mut connect = async_nats::ConnectOptions::new()
+            .name("breakglass")
+            .connection_timeout(Duration::from_secs(5));
+        // async-nats ignores credentials in the URL: hand them over, and
+        // take replies on this user's own inbox prefix (its permissions
+        // allow no other).
+        if let Some((user, password)) = target.credentials {
+            connect = connect
+                .custom_inbox_prefix(permissions::inbox_prefix(&user))
+                .user_and_password(user, password.expose().to_owned());
+        }
+        // `tls://` requires TLS; a server that requires it gets it anyway.
+        // Either way `ca_bundle` is the trust root when set.
+        if target.tls {
+            connect = connect.require_tls(true);
+        }
+        if let Some(ca) = &options.ca_bundle {
+            connect = connect.add_root_certificates(ca.clone());
+        }
+        let client = tokio::time::timeout(Duration::from_secs(10), connect.connect(target.servers))
+            .await
+            .map_err(|_| BusError::Connect {
+                url: masked(),
+                reason: "timed out after 10s".into(),
+            })?
+            .map_err(|err| BusError::Connect {
+                url: masked(),
+                reason: err.to_string().replace(options.url.expose(), "<nats_url>"),
+            })?;
         let jetstream = jetstream::new(client.clone());
         let subjects = Subjects::new(&options.prefix);
         let bus = Self {
@@ -134,6 +156,10 @@ impl Bus {
                 max_age: EVENT_RETENTION,
                 duplicate_window: DUPLICATE_WINDOW,
                 storage: stream::StorageType::File,
+                // Last-by-subject reads name the subject in the request
+                // subject, so NATS permissions can scope them (the Mavis
+                // core may read `run.finished.>` only).
+                allow_direct: true,
                 ..Default::default()
             })
             .await
@@ -178,6 +204,58 @@ impl Bus {
         let _ = self.client.flush().await;
         let _ = self.client.drain().await;
     }
+}
+
+/// Where and how to connect, from a `nats_url` list.
+struct ConnectTarget {
+    /// The server URLs without credentials.
+    servers: Vec<async_nats::ServerAddr>,
+    /// User and password of the first URL that has them.
+    credentials: Option<(String, Secret)>,
+    /// Any URL is `tls://`.
+    tls: bool,
+}
+
+/// Splits `nats://user:password@host:port[,...]` into servers and
+/// credentials (percent-decoded). Errors name the rule, never the password.
+fn connect_target(urls: &str) -> Result<ConnectTarget, String> {
+    let mut target = ConnectTarget {
+        servers: Vec::new(),
+        credentials: None,
+        tls: false,
+    };
+    for (index, raw) in urls.split(',').map(str::trim).enumerate() {
+        let mut url =
+            url::Url::parse(raw).map_err(|err| format!("URL {} is not a URL: {err}", index + 1))?;
+        if !matches!(url.scheme(), "nats" | "tls") {
+            return Err(format!(
+                "URL {} has scheme {:?}: use nats:// or tls://",
+                index + 1,
+                url.scheme()
+            ));
+        }
+        target.tls |= url.scheme() == "tls";
+        if !url.username().is_empty() && target.credentials.is_none() {
+            let decode = |text: &str| {
+                percent_encoding::percent_decode_str(text)
+                    .decode_utf8()
+                    .map(|t| t.into_owned())
+                    .map_err(|_| format!("URL {}: the user or password is not UTF-8", index + 1))
+            };
+            let user = decode(url.username())?;
+            let password = decode(url.password().unwrap_or(""))?;
+            target.credentials = Some((user, Secret::new(password)));
+        }
+        // Dropping the credentials from the address cannot fail for nats:// and tls://.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let addr = url
+            .as_str()
+            .parse::<async_nats::ServerAddr>()
+            .map_err(|err| format!("URL {} is not a NATS address: {err}", index + 1))?;
+        target.servers.push(addr);
+    }
+    Ok(target)
 }
 
 /// The trace-context pairs carried by a received message's headers.
@@ -237,8 +315,18 @@ impl Bus {
                 what: self.subjects().stream(),
                 reason: err.to_string(),
             })?;
-        if let Ok(stored) = stream.get_last_raw_message_by_subject(&subject).await {
-            return decode(&stored.payload).map(Some);
+        // A direct get names the subject in the request subject, which the
+        // Mavis core's NATS user is allowed for `run.finished.>` only;
+        // streams created before `allow_direct` answer the leader's get.
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match stream.direct_get_last_for_subject(subject.clone()).await {
+            Ok(stored) => return decode(&stored.payload).map(Some),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => {}
+            Err(_) => {
+                if let Ok(stored) = stream.get_last_raw_message_by_subject(&subject).await {
+                    return decode(&stored.payload).map(Some);
+                }
+            }
         }
         match tokio::time::timeout(timeout, live.next()).await {
             Ok(Some(message)) => decode(&message.payload).map(Some),

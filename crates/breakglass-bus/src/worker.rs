@@ -96,7 +96,12 @@ pub trait Stage: Send + Sync {
 /// The stages and the subjects their consumers read. `runlog` (the
 /// scheduler's recorder of the PostgreSQL run log) reads every event.
 pub fn stage_subjects(bus: &Bus) -> [(&'static str, String); 4] {
-    let subjects = bus.subjects();
+    stage_subjects_for(bus.subjects())
+}
+
+/// [`stage_subjects`] for an installation's names (the NATS permissions
+/// are generated from them).
+pub fn stage_subjects_for(subjects: &crate::Subjects) -> [(&'static str, String); 4] {
     [
         ("collector", subjects.trigger()),
         ("renderer", subjects.snapshot_ready()),

@@ -75,6 +75,16 @@ enum Command {
     /// `payload_key` setting, or with `--settings` a `settings_key`, into a
     /// new private file (`--out`) or a pipe; never onto the terminal.
     Keygen(KeygenArgs),
+    /// Print the `authorization` block of a nats-server configuration: one
+    /// user per service and the Mavis core, each allowed only the subjects
+    /// its work needs (docs/KUBERNETES.md, "NATS users"). Passwords are
+    /// `$BREAKGLASS_NATS_PASSWORD_<USER>` variables the server resolves
+    /// from its environment.
+    NatsConfig {
+        /// The services' `bus_prefix`.
+        #[arg(long, default_value = "breakglass")]
+        prefix: String,
+    },
     /// Emergency: download the newest backup with the break-glass (read)
     /// credential, verify it against its manifest and decrypt it.
     Fetch(retrieve::FetchArgs),
@@ -180,6 +190,18 @@ fn main() -> ExitCode {
                 out,
             } => generate(rows, projects, seed, &out),
             Command::Keygen(args) => keygen(&args),
+            Command::NatsConfig { prefix } => {
+                use breakglass_bus::permissions::{Role, User, authorization_block};
+                // The same rule as the services' bus_prefix setting.
+                let raw = breakglass_config::RawConfig::parse(
+                    &format!("bus_prefix: {prefix}\n"),
+                    "--prefix",
+                )?;
+                let prefix = breakglass_config::Settings::from_raw(&raw)?.bus_prefix;
+                let users: Vec<User> = Role::ALL.into_iter().map(User::from_env).collect();
+                print!("{}", authorization_block(&prefix, &users));
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Config {
                 command: ConfigCommand::Check { file },
             } => config_check(&file),

@@ -9,3 +9,8 @@
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/breakglass.v1.rs"));
 }
+
+/// The encoded `FileDescriptorSet` of every `.proto` file, for gRPC server
+/// reflection (so `grpcurl` works without the `.proto` files).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/breakglass_descriptor.bin"));

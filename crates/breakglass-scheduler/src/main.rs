@@ -85,6 +85,10 @@ async fn run() -> anyhow::Result<()> {
             ),
         );
         let shutdown = context.shutdown.clone();
+        // Health reports the run history as well as the config API.
+        let port = port.also_serving(
+            <RunHistoryServer<RunHistoryService> as tonic::server::NamedService>::NAME,
+        );
         tokio::spawn(async move {
             if let Err(err) = port.serve(service, shutdown).await {
                 tracing::error!(error = %err, "the gRPC API stopped");

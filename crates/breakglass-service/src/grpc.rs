@@ -10,6 +10,11 @@
 //! Every request body is capped at [`MAX_REQUEST_BYTES`]: a bigger one is
 //! refused with RESOURCE_EXHAUSTED before it is held in memory. A port
 //! bound beyond loopback without TLS warns at start, once.
+//!
+//! Every gRPC port also answers, without a token, `grpc.health.v1.Health`
+//! (Kubernetes gRPC probes, `grpc_health_probe`) and server reflection v1
+//! and v1alpha (`grpcurl` without the `.proto` files): neither tells more
+//! than the public `.proto` files and "serving or not".
 
 use breakglass_config::RawConfig;
 use breakglass_core::Secret;
@@ -58,6 +63,8 @@ pub struct GrpcPort {
     listener: tokio::net::TcpListener,
     auth: BearerAuth,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Service names health reports as SERVING besides the served one's.
+    also_serving: Vec<&'static str>,
 }
 
 /// Binds a service's gRPC API on `addr` and reads its bearer token
@@ -92,6 +99,7 @@ pub async fn listen(
         listener,
         auth: BearerAuth::new(token),
         tls,
+        also_serving: Vec::new(),
     })
 }
 
@@ -135,7 +143,17 @@ impl GrpcPort {
         self.auth.clone()
     }
 
-    /// Serves `service` until `shutdown`, over TLS when configured.
+    /// Health also reports `name` as SERVING (a second service behind a
+    /// [`PathSplit`], whose own name health learns from the first).
+    pub fn also_serving(mut self, name: &'static str) -> Self {
+        self.also_serving.push(name);
+        self
+    }
+
+    /// Serves `service` until `shutdown`, over TLS when configured, next to
+    /// `grpc.health.v1.Health` and server reflection (no token needed for
+    /// either). Health answers SERVING for the whole server (`""`) and each
+    /// service name until shutdown begins, then NOT_SERVING.
     pub async fn serve<S, ResBody>(
         self,
         service: S,
@@ -145,20 +163,45 @@ impl GrpcPort {
         S: tonic::codegen::Service<
                 tonic::codegen::http::Request<tonic::body::Body>,
                 Response = tonic::codegen::http::Response<ResBody>,
+                Error = std::convert::Infallible,
             > + tonic::server::NamedService
             + Clone
             + Send
             + 'static,
         S::Future: Send,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
         ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let names: Vec<&'static str> = std::iter::once("")
+            .chain(std::iter::once(S::NAME))
+            .chain(self.also_serving.iter().copied())
+            .collect();
+        for name in &names {
+            reporter
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        let draining = shutdown.clone();
+        tokio::spawn(async move {
+            draining.cancelled().await;
+            for name in names {
+                reporter
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        });
+        let reflection = reflection_services();
         let incoming = tonic::transport::server::TcpIncoming::from(self.listener);
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = self.tls {
             server = server.tls_config(tls)?;
         }
+        let (v1, v1alpha) = reflection;
+        let service = PathSplit::new(
+            health,
+            PathSplit::new(v1, PathSplit::new(v1alpha, OneBody(service))),
+        );
         server
             .serve_with_incoming_shutdown(
                 Capped::new(service, MAX_REQUEST_BYTES),
@@ -254,6 +297,83 @@ impl http_body::Body for CappedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Server reflection v1 and v1alpha (grpcurl tries both) over the
+/// breakglass and health descriptors.
+fn reflection_services() -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(breakglass_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // The descriptor sets are compiled in (breakglass-proto's build and
+    // tonic-health's), so building from them cannot fail at run time.
+    (
+        builder()
+            .build_v1()
+            .expect("the compiled-in descriptor sets decode"),
+        builder()
+            .build_v1alpha()
+            .expect("the compiled-in descriptor sets decode"),
+    )
+}
+
+/// A service whose responses carry tonic's own body type, so it can share
+/// a [`PathSplit`] with health and reflection (an intercepted service
+/// answers with the interceptor's body wrapper).
+#[derive(Clone, Debug)]
+struct OneBody<S>(S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for OneBody<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpResponse<B> = tonic::codegen::http::Response<B>;
+
+fn to_tonic_body<B>(response: HttpResponse<B>) -> HttpResponse<tonic::body::Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    response.map(tonic::body::Body::new)
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for OneBody<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = HttpResponse<B>,
+            Error = std::convert::Infallible,
+        >,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = HttpResponse<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        futures::future::MapOk<S::Future, fn(HttpResponse<B>) -> HttpResponse<tonic::body::Body>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        use futures::TryFutureExt;
+        self.0
+            .call(request)
+            .map_ok(to_tonic_body::<B> as fn(HttpResponse<B>) -> HttpResponse<tonic::body::Body>)
     }
 }
 

@@ -257,15 +257,27 @@ pub async fn watch_api_settings(
     }
 }
 
-/// The bus options the settings describe.
+/// The environment variable that overrides `nats_url`, so each
+/// Deployment can connect as its own NATS user while all share one config
+/// file (deploy/k8s composes it from the `breakglass-nats-users` Secret).
+pub const NATS_URL_ENV: &str = "BREAKGLASS_NATS_URL";
+
+/// The bus options the settings describe (`$BREAKGLASS_NATS_URL` wins
+/// over `nats_url`).
 pub fn bus_options(settings: &Settings) -> BusOptions {
+    let url = std::env::var(NATS_URL_ENV)
+        .ok()
+        .filter(|url| !url.is_empty())
+        .map(breakglass_core::Secret::new)
+        .unwrap_or_else(|| settings.nats_url.clone());
     BusOptions {
-        url: settings.nats_url.clone(),
+        url,
         prefix: settings.bus_prefix.clone(),
         ack_wait: settings.ack_wait,
         max_deliver: settings.max_deliver,
         payload_ttl: settings.payload_ttl,
         payload_key: settings.payload_key.clone(),
+        ca_bundle: settings.ca_bundle.as_ref().map(|ca| ca.path.clone()),
     }
 }
 
