@@ -102,9 +102,9 @@ fn size_text(size: u64, exact: bool) -> String {
 
 /// `1 MiB`, `64 KiB`, `2,097,152 bytes` (sizes that are not whole units).
 pub fn bytes(n: u64) -> String {
-    if n >= MIB && n % MIB == 0 {
+    if n >= MIB && n.is_multiple_of(MIB) {
         format!("{} MiB", n / MIB)
-    } else if n >= 1024 && n % 1024 == 0 {
+    } else if n >= 1024 && n.is_multiple_of(1024) {
         format!("{} KiB", n / 1024)
     } else {
         format!("{n} bytes")
