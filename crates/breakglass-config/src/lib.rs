@@ -9,6 +9,9 @@
 //!   every problem is collected, so `config check` can print them all.
 //! - [`problem`]: [`Problem`] and [`ConfigError`]: field, value (masked when
 //!   secret) and rule, the one error shape every bad input gets.
+//! - [`mask`]: the one rule for a secret sent back as the mask: it keeps
+//!   the stored value only while the fields that decide where it is sent
+//!   are unchanged.
 //! - [`remote`]: S3 / Azure destination settings, endpoint and bucket rules,
 //!   the CA bundle.
 //! - [`source`]: which keys the settings page (the config API) manages, and
@@ -16,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod file;
+pub mod mask;
 pub mod problem;
 pub mod remote;
 pub mod settings;
