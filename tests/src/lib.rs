@@ -969,11 +969,9 @@ impl RecordingListener {
                     let mut buffer = [0u8; 8192];
                     let mut answered = false;
                     loop {
-                        let read = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            stream.read(&mut buffer),
-                        )
-                        .await;
+                        let read =
+                            tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buffer))
+                                .await;
                         let n = match read {
                             Ok(Ok(n)) if n > 0 => n,
                             _ => break,

@@ -90,9 +90,12 @@ fn assert_refused(status: &tonic::Status, secret: &str, changed: &str) {
         .find(|v| v.field == secret)
         .unwrap_or_else(|| panic!("no violation on {secret}: {violations:?}"));
     assert!(
-        violation.description.contains(
-            "the stored secret is only sent to the endpoint it was saved with"
-        ) && violation.description.contains(&format!("{changed} changed"))
+        violation
+            .description
+            .contains("the stored secret is only sent to the endpoint it was saved with")
+            && violation
+                .description
+                .contains(&format!("{changed} changed"))
             && violation.description.contains("type the secret again"),
         "{violation:?}"
     );
@@ -144,7 +147,11 @@ async fn a_masked_azure_key_in_the_test_is_not_sent_to_another_endpoint() {
     let attack = with(&page, &[("blob_endpoint", &elsewhere)]);
     let unary = test_call(&mut client, attack.clone()).await;
     assert_untouched(&listener, "unary Test with a masked key");
-    assert_refused(unary.as_ref().unwrap_err(), "blob_account_key", "blob_endpoint");
+    assert_refused(
+        unary.as_ref().unwrap_err(),
+        "blob_account_key",
+        "blob_endpoint",
+    );
     let streaming = client
         .run(breakglass_e2e::authorized(
             v1::TestRequest {
@@ -168,9 +175,12 @@ async fn a_masked_azure_key_in_the_test_is_not_sent_to_another_endpoint() {
         "blob_endpoint",
     );
     // Another account on the same Azurite, or another protocol: refused too.
-    let other_account = test_call(&mut client, with(&page, &[("blob_account_name", "attacker")]))
-        .await
-        .unwrap_err();
+    let other_account = test_call(
+        &mut client,
+        with(&page, &[("blob_account_name", "attacker")]),
+    )
+    .await
+    .unwrap_err();
     assert_refused(&other_account, "blob_account_key", "blob_account_name");
     assert!(!format!("{unary:?}{other_account:?}").contains(Azurite::KEY));
 
@@ -190,13 +200,20 @@ async fn a_masked_azure_key_in_the_test_is_not_sent_to_another_endpoint() {
         &mut client,
         with(
             &attack,
-            &[("blob_account_key", "ZnJlc2hseS10eXBlZC1rZXktZm9yLXRoaXMtdGVzdA==")],
+            &[(
+                "blob_account_key",
+                "ZnJlc2hseS10eXBlZC1rZXktZm9yLXRoaXMtdGVzdA==",
+            )],
         ),
     )
     .await
     .unwrap();
     assert!(!fresh.passed);
-    assert!(listener.received().contains("sig="), "{}", listener.received());
+    assert!(
+        listener.received().contains("sig="),
+        "{}",
+        listener.received()
+    );
     iso.cleanup_bus().await;
 }
 
@@ -346,7 +363,9 @@ async fn the_config_api_and_the_test_keep_a_saved_sas_on_its_endpoint() {
             ("encryption", "none"),
         ])
     };
-    let saved = update(&mut api, page(&sas, &azurite.endpoint)).await.unwrap();
+    let saved = update(&mut api, page(&sas, &azurite.endpoint))
+        .await
+        .unwrap();
     assert_eq!(saved.version, 1);
     uploader
         .wait_for_log(

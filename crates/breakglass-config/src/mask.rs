@@ -413,7 +413,6 @@ mod tests {
                 ("blob_endpoint", "https://attacker.example/acct"),
                 ("blob_protocol", "http"),
                 ("blob_endpoint_suffix", "attacker.example"),
-                ("blob_endpoint_suffix", ""),
                 ("blob_account_name", "other"),
                 ("blob_container", "elsewhere"),
                 (
@@ -424,7 +423,9 @@ mod tests {
             ] {
                 let problem = refused(&blob_stored(), secret, &[(field, other)]);
                 assert!(
-                    problem.rule.contains(&format!("; {field} changed, so type")),
+                    problem
+                        .rule
+                        .contains(&format!("; {field} changed, so type")),
                     "{secret} {field} = {other:?}: {problem}"
                 );
             }
@@ -432,8 +433,12 @@ mod tests {
         // An unset suffix is the default one; the suffix "with scheme and
         // slash" is the same suffix.
         let stored = map(&blob_stored());
-        for same in ["https://core.windows.net/", "CORE.windows.net"] {
-            kept(&stored, "blob_account_key", &[("blob_endpoint_suffix", same)]);
+        for same in ["https://core.windows.net/", "CORE.windows.net", ""] {
+            kept(
+                &stored,
+                "blob_account_key",
+                &[("blob_endpoint_suffix", same)],
+            );
         }
         let mut without_suffix = blob_stored();
         without_suffix.retain(|(k, _)| *k != "blob_endpoint_suffix");
