@@ -13,6 +13,8 @@
 //!   independent client (boto3 / azure-storage-blob) to read back.
 //! - [`TestPostgres`]: a PostgreSQL server of a test's own, with TLS from a
 //!   [`TestCa`] certificate or plain only.
+//! - [`RecordingListener`]: a plain TCP listener that keeps every byte it
+//!   is sent, to prove a secret never reached a host it was pointed at.
 //! - [`TraceReceiver`]: an in-test OTLP/gRPC receiver keeping every span the
 //!   services export, to check a run's trace across processes.
 
@@ -1159,6 +1161,89 @@ impl TraceReceiver {
 }
 
 impl Drop for TraceReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A plain TCP listener on `127.0.0.1` that records every byte any peer
+/// sends it: the stand-in for a host an attacker points a setting at. Each
+/// connection is read until the peer closes it or is quiet for a second;
+/// after a request's headers it answers `403` so an HTTP client gives up
+/// rather than retrying. Stops on drop.
+pub struct RecordingListener {
+    /// The port it listens on.
+    pub port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordingListener {
+    /// Starts listening on a free loopback port.
+    pub async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback listener");
+        let port = listener.local_addr().expect("its address").port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (into, counter) = (received.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let into = into.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buffer = [0u8; 8192];
+                    let mut answered = false;
+                    loop {
+                        let read =
+                            tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buffer))
+                                .await;
+                        let n = match read {
+                            Ok(Ok(n)) if n > 0 => n,
+                            _ => break,
+                        };
+                        seen.extend_from_slice(&buffer[..n]);
+                        if let Ok(mut all) = into.lock() {
+                            all.extend_from_slice(&buffer[..n]);
+                        }
+                        if !answered && seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            answered = true;
+                            let _ = stream
+                                .write_all(
+                                    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                )
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            received,
+            connections,
+            task,
+        }
+    }
+
+    /// Every byte received so far, from all connections, as text.
+    pub fn received(&self) -> String {
+        let bytes = self.received.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RecordingListener {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -9,6 +9,9 @@
 //!   every problem is collected, so `config check` can print them all.
 //! - [`problem`]: [`Problem`] and [`ConfigError`]: field, value (masked when
 //!   secret) and rule, the one error shape every bad input gets.
+//! - [`mask`]: the one rule for a secret sent back as the mask: it keeps
+//!   the stored value only while the fields that decide where it is sent
+//!   are unchanged.
 //! - [`remote`]: S3 / Azure destination settings, endpoint and bucket rules,
 //!   the CA bundle.
 //! - [`postgres_tls`]: libpq's TLS parameters (`sslmode`, `sslrootcert`,
@@ -20,6 +23,7 @@
 
 pub mod file;
 pub mod postgres_tls;
+pub mod mask;
 pub mod problem;
 pub mod remote;
 pub mod settings;

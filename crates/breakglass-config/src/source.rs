@@ -10,9 +10,9 @@
 //! Otherwise the settings stored through the API are laid over the wiring.
 
 use crate::file::{KNOWN_KEYS, PAGE_KEYS, RawConfig, SECRET_KEYS, show_value};
+use crate::mask::{is_mask, kept_secret};
 use crate::problem::Problem;
 use breakglass_core::Secret;
-use breakglass_core::secret::MASK;
 use std::collections::BTreeMap;
 
 /// The keys the settings page manages, in the file format's order.
@@ -145,10 +145,11 @@ impl ApiSettings {
 }
 
 /// Builds the settings an update asks for from the page's `fields`: a
-/// secret field holding [`MASK`] keeps the value stored in `current`; an
-/// empty or missing field is unset. Returns the settings made of the
+/// secret field holding the mask keeps the value stored in `current` when
+/// [`crate::mask::kept_secret`] allows it (the fields that decide where it
+/// is sent are unchanged); an empty or missing field is unset. Returns the settings made of the
 /// acceptable fields and every problem with the others (unknown key, wiring
-/// key, a mask with nothing stored), so that the caller can validate the
+/// key, a mask with nothing stored or pointed at another destination), so that the caller can validate the
 /// rest and report everything at once.
 pub fn apply_update(
     current: &ApiSettings,
@@ -179,17 +180,14 @@ pub fn apply_update(
             });
             continue;
         }
-        if is_secret_key(key) && value == MASK {
-            match current.get(key) {
-                Some(stored) => {
-                    next.insert(key.to_owned(), stored.clone());
+        if is_secret_key(key) && is_mask(value) {
+            // The one rule: the mask keeps the stored secret only while the
+            // fields deciding where it is sent are unchanged.
+            match kept_secret(key, fields, current) {
+                Ok(stored) => {
+                    next.insert(key.to_owned(), Secret::new(stored));
                 }
-                None => problems.push(Problem {
-                    location: None,
-                    field: key.into(),
-                    shown_value: MASK.into(),
-                    rule: "holds the mask, but no value is stored to keep: type the secret".into(),
-                }),
+                Err(problem) => problems.push(problem),
             }
             continue;
         }
@@ -203,6 +201,7 @@ mod tests {
     use super::*;
     use crate::Settings;
     use crate::file::WIRING_KEYS;
+    use breakglass_core::secret::MASK;
 
     fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -255,7 +254,7 @@ mod tests {
             &fields(&[
                 ("storage_provider", "s3"),
                 ("s3_secret_access_key", MASK),
-                ("s3_bucket", "backups"),
+                ("path_prefix", "backups"),
             ]),
         );
         assert!(problems.is_empty());
@@ -263,8 +262,27 @@ mod tests {
             next.get("s3_secret_access_key").unwrap().expose(),
             "CANARY-s3-secret"
         );
-        assert_eq!(current.changed_keys(&next), vec!["s3_bucket".to_owned()]);
+        assert_eq!(current.changed_keys(&next), vec!["path_prefix".to_owned()]);
         assert!(!format!("{next:?}").contains("CANARY"));
+        // A field that decides where the secret goes changed: the mask no
+        // longer stands for it.
+        let (next, problems) = apply_update(
+            &current,
+            &fields(&[
+                ("storage_provider", "s3"),
+                ("s3_secret_access_key", MASK),
+                ("s3_bucket", "backups"),
+            ]),
+        );
+        assert!(next.get("s3_secret_access_key").is_none());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "s3_secret_access_key");
+        assert!(
+            problems[0]
+                .rule
+                .contains("s3_bucket changed, so type the secret again"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! shows it with source FILE and `Update` answers FAILED_PRECONDITION.
 //! Validation errors come back as INVALID_ARGUMENT with one
 //! `google.rpc.BadRequest` field violation per problem; values are shown
-//! masked when secret. Saving never starts a run: the schedule loop only
+//! masked when secret. A secret sent back as the mask keeps its stored
+//! value only while every field that decides where it is sent is unchanged
+//! (`breakglass_config::mask`, the rule the uploader's Test applies too);
+//! otherwise its violation asks for the secret again. Saving never starts a run: the schedule loop only
 //! reads the new `execute_time` for its next slot.
 
 use breakglass_bus::Bus;

@@ -4,8 +4,12 @@
 //! Listening only with `--grpc ADDR` (`$BREAKGLASS_GRPC_ADDR`), behind the
 //! bearer-token check of [`breakglass_service::grpc`]. The request's
 //! settings are the settings page's fields; a secret field holding the mask
-//! takes the stored value as it is now: the config file's, or the one
-//! saved through the config API.
+//! takes the stored value as it is now (the config file's, or the one
+//! saved through the config API) only while every field that decides where
+//! that secret is sent is unchanged from those stored settings
+//! (`breakglass_config::mask`); otherwise the call fails with
+//! INVALID_ARGUMENT naming the secret to type again, before any request
+//! leaves the uploader.
 
 use breakglass_probe::{Stage, StageResult, Status};
 use breakglass_proto::v1;
@@ -55,11 +59,27 @@ impl DestinationTestService {
         .map_err(|err| {
             tracing::info!(
                 problems = err.problems.len(),
+                fields = ?err.problems.iter().map(|p| p.field.as_str()).collect::<Vec<_>>(),
                 "a Test request has invalid settings"
             );
-            GrpcStatus::invalid_argument(err.to_string())
+            invalid(&err)
         })
     }
+}
+
+/// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per
+/// problem (values masked when secret), as the config API answers; the
+/// message lists every problem too, for callers that read only it.
+fn invalid(err: &breakglass_config::ConfigError) -> GrpcStatus {
+    use tonic_types::StatusExt as _;
+    let mut details = tonic_types::ErrorDetails::new();
+    for problem in &err.problems {
+        details.add_bad_request_violation(
+            problem.field.clone(),
+            format!("{:?}: {}", problem.shown_value, problem.rule),
+        );
+    }
+    GrpcStatus::with_error_details(tonic::Code::InvalidArgument, err.to_string(), details)
 }
 
 /// The wire form of one stage result.
