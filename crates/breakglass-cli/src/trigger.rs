@@ -93,7 +93,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if !finished.error.is_empty() {
+    let failed_destinations = finished
+        .destinations
+        .iter()
+        .filter(|d| !d.error.is_empty())
+        .count();
+    if failed_destinations > 0 {
+        // The cause is on the destination's line above: say it once.
+        println!(
+            "  {} failed for {failed_destinations} destination(s), as above",
+            finished.failed_stage
+        );
+    } else if !finished.error.is_empty() {
         println!("  {} failed: {}", finished.failed_stage, finished.error);
     }
     Ok(if status == v1::RunStatus::Succeeded {
