@@ -943,13 +943,14 @@ pub fn free_port() -> u16 {
 
 impl Isolation {
     /// Like [`Isolation::connect_bus`], to the NATS at `url` (a test's own
-    /// [`PrivateNats`]).
-    pub async fn connect_bus_at(&self, url: &str) -> breakglass_bus::Bus {
+    /// [`PrivateNats`]), with the services' `max_deliver`: the first
+    /// connection creates the durable consumers, which keep its settings.
+    pub async fn connect_bus_at(&self, url: &str, max_deliver: i64) -> breakglass_bus::Bus {
         breakglass_bus::Bus::connect(breakglass_bus::BusOptions {
             url: url.to_owned().into(),
             prefix: self.prefix.clone(),
             ack_wait: std::time::Duration::from_secs(3),
-            max_deliver: 3,
+            max_deliver,
             payload_ttl: std::time::Duration::from_secs(3600),
             payload_key: None,
         })
@@ -1018,7 +1019,10 @@ impl PrivateNats {
             if Self::healthy(self.monitor) {
                 return;
             }
-            assert!(Instant::now() < deadline, "nats-server did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not become ready"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
