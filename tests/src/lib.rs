@@ -1246,5 +1246,277 @@ impl RecordingListener {
 impl Drop for RecordingListener {
     fn drop(&mut self) {
         self.task.abort();
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Isolation {
+    /// Like [`Isolation::connect_bus`], to the NATS at `url` (a test's own
+    /// [`PrivateNats`]), with the services' `max_deliver`: the first
+    /// connection creates the durable consumers, which keep its settings.
+    pub async fn connect_bus_at(&self, url: &str, max_deliver: i64) -> breakglass_bus::Bus {
+        breakglass_bus::Bus::connect(breakglass_bus::BusOptions {
+            url: url.to_owned().into(),
+            prefix: self.prefix.clone(),
+            ack_wait: std::time::Duration::from_secs(3),
+            max_deliver,
+            payload_ttl: std::time::Duration::from_secs(3600),
+            payload_key: None,
+        })
+        .await
+        .expect("the test's NATS is reachable")
+    }
+}
+
+/// A nats-server with JetStream of one test's own: its own port and store
+/// folder, so the test may stop it and start it again on the same port
+/// (the services reconnect to the same URL) with the stream intact.
+pub struct PrivateNats {
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    port: u16,
+    monitor: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    /// Starts it and waits until JetStream answers.
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut nats = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            monitor: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    /// Stops the server at once (SIGKILL): every client loses its connection.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store; waits until
+    /// JetStream is ready.
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nats.log"))
+            .expect("log file");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor.to_string()])
+            .arg("-sd")
+            .arg(self.dir.path().join("store"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts (Debian package nats-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if Self::healthy(self.monitor) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn healthy(monitor: u16) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", monitor)) else {
+            return false;
+        };
+        let request = format!(
+            "GET /healthz?js-enabled-only=true HTTP/1.1\r\nHost: 127.0.0.1:{monitor}\r\nConnection: close\r\n\r\n"
+        );
+        let mut response = String::new();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut response).is_ok()
+            && response.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A PostgreSQL cluster of one test's own (`initdb` as user `postgres`, its
+/// own port and socket folder, trust auth), which the test may stop and start
+/// again on the same port.
+pub struct PrivatePostgres {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+    port: u16,
+    bin: PathBuf,
+    dir: PathBuf,
+}
+
+impl PrivatePostgres {
+    /// Creates the cluster and starts it.
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed (Debian package postgresql)")
+            .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+            .filter(|path| path.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let port = free_port();
+        // Under /tmp, not a test's temp folder: the postgres user must
+        // reach it.
+        let dir = std::env::temp_dir().join(format!(
+            "breakglass-test-pg-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("pg folder");
+        Self::as_postgres(&format!("chown postgres {}", dir.display()), true);
+        let postgres = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+            bin,
+            dir,
+        };
+        Self::as_postgres(
+            &format!(
+                "{}/initdb -D {}/data -A trust -U postgres >{}/initdb.log 2>&1",
+                postgres.bin.display(),
+                postgres.dir.display(),
+                postgres.dir.display()
+            ),
+            false,
+        );
+        postgres.restart();
+        postgres
+    }
+
+    fn as_postgres(command: &str, as_root: bool) {
+        let status = if as_root {
+            Command::new("sh").args(["-c", command]).status()
+        } else {
+            Command::new("su")
+                .args(["postgres", "-s", "/bin/sh", "-c", command])
+                .status()
+        }
+        .expect("sh runs");
+        assert!(status.success(), "{command} failed ({status})");
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`).
+    pub fn stop(&self) {
+        Self::as_postgres(
+            &format!(
+                "{}/pg_ctl -D {}/data -m immediate -w stop >/dev/null 2>&1 || true",
+                self.bin.display(),
+                self.dir.display()
+            ),
+            false,
+        );
+    }
+
+    /// Starts the server (again) on the same port; `pg_ctl -w` waits until
+    /// it accepts connections.
+    pub fn restart(&self) {
+        Self::as_postgres(
+            &format!(
+                "{bin}/pg_ctl -D {dir}/data -o \"-p {port} -k {dir} -c listen_addresses=127.0.0.1\" -l {dir}/pg.log -w start >/dev/null",
+                bin = self.bin.display(),
+                dir = self.dir.display(),
+                port = self.port
+            ),
+            false,
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP forwarder on a fixed loopback port in front of a server, that a
+/// test can take down (connections refused, open ones cut, as when the
+/// server process stops) and bring back on the same port. Emulates a
+/// storage outage without losing an in-memory server's (moto's,
+/// Azurite's) objects, so the previous copy can be checked afterwards.
+pub struct OutageProxy {
+    /// The port clients use.
+    pub port: u16,
+    target: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl OutageProxy {
+    /// Starts forwarding `127.0.0.1:<new port>` to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let mut proxy = Self {
+            port: free_port(),
+            target,
+            task: None,
+        };
+        proxy.up().await;
+        proxy
+    }
+
+    /// Takes the "server" down: the listener closes and every open
+    /// connection is cut.
+    pub fn down(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Brings it back on the same port.
+    pub async fn up(&mut self) {
+        self.down();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => break listener,
+                Err(err) => {
+                    assert!(Instant::now() < deadline, "cannot rebind the proxy: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for OutageProxy {
+    fn drop(&mut self) {
+        self.down();
     }
 }

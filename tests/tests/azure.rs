@@ -409,7 +409,10 @@ async fn a_missing_container_a_wrong_key_and_a_dead_endpoint_are_named() {
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("refused the connection"), "{text}");
+    assert!(
+        text.contains(&format!("connection refused to http://127.0.0.1:{port}")),
+        "{text}"
+    );
     assert!(!text.contains("sig="), "{text}");
     assert!(err.is_transient(), "a connection failure is worth retrying");
 }

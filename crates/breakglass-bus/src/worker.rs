@@ -212,7 +212,7 @@ pub async fn run(bus: Bus, stage: impl Stage, shutdown: CancellationToken) -> Re
                 Ok(batch) => batch,
                 Err(err) => {
                     tracing::warn!(stage = stage.name(), error = %err, "pull failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    pause(&shutdown).await;
                     continue;
                 }
             },
@@ -225,13 +225,21 @@ pub async fn run(bus: Bus, stage: impl Stage, shutdown: CancellationToken) -> Re
             None => {}
             Some(Err(err)) => {
                 tracing::warn!(stage = stage.name(), error = %err, "pull failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                pause(&shutdown).await;
             }
             Some(Ok(message)) => process(&bus, &stage, &message, effective).await,
         }
     }
     tracing::info!(stage = stage.name(), "stopped pulling; shutting down");
     Ok(())
+}
+
+/// Half a second before the next pull, cut short by a shutdown.
+async fn pause(shutdown: &CancellationToken) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
 }
 
 async fn process(
@@ -254,7 +262,13 @@ async fn process(
         delivery = delivered,
         trace_id = tracing::field::Empty,
     );
-    breakglass_telemetry::set_parent(&span, trace_headers(message.headers.as_ref()));
+    // A trigger without trace context (as the Mavis core may send) joins
+    // the trace its run id derives, so its redeliveries share one trace.
+    breakglass_telemetry::set_parent_or_run_root(
+        &span,
+        trace_headers(message.headers.as_ref()),
+        &run_id,
+    );
     if let Some(trace_id) = breakglass_telemetry::trace_id(&span) {
         span.record("trace_id", trace_id.as_str());
     }

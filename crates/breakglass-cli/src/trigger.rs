@@ -96,7 +96,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )?;
         }
     }
-    if !finished.error.is_empty() {
+    let failed_destinations = finished
+        .destinations
+        .iter()
+        .filter(|d| !d.error.is_empty())
+        .count();
+    if failed_destinations > 0 {
+        // The cause is on the destination's line above: say it once.
+        outln!(
+            "  {} failed for {failed_destinations} destination(s), as above",
+            finished.failed_stage
+        )?;
+    } else if !finished.error.is_empty() {
         outln!("  {} failed: {}", finished.failed_stage, finished.error)?;
     }
     Ok(if status == v1::RunStatus::Succeeded {

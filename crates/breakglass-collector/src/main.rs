@@ -18,8 +18,7 @@ async fn run() -> anyhow::Result<()> {
     let context = breakglass_service::start("breakglass-collector").await?;
     let key = breakglass_service::payload_key(&context.settings)?;
     let collector = Collector::new(context.config.clone(), key);
-    breakglass_bus::worker::run(context.bus.clone(), collector, context.shutdown.clone()).await?;
-    context.bus.close().await;
-    context.telemetry.shutdown();
-    Ok(())
+    let work =
+        breakglass_bus::worker::run(context.bus.clone(), collector, context.shutdown.clone());
+    context.run_until_stopped(async { Ok(work.await?) }).await
 }

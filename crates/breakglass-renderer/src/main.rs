@@ -23,8 +23,6 @@ async fn run() -> anyhow::Result<()> {
         breakglass_service::payload_key(&context.settings)?,
         context.config.clone(),
     );
-    breakglass_bus::worker::run(context.bus.clone(), renderer, context.shutdown.clone()).await?;
-    context.bus.close().await;
-    context.telemetry.shutdown();
-    Ok(())
+    let work = breakglass_bus::worker::run(context.bus.clone(), renderer, context.shutdown.clone());
+    context.run_until_stopped(async { Ok(work.await?) }).await
 }

@@ -116,16 +116,17 @@ async fn run() -> anyhow::Result<()> {
             context.shutdown.clone(),
         ))
     });
-    breakglass_scheduler::run(
+    let (bus, config, shutdown) = (
         context.bus.clone(),
         context.config.clone(),
         context.shutdown.clone(),
-    )
-    .await;
-    if let Some(recorder) = recorder {
-        let _ = recorder.await;
-    }
-    context.bus.close().await;
-    context.telemetry.shutdown();
-    Ok(())
+    );
+    let work = async move {
+        breakglass_scheduler::run(bus, config, shutdown).await;
+        if let Some(recorder) = recorder {
+            let _ = recorder.await;
+        }
+        Ok(())
+    };
+    context.run_until_stopped(work).await
 }

@@ -33,7 +33,24 @@ pub struct ServiceArgs {
     /// `/metrics`); port 0 picks a free one (the log says which).
     #[arg(long, env = "BREAKGLASS_HTTP_ADDR", default_value = "0.0.0.0:9090")]
     pub http: std::net::SocketAddr,
+    /// Seconds the service may take to stop after SIGTERM or Ctrl-C: the
+    /// message in hand is finished within it or abandoned (never acked, so
+    /// it is redelivered after `ack_wait`), and the process exits by then
+    /// whatever NATS does. Keep it below Kubernetes'
+    /// `terminationGracePeriodSeconds`.
+    #[arg(
+        long,
+        env = "BREAKGLASS_SHUTDOWN_GRACE_SECONDS",
+        default_value_t = DEFAULT_SHUTDOWN_GRACE_SECONDS,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub shutdown_grace_seconds: u64,
 }
+
+/// The default shutdown grace period: below the 120 s
+/// `terminationGracePeriodSeconds` of `deploy/k8s`, so a service exits by
+/// itself (telemetry flushed) before Kubernetes kills it.
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 90;
 
 /// Where the settings come from. Stages read them again for every message
 /// and the scheduler every minute, so a changed mounted secret (Kubernetes
@@ -326,6 +343,8 @@ pub struct ServiceContext {
     pub telemetry: breakglass_telemetry::Telemetry,
     /// More dependencies for `/readyz` (e.g. the scheduler's PostgreSQL).
     pub readiness: Readiness,
+    /// How long the service may take to stop once `shutdown` is cancelled.
+    pub grace: std::time::Duration,
 }
 
 /// Further checks `/readyz` runs after NATS: each answers `Err(reason)`
@@ -448,7 +467,88 @@ pub async fn start_with(
         shutdown,
         telemetry,
         readiness,
+        grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
     })
+}
+
+impl ServiceContext {
+    /// Runs the service's `work` (its worker loop) until it ends, and
+    /// stops within the grace period once a shutdown is requested:
+    ///
+    /// 1. SIGTERM cancels `shutdown`: the work stops waiting for messages
+    ///    and finishes the one in hand, for at most the grace period less
+    ///    a reserve for closing (a quarter of it, at most 5 s).
+    /// 2. Work still running then is abandoned: its message was never
+    ///    acked, so JetStream redelivers it after `ack_wait`, and every
+    ///    stage is idempotent and never touches a previous copy before the
+    ///    new one is verified.
+    /// 3. The bus is flushed and drained within the reserve (a bus whose
+    ///    server is gone would wait for a reconnect forever), then the
+    ///    telemetry is flushed.
+    ///
+    /// A watchdog thread ends the process when the grace period is over,
+    /// whatever is still running (a blocking task, an exporter).
+    pub async fn run_until_stopped(
+        self,
+        work: impl std::future::Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<()> {
+        let Self {
+            bus,
+            shutdown,
+            telemetry,
+            grace,
+            ..
+        } = self;
+        let reserve = (grace / 4).min(std::time::Duration::from_secs(5));
+        tokio::pin!(work);
+        let (result, deadline) = tokio::select! {
+            result = &mut work => (result, None),
+            () = shutdown.cancelled() => {
+                let deadline = tokio::time::Instant::now() + grace;
+                watchdog(grace);
+                let result = match tokio::time::timeout_at(deadline - reserve, &mut work).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(
+                            grace_s = grace.as_secs(),
+                            "the shutdown grace period is over: abandoning the message in hand (not acknowledged: it is redelivered after ack_wait)"
+                        );
+                        Ok(())
+                    }
+                };
+                (result, Some(deadline))
+            }
+        };
+        // Half the reserve for the bus, the rest for the telemetry flush.
+        let close_by = tokio::time::Instant::now() + reserve / 2;
+        let close_by = deadline.map_or(close_by, |deadline| close_by.min(deadline - reserve / 2));
+        if tokio::time::timeout_at(close_by, bus.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS did not take the last messages in time; closing without them");
+        }
+        tracing::info!("stopped");
+        telemetry.shutdown();
+        result
+    }
+}
+
+/// Ends the process `grace` from now if it is still running then.
+fn watchdog(grace: std::time::Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(grace);
+            eprintln!(
+                "{{\"level\":\"ERROR\",\"fields\":{{\"message\":\"still running {} s after the shutdown request: exiting now\"}}}}",
+                grace.as_secs()
+            );
+            std::process::exit(1);
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start the shutdown watchdog");
+    }
 }
 
 /// Prints an error chain as one line, for `main`.

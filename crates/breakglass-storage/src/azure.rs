@@ -27,7 +27,9 @@
 use crate::archive::{self, Downloaded, StoredObject};
 use crate::manifest::{self, Manifest};
 use crate::naming::{self, is_rotated_name};
-use crate::transport::{explain_transport, md5_file, read_full};
+use crate::transport::{
+    TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full,
+};
 use crate::{Destination, Receipt, StorageError, Upload};
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{
@@ -458,6 +460,12 @@ impl AzureContainer {
         let code = error_code(err);
         let status = err.http_status().map(u16::from);
         let body = response_text(err);
+        tracing::debug!(
+            destination = %self.describe(),
+            action,
+            error = %self.scrub(&format!("{err:?}")),
+            "Azure request failed"
+        );
         let detail = self.scrub(&error_chain(err));
         if matches!(code.as_deref(), Some("Md5Mismatch" | "InvalidMd5")) {
             return StorageError::Verification {
@@ -494,7 +502,7 @@ impl AzureContainer {
             lower.contains("invalid peer certificate") || lower.contains("certificate")
         };
         let transient = transient && !certificate_problem;
-        let reason = self.explain(code.as_deref(), action, &body, &detail);
+        let reason = self.explain(code.as_deref(), action, &body, &detail, io_kind(err));
         StorageError::Remote {
             destination: self.describe(),
             action,
@@ -507,7 +515,14 @@ impl AzureContainer {
     }
 
     /// Plain words for the errors an admin can fix.
-    fn explain(&self, code: Option<&str>, action: &str, body: &str, detail: &str) -> String {
+    fn explain(
+        &self,
+        code: Option<&str>,
+        action: &str,
+        body: &str,
+        detail: &str,
+        kind: Option<std::io::ErrorKind>,
+    ) -> String {
         let container = &self.container;
         let (credential, fix) = match &self.credential {
             BlobCredential::AccountKey { account, .. } => (
@@ -572,7 +587,11 @@ impl AzureContainer {
                 format!("{action} failed with {other}: {message}")
             }
             None => explain_transport(
-                detail,
+                &TransportFailure {
+                    detail,
+                    kind,
+                    endpoint: &self.endpoint,
+                },
                 "blob_endpoint (or blob_account_name / blob_endpoint_suffix)",
             ),
         }
@@ -998,21 +1017,6 @@ fn xml_element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     Some(xml[start..end].trim())
 }
 
-/// The error and every error it wraps, on one line.
-fn error_chain(err: &azure_core::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        let message = inner.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = inner.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1095,7 +1099,7 @@ mod tests {
         );
         assert_eq!(c.scrub("detail sig=abc&x=1"), "detail sig=********&x=1");
         assert!(
-            c.explain(Some("ContainerNotFound"), "Put Blob", "", "")
+            c.explain(Some("ContainerNotFound"), "Put Blob", "", "", None)
                 .contains("container backups does not exist")
         );
         assert!(
@@ -1103,7 +1107,8 @@ mod tests {
                 Some("AuthenticationFailed"),
                 "Put Blob",
                 "<AuthenticationErrorDetail>Signed expiry time [x] must be after signed start time</AuthenticationErrorDetail>",
-                ""
+                "",
+                None
             )
             .contains("clock")
         );
@@ -1112,7 +1117,8 @@ mod tests {
                 None,
                 "Put Blob",
                 "",
-                "invalid peer certificate: UnknownIssuer"
+                "invalid peer certificate: UnknownIssuer",
+                None
             )
             .contains("set ca_bundle")
         );
@@ -1121,9 +1127,10 @@ mod tests {
                 None,
                 "Put Blob",
                 "",
-                "retry policy expired: tcp connect error: Connection refused (os error 111)"
+                "retry policy expired: tcp connect error: Connection refused (os error 111)",
+                None
             )
-            .contains("refused the connection")
+            .contains("connection refused to https://acct.blob.core.windows.net")
         );
     }
 }

@@ -25,7 +25,9 @@
 use crate::archive::{self, Downloaded, StoredObject};
 use crate::manifest::{self, Manifest};
 use crate::naming::{self, is_rotated_name};
-use crate::transport::{explain_transport, md5_file, read_full};
+use crate::transport::{
+    TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full,
+};
 use crate::{Destination, Receipt, StorageError, Upload};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -179,7 +181,25 @@ impl S3Bucket {
     {
         let code = err.code().map(str::to_owned);
         let status = err.raw_response().map(|r| r.status().as_u16());
-        let detail = self.scrub(&DisplayErrorContext(err).to_string());
+        // The whole chain, Debug included, for whoever debugs; the run
+        // result and the info logs get the plain cause once.
+        tracing::debug!(
+            destination = %self.describe(),
+            action,
+            error = %self.scrub(&DisplayErrorContext(err).to_string()),
+            "S3 request failed"
+        );
+        let detail = self.scrub(&error_chain(err));
+        let timed_out = match err {
+            SdkError::TimeoutError(_) => true,
+            SdkError::DispatchFailure(failure) => failure.is_timeout(),
+            _ => false,
+        };
+        let kind = if timed_out {
+            Some(std::io::ErrorKind::TimedOut)
+        } else {
+            io_kind(err)
+        };
         let transient = match err {
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
@@ -200,7 +220,11 @@ impl S3Bucket {
             &self.bucket,
             &self.prefix,
             &self.access_key_id,
-            &detail,
+            &TransportFailure {
+                detail: &detail,
+                kind,
+                endpoint: &self.endpoint,
+            },
         );
         StorageError::Remote {
             destination: self.describe(),
@@ -722,7 +746,7 @@ fn explain(
     bucket: &str,
     prefix: &str,
     access_key_id: &str,
-    detail: &str,
+    transport: &TransportFailure<'_>,
 ) -> String {
     let key_hint = shorten_key_id(access_key_id);
     let place = if prefix.is_empty() {
@@ -746,7 +770,7 @@ fn explain(
             format!("the bucket is in another region ({}): set s3_region to the bucket's region", code.unwrap_or_default())
         }
         Some("SlowDown") => "the server asks to slow down (SlowDown); retried with back-off".into(),
-        _ => explain_transport(detail, "s3_url"),
+        _ => explain_transport(transport, "s3_url"),
     }
 }
 
@@ -762,6 +786,14 @@ fn shorten_key_id(key: &str) -> String {
 mod tests {
     use super::*;
 
+    fn plain(detail: &str) -> TransportFailure<'_> {
+        TransportFailure {
+            detail,
+            kind: None,
+            endpoint: "http://127.0.0.1:9",
+        }
+    }
+
     #[test]
     fn errors_are_explained_without_secrets() {
         let text = explain(
@@ -770,7 +802,7 @@ mod tests {
             "backups",
             "team",
             "AKIAEXAMPLEKEY1234",
-            "",
+            &plain(""),
         );
         assert!(
             text.contains("lacks s3:PutObject on backups/team/*"),
@@ -778,7 +810,7 @@ mod tests {
         );
         assert!(text.contains("AKIA…1234"), "{text}");
         assert!(
-            explain(Some("NoSuchBucket"), "PutObject", "b", "", "k", "")
+            explain(Some("NoSuchBucket"), "PutObject", "b", "", "k", &plain(""))
                 .contains("bucket b does not exist")
         );
         assert!(
@@ -788,7 +820,7 @@ mod tests {
                 "b",
                 "",
                 "k",
-                "invalid peer certificate: UnknownIssuer"
+                &plain("invalid peer certificate: UnknownIssuer")
             )
             .contains("set ca_bundle")
         );
@@ -799,7 +831,7 @@ mod tests {
                 "b",
                 "",
                 "k",
-                "tcp connect error: Connection refused (os error 111)"
+                &plain("tcp connect error: Connection refused (os error 111)")
             )
             .contains("refused")
         );

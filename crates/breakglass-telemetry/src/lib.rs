@@ -8,7 +8,9 @@
 //!   as usual); otherwise none. The exporter's own transport (tonic, h2,
 //!   hyper) is filtered out so it cannot trace itself into a loop.
 //! - Propagation: W3C trace context, so the bus can carry a run's trace
-//!   across processes ([`inject_current`], [`set_parent`]).
+//!   across processes ([`inject_current`], [`set_parent`]); a message that
+//!   arrives without one joins a trace derived from its run id
+//!   ([`set_parent_or_run_root`]), so one run is one trace.
 //!
 //! - Metrics: [`metrics::metrics`], the Prometheus registry `/metrics` serves.
 //!
@@ -165,6 +167,68 @@ pub fn set_parent<'a>(span: &tracing::Span, headers: impl IntoIterator<Item = (&
     let _ = span.set_parent(context);
 }
 
+/// Like [`set_parent`], for a message that belongs to run `run_id`: when
+/// the headers carry no valid trace context (the Mavis core may send a
+/// trigger without `traceparent`), the span joins the run's own trace,
+/// [`run_root_context`], so every delivery of that message lands in one
+/// trace however often it is redelivered.
+pub fn set_parent_or_run_root<'a>(
+    span: &tracing::Span,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    run_id: &str,
+) {
+    use opentelemetry::trace::TraceContextExt;
+    let pairs = HeaderPairs(
+        headers
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    );
+    let context =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&pairs));
+    let context = if context.span().span_context().is_valid() || run_id.is_empty() {
+        context
+    } else {
+        run_root_context(run_id)
+    };
+    // An error only means the span was already started with a parent.
+    let _ = span.set_parent(context);
+}
+
+/// The deterministic root of run `run_id`'s trace: a remote, sampled parent
+/// whose trace id is the first 16 bytes, and span id the next 8, of
+/// SHA-256("breakglass-run:" + run id). Every process derives the same one,
+/// so a run that arrived without trace context is still one trace.
+pub fn run_root_context(run_id: &str) -> opentelemetry::Context {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"breakglass-run:")
+        .chain_update(run_id.as_bytes())
+        .finalize();
+    let mut trace = [0u8; 16];
+    trace.copy_from_slice(&digest[..16]);
+    let mut span = [0u8; 8];
+    span.copy_from_slice(&digest[16..24]);
+    // An all-zero id is invalid; a hash gives one with odds of 2^-64.
+    if span == [0; 8] {
+        span[7] = 1;
+    }
+    if trace == [0; 16] {
+        trace[15] = 1;
+    }
+    let parent = SpanContext::new(
+        TraceId::from_bytes(trace),
+        SpanId::from_bytes(span),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    opentelemetry::Context::new().with_remote_span_context(parent)
+}
+
 /// The OpenTelemetry trace id of `span` (32 hex digits), once it has one.
 /// Recorded as a span field so every log line of a run carries it.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
@@ -197,5 +261,25 @@ impl Extractor for HeaderPairs {
 
     fn keys(&self) -> Vec<&str> {
         self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt;
+
+    #[test]
+    fn a_run_root_is_the_same_for_the_same_run_and_differs_between_runs() {
+        let one = run_root_context("run-1");
+        let again = run_root_context("run-1");
+        let other = run_root_context("run-2");
+        let id = |c: &opentelemetry::Context| c.span().span_context().clone();
+        assert!(id(&one).is_valid());
+        assert!(id(&one).is_remote());
+        assert!(id(&one).is_sampled());
+        assert_eq!(id(&one).trace_id(), id(&again).trace_id());
+        assert_eq!(id(&one).span_id(), id(&again).span_id());
+        assert_ne!(id(&one).trace_id(), id(&other).trace_id());
     }
 }

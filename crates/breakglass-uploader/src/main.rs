@@ -57,8 +57,6 @@ async fn run() -> anyhow::Result<()> {
         context.config.clone(),
         breakglass_service::payload_key(&context.settings)?,
     );
-    breakglass_bus::worker::run(context.bus.clone(), uploader, context.shutdown.clone()).await?;
-    context.bus.close().await;
-    context.telemetry.shutdown();
-    Ok(())
+    let work = breakglass_bus::worker::run(context.bus.clone(), uploader, context.shutdown.clone());
+    context.run_until_stopped(async { Ok(work.await?) }).await
 }

@@ -301,7 +301,18 @@ pub fn explain_code(
     Failure {
         kind: crate::probe_support::classify(code, None),
         code: code.to_owned(),
-        message: super::explain(Some(code), action, bucket, prefix, access_key_id, detail),
+        message: super::explain(
+            Some(code),
+            action,
+            bucket,
+            prefix,
+            access_key_id,
+            &crate::transport::TransportFailure {
+                detail,
+                kind: None,
+                endpoint: "",
+            },
+        ),
     }
 }
 
