@@ -13,11 +13,12 @@
 
 use breakglass_bus::payload::PayloadKey;
 use breakglass_bus::{Age, Bus, EventKind, envelope};
-use breakglass_e2e::{Isolation, ServiceProcess, database_url, nats_url, read_stream, write_config};
+use breakglass_e2e::{
+    Isolation, ServiceProcess, database_url, nats_url, read_stream, write_config,
+};
 use breakglass_proto::v1;
 use prost::Message;
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -144,7 +145,11 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("the first run did not finish\n{}", logs(&services)));
-    assert_eq!(finished.status, v1::RunStatus::Succeeded as i32, "{finished:?}");
+    assert_eq!(
+        finished.status,
+        v1::RunStatus::Succeeded as i32,
+        "{finished:?}"
+    );
     let before = tree(&out);
     assert!(!before.is_empty());
 
@@ -484,7 +489,13 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
             .map(|(_, v)| v.clone())
             .unwrap();
         assert!(
-            publish_raw(&attacker, &genuine.subject, &msg_id, genuine.payload.clone()).await,
+            publish_raw(
+                &attacker,
+                &genuine.subject,
+                &msg_id,
+                genuine.payload.clone()
+            )
+            .await,
             "a replay of {} within the duplicate window is dropped",
             genuine.subject
         );
@@ -531,7 +542,10 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
                         "{}: dead letter says {:?}, expected it to name {:?}",
                         attack.what, l.error, attack.reason
                     )),
-                    None => Some(format!("{}: no dead letter from {}", attack.what, attack.stage)),
+                    None => Some(format!(
+                        "{}: no dead letter from {}",
+                        attack.what, attack.stage
+                    )),
                 }
             })
             .collect();
@@ -661,7 +675,11 @@ async fn run_finished_is_readable_without_the_key_but_only_believed_with_it() {
     assert_eq!(runs.len(), 1, "{runs:?}");
     // The sealed events are not readable without the key at all.
     let sealed = service
-        .publish_event(EventKind::SnapshotReady, &run, &v1::SnapshotReady::default())
+        .publish_event(
+            EventKind::SnapshotReady,
+            &run,
+            &v1::SnapshotReady::default(),
+        )
         .await;
     assert!(sealed.is_ok());
     let stream = read_stream(&iso.prefix).await.unwrap();

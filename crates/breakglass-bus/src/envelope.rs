@@ -310,10 +310,7 @@ mod tests {
         }
         let sealed = seal(&key(), Mode::Sealed, binding(), NOW, b"CANARY-EVENT").unwrap();
         assert!(
-            !sealed
-                .encode_to_vec()
-                .windows(6)
-                .any(|w| w == b"CANARY"),
+            !sealed.encode_to_vec().windows(6).any(|w| w == b"CANARY"),
             "a sealed event is not readable"
         );
     }
@@ -324,19 +321,37 @@ mod tests {
             let envelope = seal(&key(), mode, binding(), NOW, b"event").unwrap();
             let other_key = event_key(&Secret::new("AGE-SECRET-KEY-1OTHER"));
             assert_eq!(
-                open(&other_key, mode, "bg.workbook.ready", "workbook-run-1", &envelope)
-                    .unwrap_err(),
+                open(
+                    &other_key,
+                    mode,
+                    "bg.workbook.ready",
+                    "workbook-run-1",
+                    &envelope
+                )
+                .unwrap_err(),
                 EnvelopeError::DoesNotOpen
             );
             assert_eq!(
-                open(&key(), mode, "bg.snapshot.ready", "workbook-run-1", &envelope)
-                    .unwrap_err(),
+                open(
+                    &key(),
+                    mode,
+                    "bg.snapshot.ready",
+                    "workbook-run-1",
+                    &envelope
+                )
+                .unwrap_err(),
                 EnvelopeError::DoesNotOpen,
                 "wrong subject"
             );
             assert_eq!(
-                open(&key(), mode, "bg.workbook.ready", "workbook-run-2", &envelope)
-                    .unwrap_err(),
+                open(
+                    &key(),
+                    mode,
+                    "bg.workbook.ready",
+                    "workbook-run-2",
+                    &envelope
+                )
+                .unwrap_err(),
                 EnvelopeError::DoesNotOpen,
                 "wrong message id"
             );
@@ -359,7 +374,16 @@ mod tests {
                 "breakglass settings on the bus v1",
                 &Secret::new("AGE-SECRET-KEY-1TESTKEY"),
             );
-            assert!(open(&settings, mode, "bg.workbook.ready", "workbook-run-1", &envelope).is_err());
+            assert!(
+                open(
+                    &settings,
+                    mode,
+                    "bg.workbook.ready",
+                    "workbook-run-1",
+                    &envelope
+                )
+                .is_err()
+            );
         }
     }
 
@@ -382,8 +406,7 @@ mod tests {
             for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
                 if let Ok(parsed) = parse(&bytes[..cut]) {
                     assert!(
-                        open(&key(), mode, "bg.workbook.ready", "workbook-run-1", &parsed)
-                            .is_err(),
+                        open(&key(), mode, "bg.workbook.ready", "workbook-run-1", &parsed).is_err(),
                         "cut at {cut}"
                     );
                 }
@@ -415,7 +438,9 @@ mod tests {
         let mut downgraded = seal(&key(), Mode::Sealed, binding(), NOW, b"e").unwrap();
         downgraded.mode = v1::EnvelopeMode::Authenticated as i32;
         assert!(roundtrip(Mode::Sealed, &downgraded).is_err());
-        assert!(read_unverified(&seal(&key(), Mode::Sealed, binding(), NOW, b"e").unwrap()).is_err());
+        assert!(
+            read_unverified(&seal(&key(), Mode::Sealed, binding(), NOW, b"e").unwrap()).is_err()
+        );
         assert_eq!(read_unverified(&authenticated).unwrap(), b"e");
     }
 

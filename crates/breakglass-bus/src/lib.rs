@@ -463,11 +463,12 @@ impl Bus {
         trigger: &breakglass_proto::v1::TriggerRequested,
     ) -> Result<bool, BusError> {
         let subject = self.subjects().trigger();
-        validate::trigger("", trigger, worker::chrono_now_ms())
-            .map_err(|err| BusError::Publish {
+        validate::trigger("", trigger, worker::chrono_now_ms()).map_err(|err| {
+            BusError::Publish {
                 subject: subject.clone(),
                 reason: err.to_string(),
-            })?;
+            }
+        })?;
         self.publish(&subject, &trigger.run_id, trigger).await
     }
 
@@ -506,7 +507,9 @@ impl Bus {
         if let Ok(stored) = stream.get_last_raw_message_by_subject(&subject).await {
             match self.read_run_finished(&stored.subject, Some(&stored.headers), &stored.payload) {
                 Ok(finished) => return Ok(Some(finished)),
-                Err(err) => tracing::warn!(error = %err, "ignoring a run.finished that does not check out"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "ignoring a run.finished that does not check out")
+                }
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -519,7 +522,9 @@ impl Bus {
                         &message.payload,
                     ) {
                         Ok(finished) => return Ok(Some(finished)),
-                        Err(err) => tracing::warn!(error = %err, "ignoring a run.finished that does not check out"),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "ignoring a run.finished that does not check out")
+                        }
                     }
                 }
                 Ok(None) | Err(_) => return Ok(None),
@@ -560,7 +565,9 @@ impl Bus {
             };
             match self.read_run_finished(&stored.subject, Some(&stored.headers), &stored.payload) {
                 Ok(run) => runs.push(run),
-                Err(err) => tracing::warn!(error = %err, "leaving out a run outcome that does not check out"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "leaving out a run outcome that does not check out")
+                }
             }
         }
         runs.sort_by_key(|run| run.finished_at_unix_ms);

@@ -235,7 +235,11 @@ pub fn size(field: &str, value: u64) -> Result<(), FieldError> {
 
 /// 64 lowercase hex digits.
 pub fn sha256(field: &str, value: &str) -> Result<(), FieldError> {
-    if value.len() != 64 || !value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if value.len() != 64
+        || !value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return Err(FieldError::new(
             field,
             value,
@@ -546,15 +550,19 @@ mod tests {
     fn run_ids_follow_the_documented_charset() {
         assert!(run_id("run_id", "slot-2026-11-27T0930").is_ok());
         assert!(run_id("run_id", &"a".repeat(64)).is_ok());
-        for bad in ["", "a\r\nNats-Msg-Id: x", "a b", "../x", "x.y", "a".repeat(65).as_str()] {
+        for bad in [
+            "",
+            "a\r\nNats-Msg-Id: x",
+            "a b",
+            "../x",
+            "x.y",
+            "a".repeat(65).as_str(),
+        ] {
             let err = run_id("run_id", bad).unwrap_err();
             assert_eq!(err.field, "run_id");
             assert!(!err.value.contains('\n'), "{err}");
         }
-        assert_eq!(
-            run_id("run_id", "a\r\nb").unwrap_err().value,
-            r#""a\r\nb""#
-        );
+        assert_eq!(run_id("run_id", "a\r\nb").unwrap_err().value, r#""a\r\nb""#);
     }
 
     #[test]

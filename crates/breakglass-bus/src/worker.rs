@@ -243,7 +243,10 @@ async fn process(
     let trigger = stage
         .trigger_of(bus, message)
         .filter(|t| crate::validate::run_id("run_id", &t.run_id).is_ok());
-    let run_id = trigger.as_ref().map(|t| t.run_id.clone()).unwrap_or_default();
+    let run_id = trigger
+        .as_ref()
+        .map(|t| t.run_id.clone())
+        .unwrap_or_default();
     let span = tracing::info_span!(
         "stage",
         otel.name = stage.name(),

@@ -9,8 +9,8 @@
 
 use anyhow::Context;
 use breakglass_bus::Bus;
-use breakglass_core::RunId;
 use breakglass_bus::validate;
+use breakglass_core::RunId;
 use breakglass_proto::v1;
 use std::process::ExitCode;
 use std::time::Duration;

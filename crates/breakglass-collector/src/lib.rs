@@ -114,8 +114,8 @@ impl Stage for Collector {
             trigger: Some(trigger),
         };
         bus.publish_event(EventKind::SnapshotReady, &run_id, &ready)
-        .await
-        .map_err(|err| StageFailure::retry(err.to_string()))?;
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(rows = ready.rows, "snapshot stored");
         let metrics = breakglass_telemetry::metrics::metrics();
         metrics.last_run_rows.set(ready.rows as i64);

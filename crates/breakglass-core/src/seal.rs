@@ -100,9 +100,10 @@ impl SealKey {
 
     /// Seals bytes under `label`: the nonce followed by the ciphertext.
     pub fn seal_bytes(&self, label: &str, plain: &[u8]) -> Result<Vec<u8>, SealError> {
-        self.seal_with_ad(label.as_bytes(), plain).map_err(|_| SealError::Damaged {
-            field: label.into(),
-        })
+        self.seal_with_ad(label.as_bytes(), plain)
+            .map_err(|_| SealError::Damaged {
+                field: label.into(),
+            })
     }
 
     /// Opens what [`SealKey::seal_bytes`] made under the same `label`.

@@ -50,7 +50,8 @@ impl Stage for Renderer {
     }
 
     fn trigger_of(&self, bus: &Bus, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
-        let opened = worker::open::<v1::SnapshotReady>(bus, EventKind::SnapshotReady, message).ok()?;
+        let opened =
+            worker::open::<v1::SnapshotReady>(bus, EventKind::SnapshotReady, message).ok()?;
         opened
             .event
             .trigger
@@ -152,8 +153,8 @@ impl Stage for Renderer {
             snapshot: Some(ready),
         };
         bus.publish_event(EventKind::WorkbookReady, &run_id, &event)
-        .await
-        .map_err(|err| StageFailure::retry(err.to_string()))?;
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(
             bytes = event.workbook_size,
             rows = report.rows,

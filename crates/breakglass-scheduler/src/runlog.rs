@@ -68,7 +68,11 @@ impl Stage for RunLogStage {
 
     /// Always `None`: a run log that cannot record a message must not
     /// report that run as failed.
-    fn trigger_of(&self, _bus: &Bus, _message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+    fn trigger_of(
+        &self,
+        _bus: &Bus,
+        _message: &jetstream::Message,
+    ) -> Option<v1::TriggerRequested> {
         None
     }
 }
@@ -95,7 +99,10 @@ impl RunLogStage {
             let run = validate::snapshot_ready(&ready, &bucket, now)
                 .map_err(|err| refused("snapshot.ready", &err))?;
             if run != opened.run_id {
-                return Err(refused("snapshot.ready", &"the event names another run than its envelope"));
+                return Err(refused(
+                    "snapshot.ready",
+                    &"the event names another run than its envelope",
+                ));
             }
             let detail = format!(
                 "collected {} rows in {} projects from {}; {} warnings",
@@ -119,7 +126,10 @@ impl RunLogStage {
             let run = validate::workbook_ready(&ready, &bucket, now)
                 .map_err(|err| refused("workbook.ready", &err))?;
             if run != opened.run_id {
-                return Err(refused("workbook.ready", &"the event names another run than its envelope"));
+                return Err(refused(
+                    "workbook.ready",
+                    &"the event names another run than its envelope",
+                ));
             }
             let detail = format!(
                 "rendered {} bytes, encryption {}",

@@ -115,7 +115,8 @@ impl Stage for Uploader {
     }
 
     fn trigger_of(&self, bus: &Bus, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
-        let opened = worker::open::<v1::WorkbookReady>(bus, EventKind::WorkbookReady, message).ok()?;
+        let opened =
+            worker::open::<v1::WorkbookReady>(bus, EventKind::WorkbookReady, message).ok()?;
         opened
             .event
             .snapshot
@@ -304,8 +305,8 @@ impl Stage for Uploader {
             trigger: Some(trigger),
         };
         bus.publish_event(EventKind::RunFinished, &run_id, &finished)
-        .await
-        .map_err(|err| StageFailure::retry(err.to_string()))?;
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(status = ?status, "run finished");
         let metrics = breakglass_telemetry::metrics::metrics();
         metrics
