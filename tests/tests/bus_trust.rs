@@ -588,7 +588,11 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
         .into_iter()
         .map(|r| r.run_id)
         .collect();
-    assert_eq!(runs, [good.clone()], "no other run reported an outcome");
+    assert_eq!(
+        runs.as_slice(),
+        std::slice::from_ref(&good),
+        "no other run reported an outcome"
+    );
 
     // The next good trigger still runs.
     let next = format!("good2-{}", iso.prefix);
