@@ -78,13 +78,22 @@ impl Isolation {
     /// Connects to the test NATS under this isolation's prefix, with the
     /// short ack wait and delivery limit the tests' service configs use.
     pub async fn connect_bus(&self) -> breakglass_bus::Bus {
+        self.connect_bus_with(None).await
+    }
+
+    /// Like [`Isolation::connect_bus`], holding the services' `payload_key`
+    /// (so it seals and verifies events as a service does).
+    pub async fn connect_bus_with(
+        &self,
+        payload_key: Option<breakglass_core::Secret>,
+    ) -> breakglass_bus::Bus {
         breakglass_bus::Bus::connect(breakglass_bus::BusOptions {
             url: nats_url().into(),
             prefix: self.prefix.clone(),
             ack_wait: std::time::Duration::from_secs(3),
             max_deliver: 3,
             payload_ttl: std::time::Duration::from_secs(3600),
-            payload_key: None,
+            payload_key,
             ca_bundle: None,
         })
         .await
@@ -223,6 +232,11 @@ impl ServiceProcess {
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
         Ok((status, body))
+    }
+
+    /// True while the process has not exited (no crash, no restart).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL: the process gets no chance to ack or clean up.

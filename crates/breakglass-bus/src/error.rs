@@ -55,4 +55,13 @@ pub enum BusError {
         /// Why.
         reason: String,
     },
+    /// A message was refused: its envelope does not open, it is stale, or
+    /// a field breaks a rule.
+    #[error("message on {subject} refused: {reason}")]
+    Rejected {
+        /// The subject (escaped).
+        subject: String,
+        /// Why, naming the field or check.
+        reason: String,
+    },
 }

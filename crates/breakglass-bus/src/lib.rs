@@ -7,6 +7,9 @@
 //!   events with `Nats-Msg-Id` dedupe and trace headers.
 //! - [`payload`]: large payloads (snapshots, workbooks) in the JetStream
 //!   object store, age-encrypted; the snapshot record codec.
+//! - [`envelope`]: the sealed / authenticated envelope around the events
+//!   the services hand each other, under a key derived from `payload_key`.
+//! - [`validate`]: the field rules every event passes before use.
 //! - [`worker`]: the consume loop: durable pull consumer, explicit ack,
 //!   in-progress acks while working, bounded redelivery, dead letters.
 //!
@@ -14,11 +17,13 @@
 //! service binaries bind a stage to it.
 #![warn(missing_docs)]
 
+pub mod envelope;
 pub mod error;
 pub mod payload;
 pub mod permissions;
 pub mod settings_kv;
 pub mod subjects;
+pub mod validate;
 pub mod worker;
 
 pub use error::BusError;
@@ -26,7 +31,8 @@ pub use subjects::Subjects;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use breakglass_core::Secret;
+use breakglass_core::seal::SealKey;
+use breakglass_core::{RunId, Secret};
 use std::time::Duration;
 
 /// How long the stream remembers message ids for deduplication: one day, so
@@ -65,6 +71,10 @@ pub struct Bus {
     jetstream: jetstream::Context,
     subjects: Subjects,
     options: BusOptions,
+    /// Seals and opens the services' events ([`envelope`]); `None` for a
+    /// process without `payload_key` (it may publish triggers and read
+    /// `run.finished` unverified, like the Mavis core).
+    event_key: Option<SealKey>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -115,11 +125,13 @@ impl Bus {
             })?;
         let jetstream = jetstream::new(client.clone());
         let subjects = Subjects::new(&options.prefix);
+        let event_key = options.payload_key.as_ref().map(envelope::event_key);
         let bus = Self {
             client,
             jetstream,
             subjects,
             options,
+            event_key,
         };
         bus.ensure_stream().await?;
         bus.ensure_consumers().await?;
@@ -178,6 +190,30 @@ impl Bus {
         msg_id: &str,
         event: &impl prost::Message,
     ) -> Result<bool, BusError> {
+        self.publish_bytes(subject, msg_id, event.encode_to_vec())
+            .await
+    }
+
+    /// Publishes raw bytes; see [`Bus::publish`]. A `msg_id` that is not a
+    /// valid header value (empty, over 256 bytes, or holding anything but
+    /// visible ASCII: a CR/LF would make the NATS client panic) is refused
+    /// before any header is built.
+    pub async fn publish_bytes(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        body: Vec<u8>,
+    ) -> Result<bool, BusError> {
+        if msg_id.is_empty() || msg_id.len() > 256 || !msg_id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(BusError::Publish {
+                subject: subject.into(),
+                reason: format!(
+                    "Nats-Msg-Id {} is not 1 to 256 visible ASCII characters",
+                    validate::escaped(msg_id)
+                ),
+            });
+        }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
         for (name, value) in breakglass_telemetry::inject_current() {
@@ -185,7 +221,7 @@ impl Bus {
         }
         let ack = self
             .jetstream
-            .publish_with_headers(subject.to_owned(), headers, event.encode_to_vec().into())
+            .publish_with_headers(subject.to_owned(), headers, body.into())
             .await
             .map_err(|err| BusError::Publish {
                 subject: subject.into(),
@@ -269,35 +305,266 @@ pub fn trace_headers(headers: Option<&HeaderMap>) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// The events the services hand each other, each with its subject,
+/// `Nats-Msg-Id` and protection ([`envelope`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `snapshot.ready`, sealed, `Nats-Msg-Id: snapshot-<run id>`.
+    SnapshotReady,
+    /// `workbook.ready`, sealed, `Nats-Msg-Id: workbook-<run id>`.
+    WorkbookReady,
+    /// `run.finished.<run id>`, authenticated, `Nats-Msg-Id: finished-<run id>`.
+    RunFinished,
+}
+
+impl EventKind {
+    /// How it is protected.
+    pub fn mode(self) -> envelope::Mode {
+        match self {
+            EventKind::SnapshotReady | EventKind::WorkbookReady => envelope::Mode::Sealed,
+            EventKind::RunFinished => envelope::Mode::Authenticated,
+        }
+    }
+
+    /// The protobuf message inside.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::SnapshotReady => "SnapshotReady",
+            EventKind::WorkbookReady => "WorkbookReady",
+            EventKind::RunFinished => "RunFinished",
+        }
+    }
+
+    /// The subject an event of run `run_id` is published on.
+    pub fn subject(self, subjects: &Subjects, run_id: &str) -> String {
+        match self {
+            EventKind::SnapshotReady => subjects.snapshot_ready(),
+            EventKind::WorkbookReady => subjects.workbook_ready(),
+            EventKind::RunFinished => subjects.run_finished(run_id),
+        }
+    }
+
+    /// Its `Nats-Msg-Id`.
+    pub fn msg_id(self, run_id: &str) -> String {
+        let kind = match self {
+            EventKind::SnapshotReady => "snapshot",
+            EventKind::WorkbookReady => "workbook",
+            EventKind::RunFinished => "finished",
+        };
+        format!("{kind}-{run_id}")
+    }
+}
+
+/// An event whose envelope opened.
+#[derive(Debug)]
+pub struct Authentic<T> {
+    /// The event.
+    pub event: T,
+    /// The run its envelope is bound to (the caller checks the event
+    /// names the same run).
+    pub run_id: RunId,
+    /// When it was made.
+    pub created_at_unix_ms: i64,
+}
+
+/// Whether [`Bus::open_event`] refuses events older than
+/// [`envelope::MAX_EVENT_AGE`]: a stage acting on an event does; reading
+/// the week of run history does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Age {
+    /// Refuse stale events.
+    MustBeFresh,
+    /// Any age.
+    Any,
+}
+
+fn rejected(subject: &str, reason: impl std::fmt::Display) -> BusError {
+    BusError::Rejected {
+        subject: validate::escaped(subject),
+        reason: reason.to_string(),
+    }
+}
+
 impl Bus {
-    /// Publishes an on-demand trigger the way the Mavis core does. Returns
-    /// true when the run id was already in the stream's duplicate window
-    /// (no second run starts).
+    /// The `Nats-Msg-Id` of a received message, if any.
+    pub fn msg_id(headers: Option<&HeaderMap>) -> Option<&str> {
+        headers
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str())
+    }
+
+    /// Publishes `event` of run `run_id` as `kind`: in its envelope, on its
+    /// subject, with its message id. Needs `payload_key`.
+    pub async fn publish_event(
+        &self,
+        kind: EventKind,
+        run_id: &RunId,
+        event: &impl prost::Message,
+    ) -> Result<bool, BusError> {
+        let subject = kind.subject(&self.subjects, run_id.as_str());
+        let Some(key) = &self.event_key else {
+            return Err(BusError::Publish {
+                subject,
+                reason: "this process has no payload_key, which seals the services' events".into(),
+            });
+        };
+        let msg_id = kind.msg_id(run_id.as_str());
+        let sealed = envelope::seal(
+            key,
+            kind.mode(),
+            envelope::Binding {
+                subject: &subject,
+                msg_id: &msg_id,
+                run_id: run_id.as_str(),
+            },
+            worker::chrono_now_ms(),
+            &event.encode_to_vec(),
+        )
+        .map_err(|err| BusError::Publish {
+            subject: subject.clone(),
+            reason: err.to_string(),
+        })?;
+        self.publish(&subject, &msg_id, &sealed).await
+    }
+
+    /// Opens a received event of `kind`: the envelope must parse, be bound
+    /// to the subject and `Nats-Msg-Id` it arrived with, which must be the
+    /// ones `kind` prescribes for the run it names, open under the event key
+    /// and (with [`Age::MustBeFresh`]) not be stale; then the event must
+    /// decode. Field rules are the caller's ([`validate`]).
+    pub fn open_event<T: prost::Message + Default>(
+        &self,
+        kind: EventKind,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+        age: Age,
+    ) -> Result<Authentic<T>, BusError> {
+        let Some(key) = &self.event_key else {
+            return Err(rejected(
+                subject,
+                "this process has no payload_key to open the services' events",
+            ));
+        };
+        let parsed = envelope::parse(payload).map_err(|err| rejected(subject, err))?;
+        let run_id = validate::run_id("envelope.run_id", &parsed.run_id)
+            .map_err(|err| rejected(subject, err))?;
+        let expected_subject = kind.subject(&self.subjects, run_id.as_str());
+        if subject != expected_subject {
+            return Err(rejected(
+                subject,
+                format!(
+                    "a {} of run {run_id} belongs on {expected_subject}",
+                    kind.name()
+                ),
+            ));
+        }
+        let expected_id = kind.msg_id(run_id.as_str());
+        let msg_id = Self::msg_id(headers).unwrap_or_default();
+        if msg_id != expected_id {
+            return Err(rejected(
+                subject,
+                format!(
+                    "Nats-Msg-Id {} where {expected_id} is required",
+                    validate::escaped(msg_id)
+                ),
+            ));
+        }
+        let opened = envelope::open(key, kind.mode(), subject, msg_id, &parsed)
+            .map_err(|err| rejected(subject, err))?;
+        if age == Age::MustBeFresh {
+            envelope::check_fresh(opened.created_at_unix_ms, worker::chrono_now_ms())
+                .map_err(|err| rejected(subject, err))?;
+        }
+        let event = T::decode(opened.event.as_slice()).map_err(|err| {
+            rejected(
+                subject,
+                format!("the envelope opened but is not a {}: {err}", kind.name()),
+            )
+        })?;
+        Ok(Authentic {
+            event,
+            run_id,
+            created_at_unix_ms: opened.created_at_unix_ms,
+        })
+    }
+
+    /// Reads a `run.finished` message: verified and validated when this
+    /// process holds `payload_key`; without it (the Mavis core's position),
+    /// the clear body of the authenticated envelope, still validated.
+    pub fn read_run_finished(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<breakglass_proto::v1::RunFinished, BusError> {
+        use prost::Message;
+        let finished = if self.event_key.is_some() {
+            let opened = self.open_event::<breakglass_proto::v1::RunFinished>(
+                EventKind::RunFinished,
+                subject,
+                headers,
+                payload,
+                Age::Any,
+            )?;
+            if opened.event.run_id != opened.run_id.as_str() {
+                return Err(rejected(
+                    subject,
+                    format!(
+                        "the event names run {} but its envelope run {}",
+                        validate::escaped(&opened.event.run_id),
+                        opened.run_id
+                    ),
+                ));
+            }
+            opened.event
+        } else {
+            let parsed = envelope::parse(payload).map_err(|err| rejected(subject, err))?;
+            let body = envelope::read_unverified(&parsed).map_err(|err| rejected(subject, err))?;
+            breakglass_proto::v1::RunFinished::decode(body.as_slice())
+                .map_err(|err| rejected(subject, err))?
+        };
+        validate::run_finished(&finished, worker::chrono_now_ms())
+            .map_err(|err| rejected(subject, err))?;
+        if subject != self.subjects.run_finished(&finished.run_id) {
+            return Err(rejected(subject, "run.finished of another run"));
+        }
+        Ok(finished)
+    }
+
+    /// Publishes an on-demand trigger the way the Mavis core does: a plain
+    /// `TriggerRequested` with `Nats-Msg-Id` = run id. Returns true when the
+    /// run id was already in the stream's duplicate window (no second run
+    /// starts). The trigger is validated first, as the collector will.
     pub async fn trigger(
         &self,
         trigger: &breakglass_proto::v1::TriggerRequested,
     ) -> Result<bool, BusError> {
-        self.publish(&self.subjects().trigger(), &trigger.run_id, trigger)
-            .await
+        let subject = self.subjects().trigger();
+        validate::trigger("", trigger, worker::chrono_now_ms()).map_err(|err| {
+            BusError::Publish {
+                subject: subject.clone(),
+                reason: err.to_string(),
+            }
+        })?;
+        self.publish(&subject, &trigger.run_id, trigger).await
     }
 
     /// Waits until run `run_id` has finished and returns its outcome, or
     /// `None` after `timeout`. Finds runs that finished before the call too.
+    /// A message on the run's subject that is not a valid (with
+    /// `payload_key`: authentic) outcome is skipped with a warning.
     pub async fn wait_for_run(
         &self,
         run_id: &str,
         timeout: Duration,
     ) -> Result<Option<breakglass_proto::v1::RunFinished>, BusError> {
         use futures::StreamExt;
-        use prost::Message;
-        let subject = self.subjects().run_finished(run_id);
-        let decode = |payload: &[u8]| {
-            breakglass_proto::v1::RunFinished::decode(payload).map_err(|err| BusError::Decode {
-                subject: subject.clone(),
-                expected: "RunFinished",
-                reason: err.to_string(),
-            })
-        };
+        let run_id = validate::run_id("run_id", run_id).map_err(|err| BusError::Consume {
+            consumer: "run.finished".into(),
+            reason: err.to_string(),
+        })?;
+        let subject = self.subjects().run_finished(run_id.as_str());
         // Subscribe first, then look back: no window where the event is missed.
         let mut live = self
             .client
@@ -319,18 +586,36 @@ impl Bus {
         // Mavis core's NATS user is allowed for `run.finished.>` only;
         // streams created before `allow_direct` answer the leader's get.
         use async_nats::jetstream::stream::DirectGetErrorKind;
-        match stream.direct_get_last_for_subject(subject.clone()).await {
-            Ok(stored) => return decode(&stored.payload).map(Some),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => {}
-            Err(_) => {
-                if let Ok(stored) = stream.get_last_raw_message_by_subject(&subject).await {
-                    return decode(&stored.payload).map(Some);
+        let stored = match stream.direct_get_last_for_subject(subject.clone()).await {
+            Ok(stored) => Some(stored),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
+            Err(_) => stream.get_last_raw_message_by_subject(&subject).await.ok(),
+        };
+        if let Some(stored) = stored {
+            match self.read_run_finished(&stored.subject, Some(&stored.headers), &stored.payload) {
+                Ok(finished) => return Ok(Some(finished)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "ignoring a run.finished that does not check out")
                 }
             }
         }
-        match tokio::time::timeout(timeout, live.next()).await {
-            Ok(Some(message)) => decode(&message.payload).map(Some),
-            Ok(None) | Err(_) => Ok(None),
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, live.next()).await {
+                Ok(Some(message)) => {
+                    match self.read_run_finished(
+                        &message.subject,
+                        message.headers.as_ref(),
+                        &message.payload,
+                    ) {
+                        Ok(finished) => return Ok(Some(finished)),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "ignoring a run.finished that does not check out")
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => return Ok(None),
+            }
         }
     }
 }
@@ -338,10 +623,10 @@ impl Bus {
 impl Bus {
     /// Every run outcome the stream still holds (its retention is a week),
     /// oldest first. Feeds `breakglass status` and the uploader's
-    /// last-success gauges after a restart.
+    /// last-success gauges after a restart. Outcomes that do not check out
+    /// (with `payload_key`: that are not authentic) are left out.
     pub async fn recent_runs(&self) -> Result<Vec<breakglass_proto::v1::RunFinished>, BusError> {
         use futures::StreamExt;
-        use prost::Message;
         let setup = |err: &dyn std::fmt::Display| BusError::Setup {
             what: self.subjects().stream(),
             reason: err.to_string(),
@@ -365,8 +650,11 @@ impl Bus {
             let Ok(stored) = stream.get_last_raw_message_by_subject(&subject).await else {
                 continue;
             };
-            if let Ok(run) = breakglass_proto::v1::RunFinished::decode(stored.payload.as_ref()) {
-                runs.push(run);
+            match self.read_run_finished(&stored.subject, Some(&stored.headers), &stored.payload) {
+                Ok(run) => runs.push(run),
+                Err(err) => {
+                    tracing::warn!(error = %err, "leaving out a run outcome that does not check out")
+                }
             }
         }
         runs.sort_by_key(|run| run.finished_at_unix_ms);

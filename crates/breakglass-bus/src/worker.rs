@@ -90,7 +90,10 @@ pub trait Stage: Send + Sync {
     ) -> impl Future<Output = Result<(), StageFailure>> + Send;
 
     /// The trigger a message belongs to, to report a run that is given up.
-    fn trigger_of(&self, message: &jetstream::Message) -> Option<v1::TriggerRequested>;
+    /// Only a trigger whose run id is valid and, for the services' own
+    /// events, whose envelope opened and is fresh: a forged or replayed
+    /// message is dead-lettered without reporting any run.
+    fn trigger_of(&self, bus: &Bus, message: &jetstream::Message) -> Option<v1::TriggerRequested>;
 }
 
 /// The stages and the subjects their consumers read. `runlog` (the
@@ -250,9 +253,12 @@ async fn process(
 ) {
     let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
     let stream_sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-    let run_id = stage
-        .trigger_of(message)
-        .map(|t| t.run_id)
+    let trigger = stage
+        .trigger_of(bus, message)
+        .filter(|t| crate::validate::run_id("run_id", &t.run_id).is_ok());
+    let run_id = trigger
+        .as_ref()
+        .map(|t| t.run_id.clone())
         .unwrap_or_default();
     let span = tracing::info_span!(
         "stage",
@@ -312,7 +318,7 @@ async fn process(
                     let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
                     return;
                 }
-                report_failed_run(bus, stage.trigger_of(message), stage.failed_stage(), &failure).await;
+                report_failed_run(bus, trigger, stage.failed_stage(), &failure).await;
                 if let Err(err) = message.ack_with(AckKind::Term).await {
                     tracing::warn!(error = %err, "terminating the message failed");
                 }
@@ -360,7 +366,8 @@ fn backoff(delivered: i64) -> Duration {
     Duration::from_secs(1u64 << exponent)
 }
 
-/// Decodes a message body as the event `T`.
+/// Decodes a message body as the plain event `T` (a trigger, a dead
+/// letter): a permanent failure when it does not decode.
 pub fn decode<T: prost::Message + Default>(
     message: &jetstream::Message,
     expected: &'static str,
@@ -368,13 +375,49 @@ pub fn decode<T: prost::Message + Default>(
     T::decode(message.payload.as_ref()).map_err(|err| {
         StageFailure::permanent(
             BusError::Decode {
-                subject: message.subject.to_string(),
+                subject: crate::validate::escaped(&message.subject),
                 expected,
                 reason: err.to_string(),
             }
             .to_string(),
         )
     })
+}
+
+/// Opens one of the services' events ([`Bus::open_event`], fresh only): a
+/// permanent failure, naming what failed, when it does not.
+pub fn open<T: prost::Message + Default>(
+    bus: &Bus,
+    kind: crate::EventKind,
+    message: &jetstream::Message,
+) -> Result<crate::Authentic<T>, StageFailure> {
+    bus.open_event(
+        kind,
+        &message.subject,
+        message.headers.as_ref(),
+        &message.payload,
+        crate::Age::MustBeFresh,
+    )
+    .map_err(|err| StageFailure::permanent(err.to_string()))
+}
+
+/// A trigger as it arrives on `trigger`: decoded, every field checked
+/// ([`crate::validate::trigger`]), and published with `Nats-Msg-Id` = its
+/// run id as the contract says.
+pub fn read_trigger(
+    message: &jetstream::Message,
+) -> Result<(v1::TriggerRequested, breakglass_core::RunId), StageFailure> {
+    let trigger: v1::TriggerRequested = decode(message, "TriggerRequested")?;
+    let run_id = crate::validate::trigger("", &trigger, chrono_now_ms())
+        .map_err(|err| StageFailure::permanent(format!("trigger refused: {err}")))?;
+    let msg_id = Bus::msg_id(message.headers.as_ref()).unwrap_or_default();
+    if msg_id != run_id.as_str() {
+        return Err(StageFailure::permanent(format!(
+            "trigger refused: Nats-Msg-Id {} must be the run id {run_id}",
+            crate::validate::escaped(msg_id)
+        )));
+    }
+    Ok((trigger, run_id))
 }
 
 /// Publishes the failed `RunFinished` event for a run that a stage gave up on.
@@ -388,13 +431,20 @@ pub async fn report_failed_run(
         tracing::error!("cannot report the failed run: the message names no run");
         return;
     };
+    let Ok(run_id) = crate::validate::run_id("run_id", &trigger.run_id) else {
+        tracing::error!("cannot report the failed run: its run id is not valid");
+        return;
+    };
     let finished = v1::RunFinished {
         run_id: trigger.run_id.clone(),
         status: v1::RunStatus::Failed as i32,
         failed_stage: stage.into(),
         error: failure.message.clone(),
         finished_at_unix_ms: chrono_now_ms(),
-        trigger: Some(trigger.clone()),
+        // A trigger whose other fields break the rules is not repeated.
+        trigger: crate::validate::trigger("", &trigger, chrono_now_ms())
+            .is_ok()
+            .then(|| trigger.clone()),
         ..Default::default()
     };
     breakglass_telemetry::metrics::metrics()
@@ -403,9 +453,8 @@ pub async fn report_failed_run(
             status: "failed".into(),
         })
         .inc();
-    let subject = bus.subjects().run_finished(&trigger.run_id);
     if let Err(err) = bus
-        .publish(&subject, &format!("finished-{}", trigger.run_id), &finished)
+        .publish_event(crate::EventKind::RunFinished, &run_id, &finished)
         .await
     {
         tracing::error!(error = %err, "failed run could not be reported");

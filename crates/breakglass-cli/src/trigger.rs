@@ -1,8 +1,15 @@
 //! `breakglass trigger`: publish the on-demand trigger exactly as the Mavis
 //! core does, and optionally wait for the run's outcome.
+//!
+//! The trigger is checked by the collector's own rules before it is sent
+//! (`breakglass_bus::validate::trigger`), so a bad `--run-id` or `--reason`
+//! fails here with the rule instead of as a dead letter. `--wait` reads the
+//! run's `run.finished`: verified when the config holds `payload_key`,
+//! otherwise read like the Mavis core reads it (see docs/BUS.md).
 
 use anyhow::Context;
 use breakglass_bus::Bus;
+use breakglass_bus::validate;
 use breakglass_core::RunId;
 use breakglass_proto::v1;
 use std::process::ExitCode;
@@ -36,7 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         breakglass_telemetry::init_with_default("breakglass-cli", tracing::Level::WARN)?;
     let settings = args.bus.settings()?;
     let run_id = match &args.run_id {
-        Some(id) => RunId::parse(id)?,
+        Some(id) => validate::run_id("--run-id", id)?,
         None => RunId::generate(),
     };
     let bus = Bus::connect(breakglass_service::bus_options(&settings)).await?;

@@ -4,16 +4,17 @@
 //! The stage work (reading, grouping, sorting) is `breakglass-collect`;
 //! this crate only binds it to the bus: decode the trigger, collect, write
 //! the snapshot through the payload key into a private temp file, store it
-//! in the object store, publish `snapshot.ready` with `Nats-Msg-Id =
-//! snapshot-<run id>` so a redelivered trigger adds no second snapshot event.
+//! in the object store, publish `snapshot.ready` sealed (breakglass-bus
+//! `envelope`) with `Nats-Msg-Id = snapshot-<run id>` so a redelivered
+//! trigger adds no second snapshot event. A trigger comes from outside:
+//! every field is checked before anything is read (`validate::trigger`).
 
 use async_nats::jetstream;
 use breakglass_bus::payload::attempt_object_name;
 use breakglass_bus::payload::{PayloadKey, warning_to_proto, write_snapshot};
-use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
-use breakglass_bus::{Bus, worker};
+use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode, read_trigger};
+use breakglass_bus::{Bus, EventKind, worker};
 use breakglass_collect::{AnySource, RowCounter, Source};
-use breakglass_core::RunId;
 use breakglass_proto::v1;
 use breakglass_service::ConfigSource;
 use tracing::Instrument;
@@ -40,7 +41,9 @@ impl Stage for Collector {
         "collect"
     }
 
-    fn trigger_of(&self, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+    /// The trigger when its run id is valid (the worker checks it), so a
+    /// trigger refused for another field still reports its run as failed.
+    fn trigger_of(&self, _bus: &Bus, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
         decode::<v1::TriggerRequested>(message, "TriggerRequested").ok()
     }
 
@@ -50,9 +53,7 @@ impl Stage for Collector {
         message: &jetstream::Message,
         _attempt: Attempt,
     ) -> Result<(), StageFailure> {
-        let trigger: v1::TriggerRequested = decode(message, "TriggerRequested")?;
-        let run_id = RunId::parse(&trigger.run_id)
-            .map_err(|err| StageFailure::permanent(err.to_string()))?;
+        let (trigger, run_id) = read_trigger(message)?;
         let settings = self.config.load_for_run()?;
         let source = AnySource::for_settings(&settings);
         let described = source.describe();
@@ -112,13 +113,9 @@ impl Stage for Collector {
             collected_at_unix_ms: worker::chrono_now_ms(),
             trigger: Some(trigger),
         };
-        bus.publish(
-            &bus.subjects().snapshot_ready(),
-            &format!("snapshot-{run_id}"),
-            &ready,
-        )
-        .await
-        .map_err(|err| StageFailure::retry(err.to_string()))?;
+        bus.publish_event(EventKind::SnapshotReady, &run_id, &ready)
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(rows = ready.rows, "snapshot stored");
         let metrics = breakglass_telemetry::metrics::metrics();
         metrics.last_run_rows.set(ready.rows as i64);

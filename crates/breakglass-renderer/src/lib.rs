@@ -5,21 +5,24 @@
 //! decrypts the snapshot record by record (never whole in memory), feeds the
 //! builder in a blocking task, hashes the finished file (the destinations
 //! verify against that hash), encrypts it into the object store and
-//! publishes `workbook.ready` (`Nats-Msg-Id = workbook-<run id>`). All of it
-//! happens in one private, locked working folder
-//! ([`breakglass_render::workdir`]) that is removed afterwards, on success,
-//! failure and panic alike, and by the next renderer to start if this one
-//! is killed. The plain workbook (and, with `encryption: none`, the stored
-//! file) only ever lives in unnamed files there: the named files are the
-//! age-encrypted snapshot and payload, and the sealed workbook.
+//! publishes `workbook.ready` (`Nats-Msg-Id = workbook-<run id>`). Both
+//! events travel sealed (breakglass-bus `envelope`): a `snapshot.ready`
+//! that does not open, is stale, or breaks a field rule is dead-lettered
+//! before anything is fetched. All of it happens in one private, locked
+//! working folder ([`breakglass_render::workdir`]) that is removed
+//! afterwards, on success, failure and panic alike, and by the next
+//! renderer to start if this one is killed. The plain workbook (and, with
+//! `encryption: none`, the stored file) only ever lives in unnamed files
+//! there: the named files are the age-encrypted snapshot and payload, and
+//! the sealed workbook.
 
 use async_nats::jetstream;
 use breakglass_bus::payload::attempt_object_name;
 use breakglass_bus::payload::{
     PayloadKey, SnapshotItem, SnapshotReader, warning_from_proto, warning_to_proto,
 };
-use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
-use breakglass_bus::{Bus, worker};
+use breakglass_bus::worker::{Attempt, Stage, StageFailure};
+use breakglass_bus::{Bus, EventKind, validate, worker};
 use breakglass_config::Encryption;
 use breakglass_core::{RowWarning, RunId};
 use breakglass_proto::v1;
@@ -66,10 +69,13 @@ impl Stage for Renderer {
         "render"
     }
 
-    fn trigger_of(&self, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
-        decode::<v1::SnapshotReady>(message, "SnapshotReady")
-            .ok()
-            .and_then(|r| r.trigger)
+    fn trigger_of(&self, bus: &Bus, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+        let opened =
+            worker::open::<v1::SnapshotReady>(bus, EventKind::SnapshotReady, message).ok()?;
+        opened
+            .event
+            .trigger
+            .filter(|t| t.run_id == opened.run_id.as_str())
     }
 
     async fn handle(
@@ -78,10 +84,7 @@ impl Stage for Renderer {
         message: &jetstream::Message,
         _attempt: Attempt,
     ) -> Result<(), StageFailure> {
-        let ready: v1::SnapshotReady = decode(message, "SnapshotReady")?;
-        let trigger = ready.trigger.clone().unwrap_or_default();
-        let run_id = RunId::parse(&trigger.run_id)
-            .map_err(|err| StageFailure::permanent(err.to_string()))?;
+        let (ready, run_id) = read_snapshot_ready(bus, message)?;
         tracing::info!(
             rows = ready.rows,
             projects = ready.projects.len(),
@@ -166,13 +169,9 @@ impl Stage for Renderer {
             key_id: rendered.sealed.key_id.clone(),
             snapshot: Some(ready),
         };
-        bus.publish(
-            &bus.subjects().workbook_ready(),
-            &format!("workbook-{run_id}"),
-            &event,
-        )
-        .await
-        .map_err(|err| StageFailure::retry(err.to_string()))?;
+        bus.publish_event(EventKind::WorkbookReady, &run_id, &event)
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(
             bytes = event.workbook_size,
             rows = report.rows,
@@ -180,6 +179,28 @@ impl Stage for Renderer {
         );
         Ok(())
     }
+}
+
+/// Opens a `snapshot.ready` and checks every field, and that the event
+/// names the run its envelope is bound to.
+fn read_snapshot_ready(
+    bus: &Bus,
+    message: &jetstream::Message,
+) -> Result<(v1::SnapshotReady, RunId), StageFailure> {
+    let opened = worker::open::<v1::SnapshotReady>(bus, EventKind::SnapshotReady, message)?;
+    let run_id = validate::snapshot_ready(
+        &opened.event,
+        &bus.subjects().payload_bucket(),
+        worker::chrono_now_ms(),
+    )
+    .map_err(|err| StageFailure::permanent(format!("snapshot.ready refused: {err}")))?;
+    if run_id != opened.run_id {
+        return Err(StageFailure::permanent(format!(
+            "snapshot.ready refused: the event names run {run_id} but its envelope run {}",
+            opened.run_id
+        )));
+    }
+    Ok((opened.event, run_id))
 }
 
 struct Rendered {

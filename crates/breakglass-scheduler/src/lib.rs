@@ -204,8 +204,7 @@ pub async fn publish_slot(
         requested_at_unix_ms: chrono_now_ms(),
         note: String::new(),
     };
-    bus.publish(&bus.subjects().trigger(), &slot.run_id, &trigger)
-        .await
+    bus.trigger(&trigger).await
 }
 
 /// After downtime: when no run succeeded since the last slot, runs once now

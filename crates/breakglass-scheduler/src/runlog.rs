@@ -2,15 +2,19 @@
 //! every event on the stream and records it (trigger, snapshot, workbook,
 //! outcome, dead letters). Two scheduler replicas share the durable
 //! consumer, so each event is recorded once; the log's writes are
-//! idempotent, so a redelivery changes nothing.
+//! idempotent, so a redelivery changes nothing. Nothing is recorded before
+//! it checks out: a trigger by its field rules, the services' events by
+//! their envelope (authentic, on their own subject and message id) and
+//! field rules, a dead letter by its field rules; anything else is
+//! dead-lettered to `breakglass.dead.runlog` and recorded nowhere.
 //!
 //! A run log that cannot be written never fails a run: its messages are
 //! retried and, in the end, dead-lettered to `breakglass.dead.runlog`
 //! without reporting the run as failed.
 
 use async_nats::jetstream;
-use breakglass_bus::Bus;
-use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
+use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode, read_trigger};
+use breakglass_bus::{Age, Bus, EventKind, validate, worker};
 use breakglass_proto::v1;
 use breakglass_runlog::RunLog;
 use chrono::{DateTime, Utc};
@@ -64,7 +68,11 @@ impl Stage for RunLogStage {
 
     /// Always `None`: a run log that cannot record a message must not
     /// report that run as failed.
-    fn trigger_of(&self, _message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+    fn trigger_of(
+        &self,
+        _bus: &Bus,
+        _message: &jetstream::Message,
+    ) -> Option<v1::TriggerRequested> {
         None
     }
 }
@@ -77,11 +85,25 @@ impl RunLogStage {
         let subjects = bus.subjects();
         let subject = message.subject.as_str();
         let failed = |err: breakglass_runlog::RunLogError| StageFailure::retry(err.to_string());
+        let refused = |what: &str, err: &dyn std::fmt::Display| {
+            StageFailure::permanent(format!("{what} refused: {err}"))
+        };
+        let now = worker::chrono_now_ms();
+        let bucket = subjects.payload_bucket();
         if subject == subjects.trigger() {
-            let trigger: v1::TriggerRequested = decode(message, "TriggerRequested")?;
+            let (trigger, _) = read_trigger(message)?;
             self.log.record_trigger(&trigger).await.map_err(failed)
         } else if subject == subjects.snapshot_ready() {
-            let ready: v1::SnapshotReady = decode(message, "SnapshotReady")?;
+            let opened = worker::open::<v1::SnapshotReady>(bus, EventKind::SnapshotReady, message)?;
+            let ready = opened.event;
+            let run = validate::snapshot_ready(&ready, &bucket, now)
+                .map_err(|err| refused("snapshot.ready", &err))?;
+            if run != opened.run_id {
+                return Err(refused(
+                    "snapshot.ready",
+                    &"the event names another run than its envelope",
+                ));
+            }
             let detail = format!(
                 "collected {} rows in {} projects from {}; {} warnings",
                 ready.rows,
@@ -99,15 +121,19 @@ impl RunLogStage {
                 .await
                 .map_err(failed)
         } else if subject == subjects.workbook_ready() {
-            let ready: v1::WorkbookReady = decode(message, "WorkbookReady")?;
+            let opened = worker::open::<v1::WorkbookReady>(bus, EventKind::WorkbookReady, message)?;
+            let ready = opened.event;
+            let run = validate::workbook_ready(&ready, &bucket, now)
+                .map_err(|err| refused("workbook.ready", &err))?;
+            if run != opened.run_id {
+                return Err(refused(
+                    "workbook.ready",
+                    &"the event names another run than its envelope",
+                ));
+            }
             let detail = format!(
                 "rendered {} bytes, encryption {}",
-                ready.workbook_size,
-                if ready.encryption.is_empty() {
-                    "none"
-                } else {
-                    &ready.encryption
-                }
+                ready.workbook_size, ready.encryption
             );
             let trigger = ready.snapshot.and_then(|s| s.trigger).unwrap_or_default();
             self.log
@@ -115,7 +141,18 @@ impl RunLogStage {
                 .await
                 .map_err(failed)
         } else if subject.starts_with(&subjects.run_finished("")) {
-            let finished: v1::RunFinished = decode(message, "RunFinished")?;
+            // Authentic and fresh: an old outcome replayed is not recorded.
+            bus.open_event::<v1::RunFinished>(
+                EventKind::RunFinished,
+                subject,
+                message.headers.as_ref(),
+                &message.payload,
+                Age::MustBeFresh,
+            )
+            .map_err(|err| StageFailure::permanent(err.to_string()))?;
+            let finished = bus
+                .read_run_finished(subject, message.headers.as_ref(), &message.payload)
+                .map_err(|err| StageFailure::permanent(err.to_string()))?;
             self.log.record_finished(&finished).await.map_err(failed)
         } else if let Some(stage) = subject.strip_prefix(&subjects.dead_letter("")) {
             if stage == self.name() {
@@ -123,7 +160,10 @@ impl RunLogStage {
                 return Ok(());
             }
             let dead: v1::DeadLetter = decode(message, "DeadLetter")?;
-            if dead.run_id.is_empty() {
+            if validate::dead_letter(&dead)
+                .map_err(|err| refused("dead letter", &err))?
+                .is_none()
+            {
                 return Ok(());
             }
             let trigger = v1::TriggerRequested {

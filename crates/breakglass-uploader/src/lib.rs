@@ -6,7 +6,10 @@
 //! destination independently: one failing does not stop the others, and the
 //! run is `succeeded` only when all succeeded (`partially_failed` when some
 //! did). The outcome goes out as `run.finished` (`Nats-Msg-Id =
-//! finished-<run id>`).
+//! finished-<run id>`), authenticated. A `workbook.ready` that does not
+//! open, is stale, or breaks a field rule (a future `collected_at`, an
+//! `extension` other than the one its encryption makes) is dead-lettered
+//! before anything is fetched or stored.
 //!
 //! [`grpc`] serves the destination Test (`--grpc ADDR`).
 
@@ -14,8 +17,8 @@ pub mod grpc;
 
 use async_nats::jetstream;
 use breakglass_bus::payload::{PayloadKey, hash_file};
-use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode};
-use breakglass_bus::{Bus, worker};
+use breakglass_bus::worker::{Attempt, Stage, StageFailure};
+use breakglass_bus::{Bus, EventKind, validate, worker};
 use breakglass_core::RunId;
 use breakglass_proto::v1;
 use breakglass_service::ConfigSource;
@@ -67,6 +70,28 @@ fn unix_seconds_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Opens a `workbook.ready` and checks every field, and that the event
+/// names the run its envelope is bound to.
+fn read_workbook_ready(
+    bus: &Bus,
+    message: &jetstream::Message,
+) -> Result<(v1::WorkbookReady, RunId), StageFailure> {
+    let opened = worker::open::<v1::WorkbookReady>(bus, EventKind::WorkbookReady, message)?;
+    let run_id = validate::workbook_ready(
+        &opened.event,
+        &bus.subjects().payload_bucket(),
+        worker::chrono_now_ms(),
+    )
+    .map_err(|err| StageFailure::permanent(format!("workbook.ready refused: {err}")))?;
+    if run_id != opened.run_id {
+        return Err(StageFailure::permanent(format!(
+            "workbook.ready refused: the event names run {run_id} but its envelope run {}",
+            opened.run_id
+        )));
+    }
+    Ok((opened.event, run_id))
+}
+
 /// The upload stage bound to the bus.
 pub struct Uploader {
     config: ConfigSource,
@@ -89,11 +114,14 @@ impl Stage for Uploader {
         "upload"
     }
 
-    fn trigger_of(&self, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
-        decode::<v1::WorkbookReady>(message, "WorkbookReady")
-            .ok()
-            .and_then(|r| r.snapshot)
+    fn trigger_of(&self, bus: &Bus, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
+        let opened =
+            worker::open::<v1::WorkbookReady>(bus, EventKind::WorkbookReady, message).ok()?;
+        opened
+            .event
+            .snapshot
             .and_then(|s| s.trigger)
+            .filter(|t| t.run_id == opened.run_id.as_str())
     }
 
     async fn handle(
@@ -102,11 +130,9 @@ impl Stage for Uploader {
         message: &jetstream::Message,
         attempt: Attempt,
     ) -> Result<(), StageFailure> {
-        let ready: v1::WorkbookReady = decode(message, "WorkbookReady")?;
+        let (ready, run_id) = read_workbook_ready(bus, message)?;
         let snapshot = ready.snapshot.clone().unwrap_or_default();
         let trigger = snapshot.trigger.clone().unwrap_or_default();
-        let run_id = RunId::parse(&trigger.run_id)
-            .map_err(|err| StageFailure::permanent(err.to_string()))?;
         let settings = self.config.load_for_run()?;
         let reference = ready.workbook.clone().ok_or_else(|| {
             StageFailure::permanent("workbook.ready carries no workbook reference")
@@ -141,18 +167,12 @@ impl Stage for Uploader {
                 ready.workbook_size, ready.workbook_sha256
             )));
         }
+        // Checked by `validate::workbook_ready`: not in the future, and the
+        // extension is the one the encryption makes.
         let created_at = chrono::DateTime::from_timestamp_millis(snapshot.collected_at_unix_ms)
             .unwrap_or_else(chrono::Utc::now);
-        let extension = if ready.extension.is_empty() {
-            ".xlsx"
-        } else {
-            ready.extension.as_str()
-        };
-        let encryption = if ready.encryption.is_empty() {
-            "none"
-        } else {
-            ready.encryption.as_str()
-        };
+        let extension = ready.extension.as_str();
+        let encryption = ready.encryption.as_str();
         let projects: Vec<ProjectRows> = ready
             .projects
             .iter()
@@ -284,13 +304,9 @@ impl Stage for Uploader {
             finished_at_unix_ms: worker::chrono_now_ms(),
             trigger: Some(trigger),
         };
-        bus.publish(
-            &bus.subjects().run_finished(run_id.as_str()),
-            &format!("finished-{run_id}"),
-            &finished,
-        )
-        .await
-        .map_err(|err| StageFailure::retry(err.to_string()))?;
+        bus.publish_event(EventKind::RunFinished, &run_id, &finished)
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))?;
         tracing::info!(status = ?status, "run finished");
         let metrics = breakglass_telemetry::metrics::metrics();
         metrics

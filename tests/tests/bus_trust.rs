@@ -1,0 +1,699 @@
+//! Only the services' own events are believed (DESIGN.md invariant 8).
+//!
+//! The four services run as processes. Someone who may publish on the
+//! stream (but does not hold `payload_key`) sends random bytes, forged
+//! events of a valid shape (one pointing at a workbook they stored
+//! themselves, with a far-future `collected_at` and a hostile extension),
+//! genuine events replayed from an earlier run, and CR/LF run ids, on every
+//! subject the services consume. No service dies, no file at the
+//! destination changes, each message is dead-lettered with a reason that
+//! names what failed, and the next good trigger still runs.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use breakglass_bus::payload::PayloadKey;
+use breakglass_bus::{Age, Bus, EventKind, envelope};
+use breakglass_e2e::{
+    Isolation, ServiceProcess, database_url, nats_url, read_stream, write_config,
+};
+use breakglass_proto::v1;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const INVENTORY: &str = "Project,Provider,Device name,Protocol,Public IP address,Private IP address,URL,Port,Access type,Account,Password,PEM file name,Extra credential\n\
+Payments,AWS,web-1,SSH,1.2.3.4,,,22,password,root,pw-one,,\n\
+Payments,AWS,web-2,SSH,1.2.3.5,,,22,password,root,pw-two,,\n";
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn trigger(run_id: &str) -> v1::TriggerRequested {
+    v1::TriggerRequested {
+        run_id: run_id.into(),
+        reason: v1::TriggerReason::OnDemand as i32,
+        requested_by: "mavis-core".into(),
+        requested_at_unix_ms: now_ms(),
+        note: "bus trust".into(),
+    }
+}
+
+/// Publishes bytes as anyone with publish rights can: any subject, any
+/// message id. Returns JetStream's "duplicate" flag.
+async fn publish_raw(bus: &Bus, subject: &str, msg_id: &str, body: Vec<u8>) -> bool {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    bus.jetstream()
+        .publish_with_headers(subject.to_owned(), headers, body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .duplicate
+}
+
+fn random_bytes() -> Vec<u8> {
+    // Leading 0xff bytes never form a protobuf field key that decodes.
+    let mut bytes = vec![0xff; 12];
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes
+}
+
+/// Every file under `dir` with its bytes.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// One hostile message and what must become of it.
+struct Attack {
+    what: &'static str,
+    subject: String,
+    body: Vec<u8>,
+    /// The stage whose dead letter must name the reason.
+    stage: &'static str,
+    /// Words the dead letter's error must hold.
+    reason: &'static str,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_and_malformed_events_change_nothing() {
+    let iso = Isolation::new("trust");
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inventory.csv");
+    std::fs::write(&inventory, INVENTORY).unwrap();
+    let out = dir.path().join("out");
+    let key = PayloadKey::generate();
+    let db = database_url();
+    let nats = nats_url();
+    let inventory_url = inventory.display().to_string();
+    let out_text = out.display().to_string();
+    let log_schema = format!("{}_log", iso.schema);
+    let config = write_config(
+        dir.path(),
+        &[
+            ("nats_url", nats.as_str()),
+            ("bus_prefix", iso.prefix.as_str()),
+            ("payload_key", key.expose()),
+            ("local_dir", out_text.as_str()),
+            ("ack_wait_seconds", "3"),
+            ("max_deliver", "3"),
+            ("encryption", "none"),
+            ("inventory_url", inventory_url.as_str()),
+            ("database_url", db.as_str()),
+            ("database_schema", log_schema.as_str()),
+        ],
+    );
+    // The attacker: may publish and use the object store, has no payload_key.
+    let attacker = iso.connect_bus().await;
+    // The test's own view as a service (to check outcomes and to make an
+    // authentic but stale event, as a service a day ago would have).
+    let service = iso.connect_bus_with(Some(key.clone())).await;
+    let mut services: Vec<ServiceProcess> = ["scheduler", "collector", "renderer", "uploader"]
+        .iter()
+        .map(|name| ServiceProcess::start(name, &config, dir.path()).unwrap())
+        .collect();
+    let logs = |services: &[ServiceProcess]| -> String {
+        services
+            .iter()
+            .map(|s| format!("--- {}\n{}", s.name, s.log_text()))
+            .collect()
+    };
+
+    // A good run first: the file that must survive everything below.
+    let good = format!("good1-{}", iso.prefix);
+    attacker.trigger(&trigger(&good)).await.unwrap();
+    let finished = service
+        .wait_for_run(&good, Duration::from_secs(120))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("the first run did not finish\n{}", logs(&services)));
+    assert_eq!(
+        finished.status,
+        v1::RunStatus::Succeeded as i32,
+        "{finished:?}"
+    );
+    let before = tree(&out);
+    assert!(!before.is_empty());
+
+    let subjects = attacker.subjects().clone();
+    let stored = read_stream(&iso.prefix).await.unwrap();
+    let genuine = |subject: &str| {
+        stored
+            .iter()
+            .find(|m| m.subject == subject)
+            .unwrap_or_else(|| panic!("no {subject} in the stream"))
+            .clone()
+    };
+    let genuine_snapshot = genuine(&subjects.snapshot_ready());
+    let genuine_workbook = genuine(&subjects.workbook_ready());
+    let genuine_finished = genuine(&subjects.run_finished(&good));
+    let headers_of = |m: &breakglass_e2e::StoredMessage| {
+        let mut headers = async_nats::HeaderMap::new();
+        for (k, v) in &m.headers {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        headers
+    };
+    let good_workbook: v1::WorkbookReady = service
+        .open_event(
+            EventKind::WorkbookReady,
+            &genuine_workbook.subject,
+            Some(&headers_of(&genuine_workbook)),
+            &genuine_workbook.payload,
+            Age::Any,
+        )
+        .unwrap()
+        .event;
+
+    // The attacker's own workbook in the object store, encrypted to the
+    // services' public key (age needs nothing more), with a plausible event.
+    let forged_file = dir.path().join("forged.age");
+    PayloadKey::parse(&key)
+        .unwrap()
+        .encrypt_to_file(&forged_file, |out| out.write_all(b"FORGED WORKBOOK"))
+        .unwrap();
+    let forged_ref = attacker
+        .store_payload("forged-w.1.workbook.age", &forged_file)
+        .await
+        .unwrap();
+    let mut forged_workbook = good_workbook.clone();
+    forged_workbook.workbook = Some(forged_ref.clone());
+    forged_workbook.workbook_size = 15;
+    forged_workbook.workbook_sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"FORGED WORKBOOK"))
+    };
+    forged_workbook.extension = "/../x".into();
+    let snapshot = forged_workbook.snapshot.as_mut().unwrap();
+    snapshot.collected_at_unix_ms = 32_503_680_000_000; // the year 3000
+    snapshot.trigger.as_mut().unwrap().run_id = "forged-w".into();
+    let mut forged_newline = forged_workbook.clone();
+    forged_newline.extension = ".xlsx\n".into();
+
+    // An authentic event a service made 25 hours ago, for a run whose id
+    // the stream has long forgotten.
+    let stale = {
+        let mut event = good_workbook.clone();
+        event
+            .snapshot
+            .as_mut()
+            .unwrap()
+            .trigger
+            .as_mut()
+            .unwrap()
+            .run_id = "stale-1".into();
+        envelope::seal(
+            &envelope::event_key(&key),
+            envelope::Mode::Sealed,
+            envelope::Binding {
+                subject: &subjects.workbook_ready(),
+                msg_id: "workbook-stale-1",
+                run_id: "stale-1",
+            },
+            now_ms() - 25 * 3600 * 1000,
+            &event.encode_to_vec(),
+        )
+        .unwrap()
+        .encode_to_vec()
+    };
+    // Authentic envelope, CR/LF inside: the event's own run id.
+    let crlf_inside = {
+        let mut event = good_workbook.clone();
+        event
+            .snapshot
+            .as_mut()
+            .unwrap()
+            .trigger
+            .as_mut()
+            .unwrap()
+            .run_id = "crlf\r\nNats-Msg-Id: x".into();
+        envelope::seal(
+            &envelope::event_key(&key),
+            envelope::Mode::Sealed,
+            envelope::Binding {
+                subject: &subjects.workbook_ready(),
+                msg_id: "workbook-crlf-w",
+                run_id: "crlf-w",
+            },
+            now_ms(),
+            &event.encode_to_vec(),
+        )
+        .unwrap()
+        .encode_to_vec()
+    };
+    let bad_envelope = |run_id: &str, mode: v1::EnvelopeMode| {
+        v1::Envelope {
+            version: 1,
+            mode: mode as i32,
+            run_id: run_id.into(),
+            created_at_unix_ms: now_ms(),
+            nonce: vec![7; 12],
+            body: random_bytes(),
+            tag: if mode == v1::EnvelopeMode::Authenticated {
+                vec![9; 16]
+            } else {
+                Vec::new()
+            },
+        }
+        .encode_to_vec()
+    };
+    let forged_finished = v1::RunFinished {
+        run_id: "forged-f".into(),
+        status: v1::RunStatus::Succeeded as i32,
+        finished_at_unix_ms: 32_503_680_000_000,
+        ..Default::default()
+    };
+    let crlf_trigger = v1::TriggerRequested {
+        run_id: "x\r\nNats-Msg-Id: y".into(),
+        ..trigger("unused")
+    };
+
+    let attacks: Vec<(Attack, &str)> = vec![
+        (
+            Attack {
+                what: "random bytes as a trigger",
+                subject: subjects.trigger(),
+                body: random_bytes(),
+                stage: "collector",
+                reason: "not a valid TriggerRequested",
+            },
+            "rand-trigger",
+        ),
+        (
+            Attack {
+                what: "random bytes as snapshot.ready",
+                subject: subjects.snapshot_ready(),
+                body: random_bytes(),
+                stage: "renderer",
+                reason: "not an event envelope",
+            },
+            "snapshot-rand",
+        ),
+        (
+            Attack {
+                what: "random bytes as workbook.ready",
+                subject: subjects.workbook_ready(),
+                body: random_bytes(),
+                stage: "uploader",
+                reason: "not an event envelope",
+            },
+            "workbook-rand",
+        ),
+        (
+            Attack {
+                what: "random bytes as run.finished",
+                subject: subjects.run_finished("rand-f"),
+                body: random_bytes(),
+                stage: "runlog",
+                reason: "not an event envelope",
+            },
+            "finished-rand-f",
+        ),
+        (
+            Attack {
+                what: "a forged plain snapshot.ready",
+                subject: subjects.snapshot_ready(),
+                body: good_workbook.snapshot.clone().unwrap().encode_to_vec(),
+                stage: "renderer",
+                reason: "not an event envelope",
+            },
+            "snapshot-forged-s",
+        ),
+        (
+            Attack {
+                what: "a forged plain workbook.ready (own workbook, year 3000, /../x)",
+                subject: subjects.workbook_ready(),
+                body: forged_workbook.encode_to_vec(),
+                stage: "uploader",
+                reason: "not an event envelope",
+            },
+            "workbook-forged-w",
+        ),
+        (
+            Attack {
+                what: "a forged plain workbook.ready (extension with LF)",
+                subject: subjects.workbook_ready(),
+                body: forged_newline.encode_to_vec(),
+                stage: "uploader",
+                reason: "not an event envelope",
+            },
+            "workbook-forged-w2",
+        ),
+        (
+            Attack {
+                what: "a forged envelope on workbook.ready",
+                subject: subjects.workbook_ready(),
+                body: bad_envelope("forged-e", v1::EnvelopeMode::Sealed),
+                stage: "uploader",
+                reason: "does not open",
+            },
+            "workbook-forged-e",
+        ),
+        (
+            Attack {
+                what: "a forged plain run.finished",
+                subject: subjects.run_finished("forged-f"),
+                body: forged_finished.encode_to_vec(),
+                stage: "runlog",
+                reason: "not an event envelope",
+            },
+            "finished-forged-f",
+        ),
+        (
+            Attack {
+                what: "a forged authenticated run.finished",
+                subject: subjects.run_finished("forged-g"),
+                body: bad_envelope("forged-g", v1::EnvelopeMode::Authenticated),
+                stage: "runlog",
+                reason: "does not open",
+            },
+            "finished-forged-g",
+        ),
+        (
+            Attack {
+                what: "the earlier run's workbook.ready under a new message id",
+                subject: subjects.workbook_ready(),
+                body: genuine_workbook.payload.clone(),
+                stage: "uploader",
+                reason: "Nats-Msg-Id",
+            },
+            "workbook-replayed",
+        ),
+        (
+            Attack {
+                what: "the earlier run's snapshot.ready on workbook.ready",
+                subject: subjects.workbook_ready(),
+                body: genuine_snapshot.payload.clone(),
+                stage: "uploader",
+                reason: "Nats-Msg-Id",
+            },
+            "workbook-moved",
+        ),
+        (
+            Attack {
+                what: "the earlier run's snapshot.ready under a new message id",
+                subject: subjects.snapshot_ready(),
+                body: genuine_snapshot.payload.clone(),
+                stage: "renderer",
+                reason: "Nats-Msg-Id",
+            },
+            "snapshot-replayed",
+        ),
+        (
+            Attack {
+                what: "the earlier run's run.finished on another run",
+                subject: subjects.run_finished("other-run"),
+                body: genuine_finished.payload.clone(),
+                stage: "runlog",
+                reason: "belongs on",
+            },
+            "finished-other-run",
+        ),
+        (
+            Attack {
+                what: "an authentic workbook.ready made 25 hours ago",
+                subject: subjects.workbook_ready(),
+                body: stale,
+                stage: "uploader",
+                reason: "stale event",
+            },
+            "workbook-stale-1",
+        ),
+        (
+            Attack {
+                what: "a trigger with a CR/LF run id",
+                subject: subjects.trigger(),
+                body: crlf_trigger.encode_to_vec(),
+                stage: "collector",
+                reason: "run_id",
+            },
+            "crlf-trigger",
+        ),
+        (
+            Attack {
+                what: "an envelope with a CR/LF run id on snapshot.ready",
+                subject: subjects.snapshot_ready(),
+                body: bad_envelope("a\r\nb", v1::EnvelopeMode::Sealed),
+                stage: "renderer",
+                reason: "envelope.run_id",
+            },
+            "snapshot-crlf",
+        ),
+        (
+            Attack {
+                what: "an authentic workbook.ready whose run id holds CR/LF",
+                subject: subjects.workbook_ready(),
+                body: crlf_inside,
+                stage: "uploader",
+                reason: "snapshot.trigger.run_id",
+            },
+            "workbook-crlf-w",
+        ),
+        (
+            Attack {
+                what: "an envelope with a CR/LF run id on run.finished",
+                subject: subjects.run_finished("crlf-f"),
+                body: bad_envelope("a\r\nb", v1::EnvelopeMode::Authenticated),
+                stage: "runlog",
+                reason: "envelope.run_id",
+            },
+            "finished-crlf-f",
+        ),
+    ];
+
+    // A genuine event replayed unchanged is not even stored: the stream
+    // remembers its message id.
+    for genuine in [&genuine_snapshot, &genuine_workbook, &genuine_finished] {
+        let msg_id = genuine
+            .headers
+            .iter()
+            .find(|(k, _)| k == "Nats-Msg-Id")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        assert!(
+            publish_raw(
+                &attacker,
+                &genuine.subject,
+                &msg_id,
+                genuine.payload.clone()
+            )
+            .await,
+            "a replay of {} within the duplicate window is dropped",
+            genuine.subject
+        );
+    }
+    for (attack, msg_id) in &attacks {
+        assert!(
+            !publish_raw(&attacker, &attack.subject, msg_id, attack.body.clone()).await,
+            "{} was stored",
+            attack.what
+        );
+    }
+
+    // Every attack ends as a dead letter naming what failed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut missing: Vec<String>;
+    loop {
+        let letters: Vec<v1::DeadLetter> = read_stream(&iso.prefix)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|m| m.subject.starts_with(&subjects.dead_letter("")))
+            .filter_map(|m| v1::DeadLetter::decode(m.payload.as_slice()).ok())
+            .collect();
+        missing = attacks
+            .iter()
+            .filter_map(|(attack, _)| {
+                let letter = letters.iter().find(|l| {
+                    l.stage == attack.stage
+                        && l.original_subject == attack.subject
+                        && l.original_payload == attack.body
+                });
+                match letter {
+                    Some(l) if l.error.contains(attack.reason) => {
+                        assert_eq!(l.deliveries, 1, "{}: dead-lettered at once", attack.what);
+                        assert!(
+                            !l.error.contains('\n') && !l.error.contains('\r'),
+                            "{}: {:?}",
+                            attack.what,
+                            l.error
+                        );
+                        None
+                    }
+                    Some(l) => Some(format!(
+                        "{}: dead letter says {:?}, expected it to name {:?}",
+                        attack.what, l.error, attack.reason
+                    )),
+                    None => Some(format!(
+                        "{}: no dead letter from {}",
+                        attack.what, attack.stage
+                    )),
+                }
+            })
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        missing.is_empty(),
+        "{}\n{}",
+        missing.join("\n"),
+        logs(&services)
+    );
+
+    for service in services.iter_mut() {
+        assert!(
+            service.is_running(),
+            "{} exited\n{}",
+            service.name,
+            service.log_text()
+        );
+        assert!(
+            !service.log_text().contains("panicked"),
+            "{} panicked\n{}",
+            service.name,
+            service.log_text()
+        );
+    }
+    assert!(
+        tree(&out) == before,
+        "the destination changed: {:?} versus {:?}",
+        tree(&out).keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    let runs: Vec<String> = service
+        .recent_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(
+        runs.as_slice(),
+        std::slice::from_ref(&good),
+        "no other run reported an outcome"
+    );
+
+    // The next good trigger still runs.
+    let next = format!("good2-{}", iso.prefix);
+    attacker.trigger(&trigger(&next)).await.unwrap();
+    let finished = service
+        .wait_for_run(&next, Duration::from_secs(120))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("the next run did not finish\n{}", logs(&services)));
+    assert_eq!(
+        finished.status,
+        v1::RunStatus::Succeeded as i32,
+        "{finished:?}\n{}",
+        logs(&services)
+    );
+    for service in services.iter_mut() {
+        assert!(service.is_running(), "{} exited", service.name);
+    }
+
+    attacker.close().await;
+    service.close().await;
+    iso.cleanup_bus().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_finished_is_readable_without_the_key_but_only_believed_with_it() {
+    let iso = Isolation::new("trustrf");
+    let key = PayloadKey::generate();
+    let service = iso.connect_bus_with(Some(key.clone())).await;
+    let core = iso.connect_bus().await;
+    let run = breakglass_core::RunId::parse("rf-1").unwrap();
+    let finished = v1::RunFinished {
+        run_id: "rf-1".into(),
+        status: v1::RunStatus::Succeeded as i32,
+        finished_at_unix_ms: now_ms(),
+        trigger: Some(trigger("rf-1")),
+        ..Default::default()
+    };
+    service
+        .publish_event(EventKind::RunFinished, &run, &finished)
+        .await
+        .unwrap();
+    // The Mavis core (no payload_key) reads the outcome.
+    let read = core
+        .wait_for_run("rf-1", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.status, v1::RunStatus::Succeeded as i32);
+    // A forgery on another run's subject: a keyless reader cannot tell, a
+    // service (with the key) ignores it and keeps waiting.
+    let forged = envelope::seal(
+        &envelope::event_key(&PayloadKey::generate()),
+        envelope::Mode::Authenticated,
+        envelope::Binding {
+            subject: &service.subjects().run_finished("rf-2"),
+            msg_id: "finished-rf-2",
+            run_id: "rf-2",
+        },
+        now_ms(),
+        &v1::RunFinished {
+            run_id: "rf-2".into(),
+            ..finished.clone()
+        }
+        .encode_to_vec(),
+    )
+    .unwrap();
+    publish_raw(
+        &core,
+        &service.subjects().run_finished("rf-2"),
+        "finished-rf-2",
+        forged.encode_to_vec(),
+    )
+    .await;
+    assert!(
+        service
+            .wait_for_run("rf-2", Duration::from_secs(2))
+            .await
+            .unwrap()
+            .is_none(),
+        "a service does not believe a forged outcome"
+    );
+    let runs = service.recent_runs().await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    // The sealed events are not readable without the key at all.
+    let sealed = service
+        .publish_event(
+            EventKind::SnapshotReady,
+            &run,
+            &v1::SnapshotReady::default(),
+        )
+        .await;
+    assert!(sealed.is_ok());
+    let stream = read_stream(&iso.prefix).await.unwrap();
+    let snapshot = stream
+        .iter()
+        .find(|m| m.subject == service.subjects().snapshot_ready())
+        .unwrap();
+    let parsed = envelope::parse(&snapshot.payload).unwrap();
+    assert!(envelope::read_unverified(&parsed).is_err());
+    service.close().await;
+    core.close().await;
+    iso.cleanup_bus().await;
+}
