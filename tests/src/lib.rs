@@ -1260,6 +1260,8 @@ impl RecordingListener {
 impl Drop for RecordingListener {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
 
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
@@ -1281,6 +1283,7 @@ impl Isolation {
             max_deliver,
             payload_ttl: std::time::Duration::from_secs(3600),
             payload_key: None,
+            ca_bundle: None,
         })
         .await
         .expect("the test's NATS is reachable")
