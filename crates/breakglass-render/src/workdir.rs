@@ -36,10 +36,16 @@ impl WorkDir {
         // the folder we locked is no longer the one at that path. Retry.
         for _ in 0..8 {
             let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(root)?;
-            let lock = File::open(dir.path())?;
-            lock.try_lock().map_err(|err| {
-                io::Error::other(format!("locking {}: {err}", dir.path().display()))
-            })?;
+            // Gone already (a sweeper removed it), or locked by a sweeper
+            // that is about to: make another.
+            let lock = match File::open(dir.path()) {
+                Ok(lock) => lock,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            if lock.try_lock().is_err() {
+                continue;
+            }
             if same_file(&lock, dir.path())? {
                 return Ok(Self { dir, _lock: lock });
             }
