@@ -302,7 +302,9 @@ mod tests {
         assert!(!p(Role::Collector).contains(&"bg.workbook.ready".to_string()));
         assert!(!p(Role::Collector).contains(&"bg.trigger".to_string()));
         assert!(p(Role::Renderer).contains(&"bg.workbook.ready".to_string()));
-        assert!(!p(Role::Uploader).iter().any(|x| x.ends_with(".ready")));
+        for event in ["bg.snapshot.ready", "bg.workbook.ready", "bg.trigger"] {
+            assert!(!p(Role::Uploader).contains(&event.to_string()), "{event}");
+        }
         assert!(p(Role::Scheduler).contains(&"bg.trigger".to_string()));
         assert!(p(Role::Scheduler).contains(&"$KV.bg_settings.>".to_string()));
         assert!(!p(Role::Collector).iter().any(|x| x.starts_with("$KV.")));
