@@ -207,17 +207,19 @@ fn exported_metric_names() -> std::collections::BTreeSet<String> {
             stage: "test".into(),
         })
         .observe(0.1);
-    let _ = m.messages.get_or_create(&StageOutcome {
-        stage: "test".into(),
-        outcome: "ok".into(),
-    });
-    let _ = m.runs_started.get_or_create(&status);
-    let _ = m.runs_finished.get_or_create(&status);
-    let _ = m.upload_retries.get_or_create(&destination);
+    m.messages
+        .get_or_create(&StageOutcome {
+            stage: "test".into(),
+            outcome: "ok".into(),
+        })
+        .inc();
+    m.runs_started.get_or_create(&status).inc();
+    m.runs_finished.get_or_create(&status).inc();
+    m.upload_retries.get_or_create(&destination).inc();
     m.upload_seconds.get_or_create(&destination).observe(0.1);
-    let _ = m.last_success.get_or_create(&destination);
-    let _ = m.drill_last_success.get_or_create(&destination);
-    let _ = m.drill_last_failure.get_or_create(&destination);
+    m.last_success.get_or_create(&destination).set(1.0);
+    m.drill_last_success.get_or_create(&destination).set(1.0);
+    m.drill_last_failure.get_or_create(&destination).set(1.0);
     let text = m.encode();
     let mut names = std::collections::BTreeSet::new();
     for line in text.lines() {
