@@ -421,7 +421,7 @@ mod tests {
                 "connection",
                 "tcp connect error: Connection refused (os error 111)",
                 FailureKind::Connection,
-                "refused the connection",
+                "connection refused",
             ),
             (
                 "connection",
