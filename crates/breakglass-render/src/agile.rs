@@ -102,7 +102,7 @@ fn push_lp_p4(buf: &mut Vec<u8>, text: &str) {
     let utf16: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
     buf.extend_from_slice(&(utf16.len() as u32).to_le_bytes());
     buf.extend_from_slice(&utf16);
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
@@ -412,7 +412,7 @@ fn parse_descriptor(info: &[u8]) -> Result<Descriptor, DecryptError> {
         encrypted_value: b64("encryptedKey", "encryptedVerifierHashValue")?,
         encrypted_key: b64("encryptedKey", "encryptedKeyValue")?,
     };
-    let whole = |v: &[u8], min: usize| v.len() >= min && v.len() % 16 == 0;
+    let whole = |v: &[u8], min: usize| v.len() >= min && v.len().is_multiple_of(16);
     if descriptor.key_salt.len() != 16
         || descriptor.verifier_salt.len() != 16
         || !whole(&descriptor.encrypted_hmac_key, 64)
