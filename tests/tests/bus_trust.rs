@@ -281,6 +281,28 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
         finished_at_unix_ms: 32_503_680_000_000,
         ..Default::default()
     };
+    // A dead letter that would mark the good run failed in the run log.
+    let forged_dead = v1::DeadLetter {
+        stage: "collector".into(),
+        original_subject: subjects.trigger(),
+        original_payload: Vec::new(),
+        error: "FORGED: the inventory is gone".into(),
+        deliveries: 1,
+        run_id: good.clone(),
+    };
+    let forged_dead_envelope = envelope::seal(
+        &envelope::event_key(&PayloadKey::generate()),
+        envelope::Mode::Authenticated,
+        envelope::Binding {
+            subject: &subjects.dead_letter("collector"),
+            msg_id: "dead-collector-999001",
+            run_id: &good,
+        },
+        now_ms(),
+        &forged_dead.encode_to_vec(),
+    )
+    .unwrap()
+    .encode_to_vec();
     let crlf_trigger = v1::TriggerRequested {
         run_id: "x\r\nNats-Msg-Id: y".into(),
         ..trigger("unused")
@@ -477,6 +499,26 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
             },
             "finished-crlf-f",
         ),
+        (
+            Attack {
+                what: "a forged plain dead letter naming the good run",
+                subject: subjects.dead_letter("collector"),
+                body: forged_dead.encode_to_vec(),
+                stage: "runlog",
+                reason: "not an event envelope",
+            },
+            "dead-collector-999000",
+        ),
+        (
+            Attack {
+                what: "a dead letter authenticated under another key",
+                subject: subjects.dead_letter("collector"),
+                body: forged_dead_envelope,
+                stage: "runlog",
+                reason: "does not open",
+            },
+            "dead-collector-999001",
+        ),
     ];
 
     // A genuine event replayed unchanged is not even stored: the stream
@@ -512,12 +554,18 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let mut missing: Vec<String>;
     loop {
+        // The services' own dead letters are authenticated: the test reads
+        // them as a service does, so a forged one would not count.
         let letters: Vec<v1::DeadLetter> = read_stream(&iso.prefix)
             .await
             .unwrap()
             .iter()
             .filter(|m| m.subject.starts_with(&subjects.dead_letter("")))
-            .filter_map(|m| v1::DeadLetter::decode(m.payload.as_slice()).ok())
+            .filter_map(|m| {
+                service
+                    .open_dead_letter(&m.subject, Some(&headers_of(m)), &m.payload)
+                    .ok()
+            })
             .collect();
         missing = attacks
             .iter()
@@ -592,6 +640,24 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
         runs.as_slice(),
         std::slice::from_ref(&good),
         "no other run reported an outcome"
+    );
+
+    // The run log believed none of it: the good run has no dead letter.
+    let log = breakglass_runlog::RunLog::connect(&db, &log_schema)
+        .await
+        .unwrap();
+    let recorded = log.events_after(&good, 0).await.unwrap();
+    assert!(
+        recorded.iter().any(|e| e.stage == "finished"),
+        "the good run is in the log: {recorded:?}"
+    );
+    assert!(
+        !recorded.iter().any(|e| e.stage.starts_with("dead_letter")),
+        "a forged dead letter was recorded: {recorded:?}"
+    );
+    assert_eq!(
+        log.get(&good).await.unwrap().unwrap().status,
+        "succeeded"
     );
 
     // The next good trigger still runs.

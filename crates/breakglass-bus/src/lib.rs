@@ -57,6 +57,9 @@ pub struct BusOptions {
     pub max_deliver: i64,
     /// Object-store payload lifetime.
     pub payload_ttl: Duration,
+    /// Copies JetStream keeps of the stream, the payload store and the
+    /// settings bucket (1; 3 or 5 on a cluster).
+    pub replicas: usize,
     /// age identity that encrypts and decrypts payloads.
     pub payload_key: Option<Secret>,
     /// Extra trusted CAs (PEM) for `tls://` NATS URLs (`ca_bundle`); the
@@ -160,7 +163,8 @@ impl Bus {
     }
 
     async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        self.jetstream
+        let stream = self
+            .jetstream
             .get_or_create_stream(stream::Config {
                 name: self.subjects.stream(),
                 subjects: vec![self.subjects.all()],
@@ -172,13 +176,28 @@ impl Bus {
                 // subject, so NATS permissions can scope them (the Mavis
                 // core may read `run.finished.>` only).
                 allow_direct: true,
+                num_replicas: self.options.replicas,
                 ..Default::default()
             })
             .await
             .map_err(|err| BusError::Setup {
                 what: format!("stream {}", self.subjects.stream()),
                 reason: err.to_string(),
-            })
+            })?;
+        // An existing stream keeps its replica count: say so rather than
+        // have every service race to rescale it.
+        let kept = stream.cached_info().config.num_replicas.max(1);
+        if kept != self.options.replicas {
+            tracing::warn!(
+                stream = %self.subjects.stream(),
+                kept,
+                configured = self.options.replicas,
+                "the stream keeps the replica count it was created with; rescale it with `nats stream edit {} --replicas {}`",
+                self.subjects.stream(),
+                self.options.replicas
+            );
+        }
+        Ok(stream)
     }
 
     /// Publishes one event and waits for JetStream's ack. `msg_id` is the
@@ -530,6 +549,104 @@ impl Bus {
             return Err(rejected(subject, "run.finished of another run"));
         }
         Ok(finished)
+    }
+
+    /// Publishes `dead` (what `stage` gave up on, stream sequence
+    /// `stream_sequence`) in an authenticated envelope: any operator reads
+    /// it, and the run log believes it only when the tag proves a service
+    /// with `payload_key` wrote it, so whoever may publish on `dead.*`
+    /// cannot mark a run failed in the log.
+    pub async fn publish_dead_letter(
+        &self,
+        stream_sequence: u64,
+        dead: &breakglass_proto::v1::DeadLetter,
+    ) -> Result<bool, BusError> {
+        use prost::Message;
+        let subject = self.subjects.dead_letter(&dead.stage);
+        let Some(key) = &self.event_key else {
+            return Err(BusError::Publish {
+                subject,
+                reason: "this process has no payload_key, which authenticates dead letters".into(),
+            });
+        };
+        let msg_id = format!("dead-{}-{stream_sequence}", dead.stage);
+        let wrapped = envelope::seal(
+            key,
+            envelope::Mode::Authenticated,
+            envelope::Binding {
+                subject: &subject,
+                msg_id: &msg_id,
+                run_id: &dead.run_id,
+            },
+            worker::chrono_now_ms(),
+            &dead.encode_to_vec(),
+        )
+        .map_err(|err| BusError::Publish {
+            subject: subject.clone(),
+            reason: err.to_string(),
+        })?;
+        self.publish(&subject, &msg_id, &wrapped).await
+    }
+
+    /// Opens a received dead letter: an authenticated envelope bound to the
+    /// subject and `Nats-Msg-Id` it arrived with, fresh, whose event names
+    /// the stage of its subject and the run of its envelope. The fields are
+    /// then checked by [`validate::dead_letter`].
+    pub fn open_dead_letter(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<breakglass_proto::v1::DeadLetter, BusError> {
+        use prost::Message;
+        let Some(key) = &self.event_key else {
+            return Err(rejected(
+                subject,
+                "this process has no payload_key to verify dead letters",
+            ));
+        };
+        let Some(stage) = subject.strip_prefix(&self.subjects.dead_letter("")) else {
+            return Err(rejected(subject, "not a dead-letter subject"));
+        };
+        let msg_id = Self::msg_id(headers).unwrap_or_default();
+        if !msg_id
+            .strip_prefix(&format!("dead-{stage}-"))
+            .is_some_and(|seq| !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(rejected(
+                subject,
+                format!(
+                    "Nats-Msg-Id {} where dead-{stage}-<stream sequence> is required",
+                    validate::escaped(msg_id)
+                ),
+            ));
+        }
+        let parsed = envelope::parse(payload).map_err(|err| rejected(subject, err))?;
+        let opened = envelope::open(key, envelope::Mode::Authenticated, subject, msg_id, &parsed)
+            .map_err(|err| rejected(subject, err))?;
+        envelope::check_fresh(opened.created_at_unix_ms, worker::chrono_now_ms())
+            .map_err(|err| rejected(subject, err))?;
+        let dead = breakglass_proto::v1::DeadLetter::decode(opened.event.as_slice())
+            .map_err(|err| rejected(subject, format!("the envelope opened but is not a DeadLetter: {err}")))?;
+        if dead.stage != stage || dead.run_id != opened.run_id {
+            return Err(rejected(
+                subject,
+                "the dead letter names another stage or run than its envelope",
+            ));
+        }
+        Ok(dead)
+    }
+
+    /// The dead letter in a received message without checking its tag:
+    /// what an operator without `payload_key` reads.
+    pub fn read_dead_letter_unverified(
+        payload: &[u8],
+    ) -> Result<breakglass_proto::v1::DeadLetter, envelope::EnvelopeError> {
+        use prost::Message;
+        let parsed = envelope::parse(payload)?;
+        let body = envelope::read_unverified(&parsed)?;
+        breakglass_proto::v1::DeadLetter::decode(body.as_slice())
+            .map_err(|err| envelope::EnvelopeError::Malformed(err.to_string()))
     }
 
     /// Publishes an on-demand trigger the way the Mavis core does: a plain

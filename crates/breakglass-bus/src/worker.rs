@@ -310,8 +310,7 @@ async fn process(
                     deliveries: delivered as u64,
                     run_id: run_id.clone(),
                 };
-                let subject = bus.subjects().dead_letter(stage.name());
-                if let Err(err) = bus.publish(&subject, &format!("dead-{}-{stream_sequence}", stage.name()), &dead).await {
+                if let Err(err) = bus.publish_dead_letter(stream_sequence, &dead).await {
                     // The server allows one delivery past the limit, which
                     // lands in the branch above and tries again.
                     tracing::error!(error = %err, "dead letter not published; leaving the message for redelivery");

@@ -13,7 +13,7 @@
 //! without reporting the run as failed.
 
 use async_nats::jetstream;
-use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode, read_trigger};
+use breakglass_bus::worker::{Attempt, Stage, StageFailure, read_trigger};
 use breakglass_bus::{Age, Bus, EventKind, validate, worker};
 use breakglass_proto::v1;
 use breakglass_runlog::RunLog;
@@ -159,7 +159,11 @@ impl RunLogStage {
                 // Our own give-ups: recording them would loop.
                 return Ok(());
             }
-            let dead: v1::DeadLetter = decode(message, "DeadLetter")?;
+            // Authentic only: whoever may publish on dead.* must not be
+            // able to mark a run failed in the log.
+            let dead = bus
+                .open_dead_letter(subject, message.headers.as_ref(), &message.payload)
+                .map_err(|err| StageFailure::permanent(err.to_string()))?;
             if validate::dead_letter(&dead)
                 .map_err(|err| refused("dead letter", &err))?
                 .is_none()
