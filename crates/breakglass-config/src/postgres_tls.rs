@@ -114,7 +114,35 @@ pub struct TlsParams {
     field: &'static str,
     sslmode: Option<SslMode>,
     sslrootcert: Option<RootCert>,
-    client: Option<(PathBuf, PathBuf)>,
+    client: Option<ClientIdentity>,
+}
+
+/// The client certificate and key (`sslcert`, `sslkey`), read once with a
+/// size limit so a path to a device or a huge file cannot exhaust memory,
+/// and handed to the driver as bytes. The key's `Debug` prints a mask.
+#[derive(Clone, Debug)]
+pub struct ClientIdentity {
+    /// The `sslcert` path, for messages.
+    pub cert_path: PathBuf,
+    /// The certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// The private key, PEM.
+    pub key_pem: breakglass_core::Secret,
+}
+
+/// Reads one client PEM file (`sslcert` or `sslkey`) under
+/// [`breakglass_core::limits::MAX_PEM_FILE_BYTES`].
+fn read_client_pem(name: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use breakglass_core::limits::{MAX_PEM_FILE_BYTES, ReadError, read_file};
+    match read_file(path, MAX_PEM_FILE_BYTES, name) {
+        Ok(bytes) => Ok(bytes),
+        Err(err @ ReadError::Io { .. }) => Err(format!(
+            "{name} {:?} is not a readable file ({})",
+            path.display(),
+            err.rule()
+        )),
+        Err(err) => Err(format!("{name} {:?} {}", path.display(), err.rule())),
+    }
 }
 
 /// The parameter names sqlx also accepts for the same settings; each is
@@ -170,15 +198,15 @@ impl TlsParams {
         params.client = match (cert, key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                for (name, path) in [("sslcert", &cert), ("sslkey", &key)] {
-                    if !path.is_file() {
-                        return Err(format!(
-                            "{name} {:?} is not a readable file",
-                            path.display()
-                        ));
-                    }
-                }
-                Some((cert, key))
+                let cert_pem = read_client_pem("sslcert", &cert)?;
+                let key_pem = read_client_pem("sslkey", &key)?;
+                let key_pem = String::from_utf8(key_pem)
+                    .map_err(|_| format!("sslkey {:?} is not PEM text", key.display()))?;
+                Some(ClientIdentity {
+                    cert_path: cert,
+                    cert_pem,
+                    key_pem: breakglass_core::Secret::new(key_pem),
+                })
             }
             _ => {
                 return Err(
@@ -258,8 +286,8 @@ pub struct TlsPolicy {
     pub endpoint: Endpoint,
     /// Roots trusted besides the system's, and where they came from.
     pub extra_roots: Option<(TrustSource, CaBundle)>,
-    /// The client certificate and key files (`sslcert`, `sslkey`).
-    pub client: Option<(PathBuf, PathBuf)>,
+    /// The client certificate and key (`sslcert`, `sslkey`), read.
+    pub client: Option<ClientIdentity>,
 }
 
 impl TlsPolicy {
@@ -467,6 +495,8 @@ mod tests {
     fn bad_parameters_name_the_rule() {
         let dir = tempfile::tempdir().unwrap();
         let cert = ca_file(dir.path(), "client.pem");
+        let huge = dir.path().join("huge.key").display().to_string();
+        std::fs::write(&huge, vec![b'A'; 2 << 20]).unwrap();
         for (query, fragment) in [
             (
                 "sslmode=always",
@@ -488,6 +518,10 @@ mod tests {
             (
                 &format!("sslcert={cert}&sslkey=/nonexistent.key"),
                 "sslkey \"/nonexistent.key\" is not a readable file",
+            ),
+            (
+                &format!("sslcert={cert}&sslkey={huge}"),
+                &format!("sslkey {huge:?} is 2 MiB, over the limit of 1 MiB"),
             ),
         ] {
             let url = format!("postgres://u:pw-canary@db/x?{query}");

@@ -85,8 +85,10 @@ impl PgTarget {
         if let Some((_, bundle)) = &policy.extra_roots {
             options = options.ssl_root_cert_from_pem(bundle.pem.clone());
         }
-        if let Some((cert, key)) = &policy.client {
-            options = options.ssl_client_cert(cert).ssl_client_key(key);
+        if let Some(client) = &policy.client {
+            options = options
+                .ssl_client_cert_from_pem(&client.cert_pem)
+                .ssl_client_key_from_pem(client.key_pem.expose().as_bytes());
         }
         Ok(Self {
             options,
