@@ -329,6 +329,20 @@ async fn the_run_log_verifies_the_server_by_default() {
         warning.contains("NOT encrypted (sslmode=disable)") && warning.contains(&host),
         "{warning:?}"
     );
+    // ... and every run recorded over it carries the warning.
+    let trigger = breakglass_proto::v1::TriggerRequested {
+        run_id: "tls-warned-1".into(),
+        reason: breakglass_proto::v1::TriggerReason::OnDemand as i32,
+        requested_at_unix_ms: chrono::Utc::now().timestamp_millis(),
+        ..Default::default()
+    };
+    log.record_trigger(&trigger).await.unwrap();
+    let events = log.events_after("tls-warned-1", 0).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.stage == breakglass_runlog::TRANSPORT_WARNING_STAGE
+            && e.detail == warning),
+        "the run carries the warning: {events:?}"
+    );
 
     // ca_bundle is trusted when database_url names no sslrootcert.
     let bundle = breakglass_config::remote::read_ca_bundle(ca_pem).unwrap();
@@ -337,4 +351,17 @@ async fn the_run_log_verifies_the_server_by_default() {
         .await
         .unwrap_or_else(|err| panic!("default verify-full with ca_bundle: {err}"));
     assert_eq!(log.transport_warning(), None);
+    let trigger = breakglass_proto::v1::TriggerRequested {
+        run_id: "tls-verified-1".into(),
+        reason: breakglass_proto::v1::TriggerReason::OnDemand as i32,
+        requested_at_unix_ms: chrono::Utc::now().timestamp_millis(),
+        ..Default::default()
+    };
+    log.record_trigger(&trigger).await.unwrap();
+    let events = log.events_after("tls-verified-1", 0).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.stage.as_str()).collect::<Vec<_>>(),
+        ["triggered"],
+        "a verified connection adds no warning"
+    );
 }

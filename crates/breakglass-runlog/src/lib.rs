@@ -95,6 +95,11 @@ pub struct DestinationRecord {
     pub error: String,
 }
 
+/// The stage of the event every run gets while the run log's own
+/// connection is weakened (`sslmode` `disable`, `prefer` or `require` to a
+/// remote host): the warning, once per run.
+pub const TRANSPORT_WARNING_STAGE: &str = "warning:run_log_connection";
+
 /// One stage event of a run, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunEvent {
@@ -104,7 +109,8 @@ pub struct RunEvent {
     pub run_id: String,
     /// When it happened.
     pub at: DateTime<Utc>,
-    /// `triggered`, `collected`, `rendered`, `finished`, `dead_letter:<stage>`.
+    /// `triggered`, `collected`, `rendered`, `finished`, `dead_letter:<stage>`,
+    /// [`TRANSPORT_WARNING_STAGE`].
     pub stage: String,
     /// What happened, in a line.
     pub detail: String,
@@ -275,7 +281,8 @@ impl RunLog {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Records that a run was asked for (idempotent).
+    /// Records that a run was asked for (idempotent), with the
+    /// [`TRANSPORT_WARNING_STAGE`] event when the connection is weakened.
     pub async fn record_trigger(&self, trigger: &v1::TriggerRequested) -> Result<(), RunLogError> {
         let at = from_ms(trigger.requested_at_unix_ms);
         sqlx::query(
@@ -300,7 +307,14 @@ impl RunLog {
             }
         );
         self.record_event(&trigger.run_id, "triggered", at, &detail)
-            .await
+            .await?;
+        // Like `encryption: none`, a weakened connection is told on every
+        // run, not only once in the scheduler's start-up log.
+        if let Some(warning) = &self.warning {
+            self.record_event(&trigger.run_id, TRANSPORT_WARNING_STAGE, at, warning)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Records a stage event (idempotent per run and stage). A run not seen
