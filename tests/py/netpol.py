@@ -240,6 +240,7 @@ EVERYONE = BREAKGLASS + ["mavis-core", "mavis-db", "prometheus", "intruder", "ne
 OPEN = (
     [(s, "nats", 4222, "TCP", "each service talks to the bus") for s in SERVICES]
     + [("mavis-core", "nats", 4222, "TCP", "the Mavis core publishes triggers")]
+    + [("nats", "nats", 6222, "TCP", "the NATS nodes route to each other (JetStream cluster)")]
     + [(s, "kube-dns", 53, p, "names resolve") for s in SERVICES + ["breakglass-drill"] for p in ("UDP", "TCP")]
     + [
         ("breakglass-collector", "mavis-db", 5432, "TCP", "the collector reads the inventory"),
@@ -271,6 +272,8 @@ CLOSED = (
        for s in ("intruder", "neighbour", "breakglass-collector", "breakglass-renderer")
        for d, port in (("breakglass-scheduler", 50051), ("breakglass-uploader", 50052))]
     + [("intruder", s, 9090, "TCP", "only Prometheus scrapes") for s in SERVICES]
+    + [(s, "nats", 6222, "TCP", "only NATS nodes join the cluster")
+       for s in EVERYONE if s != "nats"]
     + [(s, "intruder", 8080, "TCP", "breakglass pods reach no other pod") for s in BREAKGLASS]
     + [("breakglass-uploader", "breakglass-postgres", 5432, "TCP", "the uploader holds no run-log access")]
 )

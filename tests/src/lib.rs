@@ -93,6 +93,7 @@ impl Isolation {
             ack_wait: std::time::Duration::from_secs(3),
             max_deliver: 3,
             payload_ttl: std::time::Duration::from_secs(3600),
+            replicas: 1,
             payload_key,
             ca_bundle: None,
         })
@@ -1275,13 +1276,20 @@ impl Isolation {
     /// Like [`Isolation::connect_bus`], to the NATS at `url` (a test's own
     /// [`PrivateNats`]), with the services' `max_deliver`: the first
     /// connection creates the durable consumers, which keep its settings.
-    pub async fn connect_bus_at(&self, url: &str, max_deliver: i64) -> breakglass_bus::Bus {
+    /// `replicas` is the services' `bus_replicas`, for the same reason.
+    pub async fn connect_bus_at(
+        &self,
+        url: &str,
+        max_deliver: i64,
+        replicas: usize,
+    ) -> breakglass_bus::Bus {
         breakglass_bus::Bus::connect(breakglass_bus::BusOptions {
             url: url.to_owned().into(),
             prefix: self.prefix.clone(),
             ack_wait: std::time::Duration::from_secs(3),
             max_deliver,
             payload_ttl: std::time::Duration::from_secs(3600),
+            replicas,
             payload_key: None,
             ca_bundle: None,
         })
@@ -1359,12 +1367,17 @@ impl PrivateNats {
     }
 
     fn healthy(monitor: u16) -> bool {
+        Self::healthy_at(monitor, "/healthz?js-enabled-only=true")
+    }
+
+    /// True when the monitor port answers `path` with 200.
+    fn healthy_at(monitor: u16, path: &str) -> bool {
         use std::io::{Read, Write};
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", monitor)) else {
             return false;
         };
         let request = format!(
-            "GET /healthz?js-enabled-only=true HTTP/1.1\r\nHost: 127.0.0.1:{monitor}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{monitor}\r\nConnection: close\r\n\r\n"
         );
         let mut response = String::new();
         stream.write_all(request.as_bytes()).is_ok()
@@ -1376,6 +1389,148 @@ impl PrivateNats {
 impl Drop for PrivateNats {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Three nats-server processes in one JetStream cluster of a test's own
+/// (own client, route and monitor ports, own store folders): the shape the
+/// K3s StatefulSet runs, on loopback. A node may be killed (SIGKILL) and
+/// started again on the same ports and store.
+pub struct NatsCluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    name: String,
+    client: u16,
+    monitor: u16,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until each answers its health check
+    /// with JetStream on and the cluster has a meta leader.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let client = free_port();
+            let monitor = free_port();
+            let others: Vec<String> = routes
+                .iter()
+                .filter(|r| *r != route)
+                .map(|r| format!("nats-route://127.0.0.1:{r}"))
+                .collect();
+            let store = dir.path().join(&name);
+            let conf = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                 jetstream {{ store_dir: {store:?} }}\n\
+                 cluster {{ name: breakglass-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                others.join(", ")
+            );
+            std::fs::write(dir.path().join(format!("{name}.conf")), conf).expect("node config");
+            nodes.push(ClusterNode {
+                name,
+                client,
+                monitor,
+                child: None,
+            });
+        }
+        let mut cluster = Self { dir, nodes };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        for node in &cluster.nodes {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            // Plain /healthz also waits for the JetStream meta leader.
+            while !PrivateNats::healthy_at(node.monitor, "/healthz") {
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node {} did not become healthy",
+                    node.name
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let name = self.nodes[i].name.clone();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log file");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(self.dir.path().join(format!("{name}.conf")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts (Debian package nats-server)");
+        self.nodes[i].child = Some(child);
+    }
+
+    /// Every node's client URL, comma separated (as `nats_url` takes them).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills the node whose `server_name` is `name` (SIGKILL).
+    pub fn kill(&mut self, name: &str) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no cluster node {name}"));
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again on its ports and store.
+    pub fn restart(&mut self, name: &str) {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no cluster node {name}"));
+        self.spawn(i);
+    }
+
+    /// The nodes' logs, for a failing test's message.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text =
+                    std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name)))
+                        .unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!("--- nats {}\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 
 use breakglass_bus::Bus;
 use breakglass_e2e::{
-    Azurite, Isolation, Moto, OutageProxy, PrivateNats, PrivatePostgres, ServiceProcess,
+    Azurite, Isolation, Moto, NatsCluster, OutageProxy, PrivateNats, PrivatePostgres, ServiceProcess,
     TraceReceiver, bin, free_port, nats_url, read_stream, write_config,
 };
 use breakglass_proto::v1;
@@ -37,6 +37,7 @@ struct Rig {
     nats: String,
     config: PathBuf,
     max_deliver: i64,
+    replicas: usize,
 }
 
 impl Rig {
@@ -86,6 +87,11 @@ impl Rig {
             .find(|(k, _)| *k == "max_deliver")
             .and_then(|(_, v)| v.parse().ok())
             .unwrap();
+        let replicas = entries
+            .iter()
+            .find(|(k, _)| *k == "bus_replicas")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(1);
         Self {
             iso,
             dir,
@@ -93,6 +99,7 @@ impl Rig {
             nats: nats.to_owned(),
             config,
             max_deliver,
+            replicas,
         }
     }
 
@@ -111,7 +118,9 @@ impl Rig {
     }
 
     async fn bus(&self) -> Bus {
-        self.iso.connect_bus_at(&self.nats, self.max_deliver).await
+        self.iso
+            .connect_bus_at(&self.nats, self.max_deliver, self.replicas)
+            .await
     }
 
     /// The local destination's backup (overwrite rotation).
@@ -378,6 +387,99 @@ async fn a_nats_restart_mid_run_is_ridden_out() {
     let refs: Vec<&ServiceProcess> = services.iter().collect();
     let done = finished(&bus, &again, Duration::from_secs(120), &refs).await;
     assert_eq!(done.status, v1::RunStatus::Succeeded as i32, "{done:?}");
+}
+
+/// The server that leads the events stream now (its `server_name`).
+async fn stream_leader(bus: &Bus) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = bus.jetstream().get_stream(bus.subjects().stream()).await
+            && let Ok(info) = stream.info().await
+            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "the stream has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue 15 part 3: on a three-node JetStream cluster with every stream
+/// and bucket replicated three times, killing the events stream's leader
+/// mid-run neither loses nor duplicates the backup, and the services carry
+/// on without a restart. `unique` rotation makes a duplicate visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_stream_leader_of_a_nats_cluster_mid_run_loses_and_duplicates_nothing() {
+    let mut cluster = NatsCluster::start();
+    let url = cluster.url();
+    let rig = Rig::new(
+        "natscluster",
+        &url,
+        20_000,
+        &[("bus_replicas", "3"), ("rotation", "unique")],
+    );
+    let bus = rig.bus().await;
+    let info = bus
+        .jetstream()
+        .get_stream(bus.subjects().stream())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.config.num_replicas, 3, "the stream is replicated");
+    let mut services = rig.start_all();
+    let run_id = format!("natscluster-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    // Mid-run: the renderer has the snapshot in hand.
+    wait_for_nth(&services[1], "message received", 1, Duration::from_secs(60)).await;
+    let leader = stream_leader(&bus).await;
+    cluster.kill(&leader);
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    let done = bus
+        .wait_for_run(&run_id, Duration::from_secs(180))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| {
+            panic!(
+                "run {run_id} did not finish after killing {leader}:\n{}{}",
+                logs(&refs),
+                cluster.logs()
+            )
+        });
+    // Finished, or failed with a reason and tried again by a new trigger.
+    let backups = |rig: &Rig| -> Vec<PathBuf> {
+        walk(&rig.dir.path().join("out"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "xlsx"))
+            .collect()
+    };
+    if done.status != v1::RunStatus::Succeeded as i32 {
+        assert!(
+            !done.error.is_empty() && !done.failed_stage.is_empty(),
+            "a failure names its stage and reason: {done:?}"
+        );
+        assert!(backups(&rig).is_empty(), "a failed run stored nothing");
+        let retry = format!("natscluster-retry-{}", rig.iso.prefix);
+        bus.trigger(&trigger(&retry)).await.unwrap();
+        let again = finished(&bus, &retry, Duration::from_secs(180), &refs).await;
+        assert_eq!(again.status, v1::RunStatus::Succeeded as i32, "{again:?}");
+    }
+    let stored = backups(&rig);
+    assert_eq!(stored.len(), 1, "one backup, never two: {stored:?}");
+    rig.assert_no_plaintext_in_temp();
+    // The services reconnected to the surviving nodes without a restart,
+    // and the next run goes through on the two-node majority.
+    for service in &mut services {
+        assert!(service.is_running(), "{} exited", service.name);
+    }
+    let next = format!("natscluster-next-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&next)).await.unwrap();
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    let done = finished(&bus, &next, Duration::from_secs(180), &refs).await;
+    assert_eq!(done.status, v1::RunStatus::Succeeded as i32, "{done:?}");
+    assert_eq!(backups(&rig).len(), 2, "the next run added its own copy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,6 +288,7 @@ async fn each_service_works_as_its_own_user_and_nothing_more() {
         ack_wait: Duration::from_secs(5),
         max_deliver: 3,
         payload_ttl: Duration::from_secs(3600),
+        replicas: 1,
         payload_key: None,
         ca_bundle: Some(ca.ca_pem.clone()),
     })
@@ -433,6 +434,7 @@ async fn each_service_works_as_its_own_user_and_nothing_more() {
         ack_wait: Duration::from_secs(5),
         max_deliver: 3,
         payload_ttl: Duration::from_secs(3600),
+        replicas: 1,
         payload_key: None,
         ca_bundle: Some(ca.ca_pem.clone()),
     })

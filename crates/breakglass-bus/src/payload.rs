@@ -100,6 +100,7 @@ impl Bus {
                     bucket: bucket.clone(),
                     description: Some("breakglass payloads (age-encrypted)".into()),
                     max_age: self.options().payload_ttl,
+                    num_replicas: self.options().replicas,
                     ..Default::default()
                 })
                 .await

@@ -74,6 +74,7 @@ impl Bus {
                 deny_delete: true,
                 allow_direct: true,
                 discard: async_nats::jetstream::stream::DiscardPolicy::New,
+                num_replicas: self.options().replicas,
                 ..Default::default()
             })
             .await

@@ -56,6 +56,7 @@ pub const WIRING_KEYS: &[&str] = &[
     "payload_ttl_hours",
     "ack_wait_seconds",
     "max_deliver",
+    "bus_replicas",
     "grpc_token",
     "grpc_tls_cert",
     "grpc_tls_key",

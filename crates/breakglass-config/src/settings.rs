@@ -168,6 +168,9 @@ pub struct Settings {
     pub ack_wait: Duration,
     /// Deliveries before a message is dead-lettered.
     pub max_deliver: i64,
+    /// Copies JetStream keeps of the stream, payload store and settings
+    /// bucket (`bus_replicas`: 1, or 3 / 5 on a NATS cluster).
+    pub bus_replicas: usize,
     /// How the stored workbook is encrypted.
     pub encryption: Encryption,
     /// The S3 destination, when `storage_provider` includes `s3`.
@@ -335,6 +338,12 @@ impl Settings {
                 parse_bounded(v, 1, 100).map(|n| n as i64)
             })
             .unwrap_or(5);
+        let bus_replicas = check
+            .parse(raw, "bus_replicas", |v| match v {
+                "1" | "3" | "5" => Ok(v.parse::<usize>().unwrap_or(1)),
+                _ => Err("must be 1, 3 or 5: the copies a JetStream cluster keeps (an odd count keeps a quorum; at most the cluster's size)"),
+            })
+            .unwrap_or(1);
         let settings_key = check.parse(raw, "settings_key", |v| {
             use base64::Engine as _;
             match base64::engine::general_purpose::STANDARD.decode(v) {
@@ -368,6 +377,7 @@ impl Settings {
             payload_ttl,
             ack_wait,
             max_deliver,
+            bus_replicas,
             encryption,
             s3,
             blob,

@@ -293,6 +293,7 @@ pub fn bus_options(settings: &Settings) -> BusOptions {
         ack_wait: settings.ack_wait,
         max_deliver: settings.max_deliver,
         payload_ttl: settings.payload_ttl,
+        replicas: settings.bus_replicas,
         payload_key: settings.payload_key.clone(),
         ca_bundle: settings.ca_bundle.as_ref().map(|ca| ca.path.clone()),
     }
