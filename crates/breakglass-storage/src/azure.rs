@@ -28,7 +28,8 @@ use crate::archive::{self, Downloaded, StoredObject};
 use crate::manifest::{self, Manifest};
 use crate::naming::{self, is_rotated_name};
 use crate::transport::{
-    TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full,
+    TlsProblem, TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full,
+    tls_problem,
 };
 use crate::{Destination, Receipt, StorageError, Upload};
 use azure_core::http::policies::{Policy, PolicyResult};
@@ -497,12 +498,14 @@ impl AzureContainer {
             }
             other => other,
         };
-        let certificate_problem = code.is_none() && {
-            let lower = detail.to_ascii_lowercase();
-            lower.contains("invalid peer certificate") || lower.contains("certificate")
-        };
+        let tls = tls_problem(err);
+        let certificate_problem = code.is_none()
+            && (tls.is_some() || {
+                let lower = detail.to_ascii_lowercase();
+                lower.contains("invalid peer certificate") || lower.contains("certificate")
+            });
         let transient = transient && !certificate_problem;
-        let reason = self.explain(code.as_deref(), action, &body, &detail, io_kind(err));
+        let reason = self.explain(code.as_deref(), action, &body, &detail, io_kind(err), tls);
         StorageError::Remote {
             destination: self.describe(),
             action,
@@ -522,6 +525,7 @@ impl AzureContainer {
         body: &str,
         detail: &str,
         kind: Option<std::io::ErrorKind>,
+        tls: Option<TlsProblem>,
     ) -> String {
         let container = &self.container;
         let (credential, fix) = match &self.credential {
@@ -590,6 +594,7 @@ impl AzureContainer {
                 &TransportFailure {
                     detail,
                     kind,
+                    tls,
                     endpoint: &self.endpoint,
                 },
                 "blob_endpoint (or blob_account_name / blob_endpoint_suffix)",
@@ -1099,7 +1104,7 @@ mod tests {
         );
         assert_eq!(c.scrub("detail sig=abc&x=1"), "detail sig=********&x=1");
         assert!(
-            c.explain(Some("ContainerNotFound"), "Put Blob", "", "", None)
+            c.explain(Some("ContainerNotFound"), "Put Blob", "", "", None, None)
                 .contains("container backups does not exist")
         );
         assert!(
@@ -1108,6 +1113,7 @@ mod tests {
                 "Put Blob",
                 "<AuthenticationErrorDetail>Signed expiry time [x] must be after signed start time</AuthenticationErrorDetail>",
                 "",
+                None,
                 None
             )
             .contains("clock")
@@ -1118,6 +1124,7 @@ mod tests {
                 "Put Blob",
                 "",
                 "invalid peer certificate: UnknownIssuer",
+                None,
                 None
             )
             .contains("set ca_bundle")
@@ -1128,6 +1135,7 @@ mod tests {
                 "Put Blob",
                 "",
                 "retry policy expired: tcp connect error: Connection refused (os error 111)",
+                None,
                 None
             )
             .contains("connection refused to https://acct.blob.core.windows.net")

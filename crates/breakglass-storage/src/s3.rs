@@ -26,7 +26,7 @@ use crate::archive::{self, Downloaded, StoredObject};
 use crate::manifest::{self, Manifest};
 use crate::naming::{self, is_rotated_name};
 use crate::transport::{
-    TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full,
+    TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full, tls_problem,
 };
 use crate::{Destination, Receipt, StorageError, Upload};
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -223,6 +223,7 @@ impl S3Bucket {
             &TransportFailure {
                 detail: &detail,
                 kind,
+                tls: tls_problem(err),
                 endpoint: &self.endpoint,
             },
         );
@@ -790,6 +791,7 @@ mod tests {
         TransportFailure {
             detail,
             kind: None,
+            tls: None,
             endpoint: "http://127.0.0.1:9",
         }
     }

@@ -15,6 +15,8 @@ pub(crate) struct TransportFailure<'a> {
     pub detail: &'a str,
     /// The kind of the first I/O error in the chain (refused, timed out...).
     pub kind: Option<std::io::ErrorKind>,
+    /// The certificate problem, when a rustls error is in the chain.
+    pub tls: Option<TlsProblem>,
     /// The endpoint the request went to (`https://host:port`).
     pub endpoint: &'a str,
 }
@@ -49,6 +51,49 @@ pub(crate) fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<std::io
     None
 }
 
+/// What was wrong with the server's certificate, read from the type of the
+/// rustls error in a chain (not from its text, which a dependency may
+/// reword).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsProblem {
+    /// The chain does not end at a trusted root.
+    UnknownIssuer,
+    /// The certificate names another host.
+    WrongName,
+    /// Expired or not valid yet.
+    OutOfDate,
+    /// Any other certificate error.
+    Other,
+}
+
+/// The certificate problem in `err`'s chain, if a rustls error is there
+/// (directly, or inside an `io::Error` as TLS streams wrap it).
+pub(crate) fn tls_problem(err: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
+    use rustls::CertificateError as C;
+    let mut current = Some(err);
+    while let Some(inner) = current {
+        let rustls_error = inner.downcast_ref::<rustls::Error>().or_else(|| {
+            inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::InvalidCertificate(problem)) = rustls_error {
+            return Some(match problem {
+                C::UnknownIssuer => TlsProblem::UnknownIssuer,
+                C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::WrongName,
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. } => TlsProblem::OutOfDate,
+                _ => TlsProblem::Other,
+            });
+        }
+        current = inner.source();
+    }
+    None
+}
+
 /// Names the connection problem (TLS, DNS, refused, timeout) and its fix,
 /// saying the cause once; `endpoint_setting` names the setting to check
 /// (`s3_url`, ...).
@@ -57,16 +102,29 @@ pub(crate) fn explain_transport(failure: &TransportFailure<'_>, endpoint_setting
     let detail = failure.detail;
     let endpoint = failure.endpoint;
     let lower = detail.to_ascii_lowercase();
-    if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+    // By type first; the text is the fallback for clients whose errors
+    // hide their types (another rustls version inside an SDK).
+    let tls = failure.tls.or_else(|| {
+        if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+            Some(TlsProblem::UnknownIssuer)
+        } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+            Some(TlsProblem::WrongName)
+        } else if lower.contains("invalid peer certificate") && lower.contains("expired") {
+            Some(TlsProblem::OutOfDate)
+        } else {
+            None
+        }
+    });
+    if tls == Some(TlsProblem::UnknownIssuer) {
         format!(
             "the server's TLS certificate is not signed by a trusted CA (unknown issuer): set ca_bundle to the CA's PEM file ({detail})"
         )
-    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+    } else if tls == Some(TlsProblem::WrongName) {
         format!(
             "the server's TLS certificate is for another host name: use the name on the certificate in {endpoint_setting} ({detail})"
         )
-    } else if lower.contains("invalid peer certificate") && lower.contains("expired") {
-        format!("the server's TLS certificate has expired ({detail})")
+    } else if tls == Some(TlsProblem::OutOfDate) {
+        format!("the server's TLS certificate has expired or is not valid yet ({detail})")
     } else if lower.contains("dns error")
         || lower.contains("failed to lookup")
         || lower.contains("name or service not known")
@@ -159,6 +217,7 @@ mod tests {
             &TransportFailure {
                 detail: &detail,
                 kind: io_kind(&err),
+                tls: tls_problem(&err),
                 endpoint: "http://127.0.0.1:9",
             },
             "s3_url",
@@ -177,6 +236,7 @@ mod tests {
             &TransportFailure {
                 detail: &detail,
                 kind: io_kind(&err),
+                tls: tls_problem(&err),
                 endpoint: "https://s3.example:443",
             },
             "s3_url",
@@ -185,5 +245,37 @@ mod tests {
             text,
             "timed out: https://s3.example:443 did not answer in time"
         );
+    }
+
+    /// A rustls certificate error wrapped in an `io::Error` under a client's
+    /// own error whose messages no longer say "UnknownIssuer" or
+    /// "NotValidForName": the type still names the fix.
+    #[test]
+    fn certificate_problems_are_named_by_type_whatever_the_text() {
+        use rustls::CertificateError as C;
+        for (problem, expected) in [
+            (C::UnknownIssuer, "not signed by a trusted CA"),
+            (C::NotValidForName, "is for another host name"),
+            (C::Expired, "has expired or is not valid yet"),
+        ] {
+            let err = Wrapper(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(problem),
+            ));
+            let tls = tls_problem(&err);
+            assert!(tls.is_some(), "{err:?}");
+            let text = explain_transport(
+                &TransportFailure {
+                    detail: "handshake failed",
+                    kind: io_kind(&err),
+                    tls,
+                    endpoint: "https://s3.example:443",
+                },
+                "s3_url",
+            );
+            assert!(text.contains(expected), "{text}");
+        }
+        let plain = Wrapper(std::io::Error::other("not tls at all"));
+        assert_eq!(tls_problem(&plain), None);
     }
 }

@@ -310,6 +310,7 @@ pub fn explain_code(
             &crate::transport::TransportFailure {
                 detail,
                 kind: None,
+                tls: None,
                 endpoint: "",
             },
         ),
