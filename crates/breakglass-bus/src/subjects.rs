@@ -1,4 +1,4 @@
-//! Subject, stream, consumer and bucket names (README "Bus contract").
+//! Subject, stream, consumer and bucket names (docs/BUS.md).
 //!
 //! With the default prefix `breakglass`:
 //!

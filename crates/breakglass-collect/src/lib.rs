@@ -7,7 +7,7 @@
 //! - [`csv_file`]: a CSV file with the exact documented header; also the
 //!   bundled sample inventory.
 //! - [`sql`]: PostgreSQL and SQLite via sqlx, reading the view contract
-//!   (see README "Inventory view contract").
+//!   (see docs/WORKBOOK.md, "the inventory view contract").
 //! - [`synthetic`]: deterministic large inventories for benchmarks.
 //!
 //! This crate knows nothing of NATS, Excel or storage.

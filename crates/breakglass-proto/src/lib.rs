@@ -2,7 +2,7 @@
 //!
 //! Every other crate depends on this one for the wire types; nobody else
 //! runs protoc. The messages are documented in the `.proto` files and in the
-//! README's "Bus contract" section.
+//! docs/BUS.md.
 
 /// Version 1 of the breakglass events and APIs.
 #[allow(missing_docs, clippy::all)]
