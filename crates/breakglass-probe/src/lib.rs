@@ -237,6 +237,14 @@ impl Notes {
         self.notes.push(text.into());
     }
 
+    /// A note when `Ok`, a warning when `Err`.
+    pub(crate) fn note_or_warn(&mut self, said: Result<String, String>) {
+        match said {
+            Ok(text) => self.note(text),
+            Err(text) => self.warn(text),
+        }
+    }
+
     fn status(&self) -> Status {
         if self.warnings.is_empty() {
             Status::Ok
@@ -329,6 +337,20 @@ pub(crate) fn key_hint(key: &str) -> String {
         let head: String = chars[..4].iter().collect();
         let tail: String = chars[chars.len() - 4..].iter().collect();
         format!("{head}…{tail}")
+    }
+}
+
+/// Whether a probe found a right allowed (`Some(true)`; "not found" means
+/// the request was let through), refused (`Some(false)`) or unknown.
+pub(crate) fn allowed<T>(
+    answer: &Result<T, breakglass_storage::probe_support::Failure>,
+) -> Option<bool> {
+    use breakglass_storage::probe_support::FailureKind;
+    match answer {
+        Ok(_) => Some(true),
+        Err(f) if f.kind == FailureKind::NotFound => Some(true),
+        Err(f) if f.kind == FailureKind::AccessDenied => Some(false),
+        Err(_) => None,
     }
 }
 

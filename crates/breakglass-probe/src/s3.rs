@@ -1,6 +1,6 @@
 //! The stages for an S3 bucket.
 
-use crate::{Notes, Recorder, Stage, encryption_warning, key_hint};
+use crate::{Notes, Recorder, Stage, allowed, encryption_warning, key_hint};
 use breakglass_config::{Protocol, Rotation, S3Settings, Settings};
 use breakglass_storage::probe_support::{
     ABSENT_OBJECT_NAME, Failure, FailureKind, TEST_OBJECT_BODY, TEST_OBJECT_NAME, check_connection,
@@ -9,6 +9,18 @@ use breakglass_storage::s3::S3Bucket;
 use breakglass_storage::s3::probe::{BucketAnswer, LifecycleRule};
 use std::time::{Duration, Instant};
 
+/// What the stages after the first learn about the bucket.
+struct Target<'a> {
+    settings: &'a Settings,
+    s3: &'a S3Settings,
+    /// `unique`/`prune` create conditionally (`If-None-Match: *`).
+    conditional: bool,
+    /// "the access key id AKIA…" for messages.
+    who: String,
+}
+
+/// The six stages in order; a failed stage ends the run (the recorder
+/// marks the later ones as not run).
 pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder<'_>) {
     let base = S3Bucket::new(
         s3,
@@ -16,28 +28,59 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
         settings.rotation,
         settings.ca_bundle.as_ref(),
     );
-    let name = s3.bucket.clone();
+    let target = Target {
+        settings,
+        s3,
+        conditional: settings.rotation != Rotation::Overwrite,
+        who: format!("the access key id {}", key_hint(&s3.access_key_id)),
+    };
+    if !connection(&target, &base, rec).await {
+        return;
+    }
+    let Some(bucket) = authentication(&target, &base, rec).await else {
+        return;
+    };
+    let Some(upload) = bucket_exists(&target, &bucket, rec).await else {
+        return;
+    };
+    if !upload_stage(&target, &bucket, upload, rec).await {
+        return;
+    }
+    let rights = least_privilege(&target, &bucket, rec).await;
+    retention(&target, &bucket, &rights, rec).await;
+}
 
-    // 1. Connection.
+/// Stage 1: the endpoint answers (TCP, TLS with the configured trust).
+async fn connection(target: &Target<'_>, base: &S3Bucket, rec: &mut Recorder<'_>) -> bool {
     let started = Instant::now();
-    let check = check_connection(base.endpoint_url(), settings.ca_bundle.as_ref()).await;
+    let check = check_connection(base.endpoint_url(), target.settings.ca_bundle.as_ref()).await;
     if let Some(failure) = check.failure {
-        return rec.fail(
+        rec.fail(
             Stage::Connection,
             started,
             format!("{failure} (setting: s3_url / s3_protocol)"),
         );
+        return false;
     }
     let mut notes = Notes::default();
-    if s3.protocol == Protocol::Http {
+    if target.s3.protocol == Protocol::Http {
         notes.warn(
             "plain HTTP: the credential's signed requests and the workbook travel in clear; use HTTPS (s3_protocol: https)",
         );
     }
     notes.note(check.summary);
     rec.finish(Stage::Connection, started, notes);
+    true
+}
 
-    // 2. Authentication.
+/// Stage 2: the signature is accepted (a read of an absent key answers
+/// anything but a credential error). Returns the bucket with a client for
+/// its own region when none was configured.
+async fn authentication(
+    target: &Target<'_>,
+    base: &S3Bucket,
+    rec: &mut Recorder<'_>,
+) -> Option<S3Bucket> {
     let started = Instant::now();
     let mut notes = Notes::default();
     let bucket = if base.discovers_region() {
@@ -53,18 +96,18 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
     } else {
         base.for_probe(None)
     };
-    let who = format!("the access key id {}", key_hint(&s3.access_key_id));
     match bucket.probe_get(ABSENT_OBJECT_NAME).await {
         Err(f)
             if matches!(
                 f.kind,
-                FailureKind::Authentication | FailureKind::ClockSkew | FailureKind::Connection
+                FailureKind::Authentication
+                    | FailureKind::ClockSkew
+                    | FailureKind::Connection
+                    | FailureKind::Other
             ) =>
         {
-            return rec.fail(Stage::Authentication, started, f.message);
-        }
-        Err(f) if f.kind == FailureKind::Other => {
-            return rec.fail(Stage::Authentication, started, f.message);
+            rec.fail(Stage::Authentication, started, f.message);
+            return None;
         }
         answer => {
             let said = match &answer {
@@ -72,16 +115,31 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
                 Err(f) => f.code.clone(),
             };
             notes.note(format!(
-                "{who} and its secret are accepted (the signature is valid: a read of a key that does not exist answered {said}, not a credential error)"
+                "{} and its secret are accepted (the signature is valid: a read of a key that does not exist answered {said}, not a credential error)",
+                target.who
             ));
         }
     }
     rec.finish(Stage::Authentication, started, notes);
+    Some(bucket)
+}
 
-    // 3. Bucket exists, in the configured region.
+/// The probe upload, when stage 3 already made it (to decide whether the
+/// bucket exists), with how long it took.
+type EarlyUpload = Option<(Result<String, Failure>, Duration)>;
+
+/// Stage 3: the bucket exists, in the configured region. Asked with
+/// HeadBucket; a least-privileged writer may not, and then the probe
+/// upload decides (and is not made twice).
+async fn bucket_exists(
+    target: &Target<'_>,
+    bucket: &S3Bucket,
+    rec: &mut Recorder<'_>,
+) -> Option<EarlyUpload> {
     let started = Instant::now();
-    let conditional = settings.rotation != Rotation::Overwrite;
-    let mut upload: Option<(Result<String, Failure>, Duration)> = None;
+    let s3 = target.s3;
+    let name = &s3.bucket;
+    let mut upload: EarlyUpload = None;
     let region_problem = |found: Option<&String>| -> Option<String> {
         let found = found?;
         (s3.region_configured && !found.is_empty() && *found != s3.region).then(|| {
@@ -91,17 +149,14 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
             )
         })
     };
-    let answer = bucket.probe_head_bucket().await;
-    let decided = match answer {
-        BucketAnswer::Exists { region } => {
-            if let Some(problem) = region_problem(region.as_ref()) {
-                return rec.fail(Stage::ContainerExists, started, problem);
-            }
-            Ok(format!(
+    let decided = match bucket.probe_head_bucket().await {
+        BucketAnswer::Exists { region } => match region_problem(region.as_ref()) {
+            Some(problem) => Err(problem),
+            None => Ok(format!(
                 "bucket {name} exists (asked directly with HeadBucket{})",
                 region.map(|r| format!("; region {r}")).unwrap_or_default()
-            ))
-        }
+            )),
+        },
         BucketAnswer::Missing => Err(format!(
             "bucket {name} does not exist (HeadBucket answered 404, NoSuchBucket): check s3_bucket and s3_url"
         )),
@@ -110,34 +165,48 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
             region.as_deref().unwrap_or("the server did not say which"),
             s3.region
         )),
-        BucketAnswer::Denied { region } => {
-            if let Some(problem) = region_problem(region.as_ref()) {
-                return rec.fail(Stage::ContainerExists, started, problem);
+        BucketAnswer::Denied { region } => match region_problem(region.as_ref()) {
+            Some(problem) => Err(problem),
+            None => {
+                infer_from_upload(bucket, target.conditional, name, "HeadBucket is denied to this credential, as it should be for a least-privileged writer", &mut upload).await
             }
-            infer_from_upload(&bucket, conditional, &name, "HeadBucket is denied to this credential, as it should be for a least-privileged writer", &mut upload).await
-        }
+        },
         BucketAnswer::Failed(f) if f.kind == FailureKind::WrongRegion => Err(f.message),
         BucketAnswer::Failed(f) => {
             let why = format!("HeadBucket gave no usable answer ({})", f.code);
-            infer_from_upload(&bucket, conditional, &name, &why, &mut upload).await
+            infer_from_upload(bucket, target.conditional, name, &why, &mut upload).await
         }
     };
     match decided {
-        Ok(message) => rec.ok(Stage::ContainerExists, started, message),
-        Err(message) => return rec.fail(Stage::ContainerExists, started, message),
+        Ok(message) => {
+            rec.ok(Stage::ContainerExists, started, message);
+            Some(upload)
+        }
+        Err(message) => {
+            rec.fail(Stage::ContainerExists, started, message);
+            None
+        }
     }
+}
 
-    // 4. Upload.
+/// Stage 4: a small object goes through, the way the rotation writes.
+async fn upload_stage(
+    target: &Target<'_>,
+    bucket: &S3Bucket,
+    early: EarlyUpload,
+    rec: &mut Recorder<'_>,
+) -> bool {
     let started = Instant::now();
-    let (put, took) = match upload {
+    let (put, took) = match early {
         Some(done) => done,
         None => {
-            let result = bucket.probe_put(conditional).await;
+            let result = bucket.probe_put(target.conditional).await;
             (result, started.elapsed())
         }
     };
+    let name = &target.s3.bucket;
     let mut notes = Notes::default();
-    let rule = if conditional {
+    let rule = if target.conditional {
         " as a conditional create (If-None-Match: *), like unique and prune uploads"
     } else {
         ", replacing it, like overwrite uploads"
@@ -149,19 +218,24 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
         )),
         Err(f) if f.kind == FailureKind::Exists => notes.note(format!(
             "s3://{name}/{} is already there from an earlier Test: the conditional create was allowed and refused to replace it, as {} rotation needs",
-            bucket_key(&bucket, TEST_OBJECT_NAME),
-            rotation_name(settings.rotation)
+            bucket_key(bucket, TEST_OBJECT_NAME),
+            rotation_name(target.settings.rotation)
         )),
         Err(f) => {
-            return rec.fail(Stage::Upload, Instant::now() - took, f.message);
+            rec.fail(Stage::Upload, Instant::now() - took, f.message);
+            return false;
         }
     }
-    if let Some(warning) = encryption_warning(settings) {
+    if let Some(warning) = encryption_warning(target.settings) {
         notes.warn(warning);
     }
     rec.finish(Stage::Upload, Instant::now() - took, notes);
+    true
+}
 
-    // 5. Least privilege audit.
+/// Stage 5: what else the writer may do (read, delete, list); a writer
+/// should only create, except that prune needs list and delete.
+async fn least_privilege(target: &Target<'_>, bucket: &S3Bucket, rec: &mut Recorder<'_>) -> Rights {
     let started = Instant::now();
     let read = bucket.probe_get(TEST_OBJECT_NAME).await;
     let delete = bucket.probe_delete(ABSENT_OBJECT_NAME).await;
@@ -171,8 +245,9 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
         delete: allowed(&delete),
         list: allowed(&list),
     };
+    let who = &target.who;
     let mut notes = Notes::default();
-    let prune = settings.rotation == Rotation::Prune;
+    let prune = target.settings.rotation == Rotation::Prune;
     let mut extra = Vec::new();
     if rights.read == Some(true) {
         extra.push("read (s3:GetObject)");
@@ -206,16 +281,25 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
         }
     }
     rec.finish(Stage::LeastPrivilege, started, notes);
+    rights
+}
 
-    // 6. Retention and rotation fit.
+/// Stage 6: the rotation fits the credential, and versioning and
+/// lifecycle rules do not keep (or pile up) old copies.
+async fn retention(
+    target: &Target<'_>,
+    bucket: &S3Bucket,
+    rights: &Rights,
+    rec: &mut Recorder<'_>,
+) {
     let started = Instant::now();
+    let rotation = target.settings.rotation;
     let mut notes = Notes::default();
     let mut modes = vec!["overwrite", "unique"];
-    let prune_ok = rights.list == Some(true) && rights.delete == Some(true);
-    if prune_ok {
+    if rights.list == Some(true) && rights.delete == Some(true) {
         modes.push("prune");
     }
-    let configured = rotation_name(settings.rotation);
+    let configured = rotation_name(rotation);
     if modes.contains(&configured) {
         notes.note(format!(
             "this credential allows rotation {}; the configured {configured} is among them",
@@ -232,27 +316,11 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
         Ok(rules) => rules.iter().filter(|r| r.covers(bucket.prefix())).collect(),
         Err(_) => Vec::new(),
     };
-    match bucket.probe_versioning().await {
-        Ok(Some(state)) if state == "Enabled" => {
-            if settings.rotation == Rotation::Overwrite {
-                if covering.iter().any(|r| r.noncurrent_days.is_some()) {
-                    notes.note("bucket versioning is Enabled; a lifecycle rule expires the old versions that overwrite leaves");
-                } else {
-                    notes.warn("bucket versioning is Enabled: every overwrite keeps the previous workbook as an old version, so old copies (with old passwords) stay; add a lifecycle rule with NoncurrentVersionExpiration, or use a bucket without versioning");
-                }
-            } else {
-                notes.note("bucket versioning is Enabled");
-            }
-        }
-        Ok(state) => notes.note(format!(
-            "bucket versioning is {}",
-            state.as_deref().unwrap_or("off")
-        )),
-        Err(f) => notes.note(format!(
-            "bucket versioning could not be read ({}; this credential lacks s3:GetBucketVersioning, as a writer should): if it is on, overwrite keeps old copies",
-            f.code
-        )),
-    }
+    notes.note_or_warn(versioning_note(
+        bucket.probe_versioning().await,
+        rotation,
+        &covering,
+    ));
     match &rules {
         Ok(rules) if rules.is_empty() => notes.note("the bucket has no lifecycle rules"),
         Ok(rules) => notes.note(format!(
@@ -268,12 +336,37 @@ pub(crate) async fn run(settings: &Settings, s3: &S3Settings, rec: &mut Recorder
             f.code
         )),
     }
-    if settings.rotation == Rotation::Unique
-        && !covering.iter().any(|r| r.expiration_days.is_some())
-    {
+    if rotation == Rotation::Unique && !covering.iter().any(|r| r.expiration_days.is_some()) {
         notes.warn("unique rotation keeps every copy and deletes none: no lifecycle rule expiring breakglass-backup-* under the prefix could be confirmed; add one (see docs/DESTINATIONS.md, S3 destination) or old copies pile up");
     }
     rec.finish(Stage::Retention, started, notes);
+}
+
+/// What stage 6 says of the bucket's versioning: `Err` for a warning.
+fn versioning_note(
+    answer: Result<Option<String>, Failure>,
+    rotation: Rotation,
+    covering: &[&LifecycleRule],
+) -> Result<String, String> {
+    match answer {
+        Ok(Some(state)) if state == "Enabled" => {
+            if rotation != Rotation::Overwrite {
+                Ok("bucket versioning is Enabled".into())
+            } else if covering.iter().any(|r| r.noncurrent_days.is_some()) {
+                Ok("bucket versioning is Enabled; a lifecycle rule expires the old versions that overwrite leaves".into())
+            } else {
+                Err("bucket versioning is Enabled: every overwrite keeps the previous workbook as an old version, so old copies (with old passwords) stay; add a lifecycle rule with NoncurrentVersionExpiration, or use a bucket without versioning".into())
+            }
+        }
+        Ok(state) => Ok(format!(
+            "bucket versioning is {}",
+            state.as_deref().unwrap_or("off")
+        )),
+        Err(f) => Ok(format!(
+            "bucket versioning could not be read ({}; this credential lacks s3:GetBucketVersioning, as a writer should): if it is on, overwrite keeps old copies",
+            f.code
+        )),
+    }
 }
 
 /// Stage 3 when the bucket cannot be asked: the probe upload's answer
@@ -307,16 +400,7 @@ async fn infer_from_upload(
     decided
 }
 
-/// Allowed (`Some(true)`), refused (`Some(false)`) or unknown.
-fn allowed<T>(answer: &Result<T, Failure>) -> Option<bool> {
-    match answer {
-        Ok(_) => Some(true),
-        Err(f) if f.kind == FailureKind::NotFound => Some(true),
-        Err(f) if f.kind == FailureKind::AccessDenied => Some(false),
-        Err(_) => None,
-    }
-}
-
+/// What stage 5 found the credential may do.
 struct Rights {
     read: Option<bool>,
     delete: Option<bool>,
