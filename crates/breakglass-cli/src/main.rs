@@ -158,6 +158,9 @@ enum ConfigCommand {
     },
     /// Who changed which settings through the API, newest first.
     History(config_api::Args),
+    /// Every key of the file: where it may come from, what it means, its
+    /// default (the table of docs/CONFIGURATION.md, in Markdown).
+    Keys,
 }
 
 fn main() -> ExitCode {
@@ -220,6 +223,12 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::History(args),
             } => config_api::run(config_api::Action::History, Vec::new(), args).await,
+            Command::Config {
+                command: ConfigCommand::Keys,
+            } => {
+                outln!("{}", breakglass_config::keys::markdown_table().trim_end())?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -14,87 +14,7 @@ use breakglass_core::secret::MASK;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The keys of the settings page (DESIGN.md §7 without the wiring): the
-/// file (option 1) or the config API (option 2) may hold them.
-pub const PAGE_KEYS: &[&str] = &[
-    "execute_time",
-    "time_zone",
-    "storage_provider",
-    "s3_access_key_id",
-    "s3_secret_access_key",
-    "s3_bucket",
-    "s3_protocol",
-    "s3_url",
-    "s3_region",
-    "s3_checksum",
-    "blob_account_name",
-    "blob_account_key",
-    "blob_container",
-    "blob_protocol",
-    "blob_endpoint_suffix",
-    "blob_connection_string",
-    "blob_sas_token",
-    "blob_endpoint",
-    "local_dir",
-    "path_prefix",
-    "rotation",
-    "ca_bundle",
-    "encryption",
-    "encryption_passphrase",
-    "age_recipients",
-];
-
-/// The keys that are service wiring: only the mounted file holds them.
-pub const WIRING_KEYS: &[&str] = &[
-    "inventory_url",
-    "inventory_view",
-    "nats_url",
-    "database_url",
-    "database_schema",
-    "bus_prefix",
-    "payload_key",
-    "payload_ttl_hours",
-    "ack_wait_seconds",
-    "max_deliver",
-    "bus_replicas",
-    "grpc_token",
-    "grpc_tls_cert",
-    "grpc_tls_key",
-    "grpc_client_ca",
-    "settings_key",
-];
-
-/// Every key the file may hold: the settings page's, then the wiring.
-pub const KNOWN_KEYS: &[&str] =
-    &concat::<{ PAGE_KEYS.len() + WIRING_KEYS.len() }>(PAGE_KEYS, WIRING_KEYS);
-
-/// `a` then `b`, at compile time.
-const fn concat<const N: usize>(a: &[&'static str], b: &[&'static str]) -> [&'static str; N] {
-    let mut out = [""; N];
-    let mut i = 0;
-    while i < a.len() {
-        out[i] = a[i];
-        i += 1;
-    }
-    let mut j = 0;
-    while j < b.len() {
-        out[a.len() + j] = b[j];
-        j += 1;
-    }
-    out
-}
-
-/// Keys whose values are credentials: shown only as a mask.
-pub const SECRET_KEYS: &[&str] = &[
-    "s3_secret_access_key",
-    "blob_account_key",
-    "blob_connection_string",
-    "blob_sas_token",
-    "encryption_passphrase",
-    "payload_key",
-    "grpc_token",
-    "settings_key",
-];
+pub use crate::keys::{KNOWN_KEYS, PAGE_KEYS, SECRET_KEYS, WIRING_KEYS};
 
 /// Keys that are URLs which may embed a password (`postgres://u:p@h/db`).
 const URL_KEYS: &[&str] = &["inventory_url", "database_url", "nats_url"];
@@ -217,6 +137,8 @@ impl RawConfig {
 
     /// The raw value of a key, if set and not empty.
     pub fn get(&self, key: &str) -> Option<&RawValue> {
+        #[cfg(test)]
+        read_log::record(key);
         self.entries.get(key).filter(|raw| !raw.value.is_empty())
     }
 
@@ -287,6 +209,29 @@ fn edit_distance(a: &str, b: &str) -> usize {
         previous = current;
     }
     previous[b.len()]
+}
+
+/// Test-only record of the keys [`RawConfig::get`] was asked for, so a
+/// test can check the settings rules read exactly the keys of
+/// [`crate::keys::KEYS`].
+#[cfg(test)]
+pub(crate) mod read_log {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+
+    thread_local! {
+        static READ: RefCell<BTreeSet<String>> = const { RefCell::new(BTreeSet::new()) };
+    }
+
+    /// Notes that `key` was read.
+    pub(crate) fn record(key: &str) {
+        READ.with(|read| read.borrow_mut().insert(key.to_owned()));
+    }
+
+    /// The keys read on this thread since the last call, and forgets them.
+    pub(crate) fn take() -> BTreeSet<String> {
+        READ.with(|read| std::mem::take(&mut *read.borrow_mut()))
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //! # Layout
 //! - [`file`]: the `key: value` text format: comments, quotes, line numbers,
 //!   unknown keys with a "did you mean" hint. Values stay strings.
+//! - [`keys`]: every key once (group, secret or not, default, help); the
+//!   lists of known, page, wiring and secret keys and the docs' key table
+//!   derive from it.
 //! - [`settings`]: typed, validated [`Settings`] built from those strings;
 //!   every problem is collected, so `config check` can print them all.
 //! - [`problem`]: [`Problem`] and [`ConfigError`]: field, value (masked when
@@ -22,8 +25,9 @@
 #![warn(missing_docs)]
 
 pub mod file;
-pub mod postgres_tls;
+pub mod keys;
 pub mod mask;
+pub mod postgres_tls;
 pub mod problem;
 pub mod remote;
 pub mod settings;

@@ -218,10 +218,7 @@ impl Settings {
         };
         let execute_time = check.parse(raw, "execute_time", |v| DailyTime::parse(v).map(Some));
         let time_zone = check
-            .parse(raw, "time_zone", |v| {
-                v.parse::<chrono_tz::Tz>()
-                    .map_err(|_| "must be an IANA time zone name such as UTC or Europe/Berlin")
-            })
+            .parse(raw, "time_zone", parse_time_zone)
             .unwrap_or(chrono_tz::UTC);
         let storage = check
             .parse(raw, "storage_provider", parse_storage)
@@ -253,12 +250,7 @@ impl Settings {
             .parse(raw, "path_prefix", parse_prefix)
             .unwrap_or_default();
         let rotation = check
-            .parse(raw, "rotation", |v| match v {
-                "overwrite" => Ok(Rotation::Overwrite),
-                "unique" => Ok(Rotation::Unique),
-                "prune" => Ok(Rotation::Prune),
-                _ => Err("must be overwrite, unique or prune"),
-            })
+            .parse(raw, "rotation", parse_rotation)
             .unwrap_or(Rotation::Overwrite);
         let encryption = check.encryption(raw);
         let inventory = check
@@ -277,52 +269,17 @@ impl Settings {
                 .map(|v| v.value.clone())
                 .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
         );
-        let database_url = check.parse(raw, "database_url", |v| {
-            if !(v.starts_with("postgres://") || v.starts_with("postgresql://")) {
-                return Err("must be a postgres://user:password@host:port/database URL");
-            }
-            match url::Url::parse(v) {
-                Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(Secret::new(v)),
-                _ => Err("must be a postgres://user:password@host:port/database URL with a host; percent-encode @ : / # ? in the user and password"),
-            }
-        });
+        let database_url = check.parse(raw, "database_url", parse_database_url);
         if let Some(url) = &database_url {
             check.postgres_tls(raw, "database_url", url.expose());
         }
         let database_schema = check
-            .parse(raw, "database_schema", |v| {
-                let ok = !v.is_empty()
-                    && v.len() <= 63
-                    && v.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                    && !v.as_bytes()[0].is_ascii_digit();
-                if ok {
-                    Ok(v.to_owned())
-                } else {
-                    Err("must be 1-63 characters from a-z 0-9 _, not starting with a digit")
-                }
-            })
+            .parse(raw, "database_schema", parse_schema_name)
             .unwrap_or_else(|| DEFAULT_DATABASE_SCHEMA.into());
         let bus_prefix = check
-            .parse(raw, "bus_prefix", |v| {
-                let ok = !v.is_empty()
-                    && v.len() <= 32
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if ok {
-                    Ok(v.to_owned())
-                } else {
-                    Err("must be 1-32 characters from A-Z a-z 0-9 _ -")
-                }
-            })
+            .parse(raw, "bus_prefix", parse_bus_prefix)
             .unwrap_or_else(|| DEFAULT_BUS_PREFIX.into());
-        let payload_key = check.parse(raw, "payload_key", |v| {
-            if v.starts_with("AGE-SECRET-KEY-1") {
-                Ok(Some(Secret::new(v)))
-            } else {
-                Err("must be an age X25519 identity (AGE-SECRET-KEY-1...); make one with `breakglass keygen`")
-            }
-        });
+        let payload_key = check.parse(raw, "payload_key", parse_payload_key);
         let payload_ttl = check
             .parse(raw, "payload_ttl_hours", |v| {
                 parse_bounded(v, 1, 24 * 30).map(|h| Duration::from_secs(h * 3600))
@@ -339,18 +296,12 @@ impl Settings {
             })
             .unwrap_or(5);
         let bus_replicas = check
-            .parse(raw, "bus_replicas", |v| match v {
-                "1" | "3" | "5" => Ok(v.parse::<usize>().unwrap_or(1)),
-                _ => Err("must be 1, 3 or 5: the copies a JetStream cluster keeps (an odd count keeps a quorum; at most the cluster's size)"),
-            })
+            .parse(raw, "bus_replicas", parse_bus_replicas)
             .unwrap_or(1);
-        let settings_key = check.parse(raw, "settings_key", |v| {
-            use base64::Engine as _;
-            match base64::engine::general_purpose::STANDARD.decode(v) {
-                Ok(bytes) if bytes.len() == 32 => Ok(Secret::new(v)),
-                _ => Err("must be 32 random bytes in base64; make one with `breakglass keygen --settings`"),
-            }
-        });
+        let settings_key = check.parse(raw, "settings_key", parse_settings_key);
+        // Checked here so `config check` reports it; the services read the
+        // token itself where `$BREAKGLASS_GRPC_TOKEN` may replace it.
+        check.parse(raw, "grpc_token", check_grpc_token);
         let grpc_tls = check.grpc_tls(raw);
         if !check.problems.is_empty() {
             check
@@ -419,6 +370,24 @@ pub enum Encryption {
 
 /// The shortest accepted passphrase.
 pub const MIN_PASSPHRASE_CHARS: usize = 16;
+
+/// Why the blob keys are required.
+const BLOB_BECAUSE: &str = "when storage_provider includes blob";
+
+/// The key that gives the whole account in one string.
+const CONNECTION_STRING: &str = "blob_connection_string";
+
+/// The Azure account's parts as given, each with the key it came from.
+struct BlobParts<'a> {
+    protocol: Option<Protocol>,
+    account: Option<(String, &'static str)>,
+    key: Option<(Secret, &'static str)>,
+    sas: Option<(Secret, &'static str)>,
+    suffix: Option<(String, &'static str)>,
+    endpoint: Option<(String, &'static str)>,
+    /// `blob_connection_string` as written, when it gave the parts.
+    connection: Option<&'a RawValue>,
+}
 
 struct Checker {
     problems: Vec<Problem>,
@@ -646,11 +615,9 @@ impl Checker {
     /// separate keys or from `blob_connection_string`, never from both; the
     /// credential is an account key or a SAS token, never both.
     fn blob(&mut self, raw: &RawConfig) -> Option<BlobSettings> {
-        const BECAUSE: &str = "when storage_provider includes blob";
-        const CS: &str = "blob_connection_string";
         let before = self.problems.len();
         let container = self
-            .required(raw, "blob_container", BECAUSE)
+            .required(raw, "blob_container", BLOB_BECAUSE)
             .and_then(|value| match check_container_name(&value.value) {
                 Ok(()) => Some(value.value.clone()),
                 Err(rule) => {
@@ -658,23 +625,64 @@ impl Checker {
                     None
                 }
             });
-        // Gather the account's parts from wherever they are given.
-        let protocol: Option<(Protocol, &str)>;
-        let account: Option<(String, &str)>;
-        let key: Option<(Secret, &str)>;
-        let mut sas: Option<(Secret, &str)>;
-        let suffix: Option<(String, &str)>;
-        let endpoint: Option<(String, &str)>;
+        let parts = self.blob_parts(raw);
+        let protocol = parts.protocol.unwrap_or(Protocol::Https);
+        // Each part is checked against the key it came from, so the error
+        // names the field the admin has to fix.
+        let account = self.blob_part(raw, parts.account, "AccountName", |name| {
+            check_account_name(name)
+                .map(|()| name.clone())
+                .map_err(str::to_owned)
+        });
+        let key = self.blob_part(raw, parts.key, "AccountKey", |key| {
+            check_account_key(key.expose())
+                .map(|()| key.clone())
+                .map_err(str::to_owned)
+        });
+        let sas = self.blob_part(raw, parts.sas, "SharedAccessSignature", |sas| {
+            normalise_sas_token(sas.expose())
+                .map(Secret::new)
+                .map_err(str::to_owned)
+        });
+        let endpoint = match parts.endpoint {
+            Some(endpoint) => self.blob_part(raw, Some(endpoint), "BlobEndpoint", |text| {
+                normalise_blob_endpoint(text, protocol)
+            }),
+            None => self.blob_endpoint_from_account(
+                raw,
+                parts.suffix,
+                account.as_deref(),
+                protocol,
+                parts.connection,
+            ),
+        };
+        let credential = self.blob_credential(raw, key, sas, account, parts.connection, before);
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(BlobSettings {
+            endpoint: endpoint?,
+            protocol,
+            container: container?,
+            credential: credential?,
+        })
+    }
+
+    /// The account's parts from wherever they are given: the connection
+    /// string (then no separate key may be set) or the separate keys; a
+    /// SAS may come from `blob_sas_token` either way, but only once.
+    fn blob_parts<'a>(&mut self, raw: &'a RawConfig) -> BlobParts<'a> {
         let connection =
-            raw.get(CS)
-                .and_then(|value| match ConnectionString::parse(&value.value) {
+            raw.get(CONNECTION_STRING).and_then(|value| {
+                match ConnectionString::parse(&value.value) {
                     Ok(parsed) => Some((parsed, value)),
                     Err(rule) => {
-                        self.fail_owned(CS, value, rule);
+                        self.fail_owned(CONNECTION_STRING, value, rule);
                         None
                     }
-                });
-        if let Some((parsed, _)) = &connection {
+                }
+            });
+        let mut parts = if let Some((parsed, value)) = connection {
             for key in [
                 "blob_account_name",
                 "blob_account_key",
@@ -690,156 +698,130 @@ impl Checker {
                     );
                 }
             }
-            protocol = parsed.protocol.map(|p| (p, CS));
-            account = parsed.account_name.clone().map(|a| (a, CS));
-            key = parsed.account_key.clone().map(|k| (k, CS));
-            sas = parsed.sas.clone().map(|s| (s, CS));
-            suffix = parsed.endpoint_suffix.clone().map(|s| (s, CS));
-            endpoint = parsed.blob_endpoint.clone().map(|e| (e, CS));
+            let from_cs = |part: Option<String>| part.map(|p| (p, CONNECTION_STRING));
+            BlobParts {
+                protocol: parsed.protocol,
+                account: from_cs(parsed.account_name),
+                key: parsed.account_key.map(|k| (k, CONNECTION_STRING)),
+                sas: parsed.sas.map(|s| (s, CONNECTION_STRING)),
+                suffix: from_cs(parsed.endpoint_suffix),
+                endpoint: from_cs(parsed.blob_endpoint),
+                connection: Some(value),
+            }
         } else {
-            sas = None;
-            protocol = self
-                .parse(raw, "blob_protocol", Protocol::parse)
-                .map(|p| (p, "blob_protocol"));
-            account = raw
-                .get("blob_account_name")
-                .map(|v| (v.value.clone(), "blob_account_name"));
-            key = raw
-                .get("blob_account_key")
-                .map(|v| (Secret::new(v.value.trim()), "blob_account_key"));
-            suffix = raw
-                .get("blob_endpoint_suffix")
-                .map(|v| (v.value.clone(), "blob_endpoint_suffix"));
-            endpoint = raw
-                .get("blob_endpoint")
-                .map(|v| (v.value.clone(), "blob_endpoint"));
-        }
+            let text = |field: &'static str| raw.get(field).map(|v| (v.value.clone(), field));
+            BlobParts {
+                protocol: self.parse(raw, "blob_protocol", Protocol::parse),
+                account: text("blob_account_name"),
+                key: raw
+                    .get("blob_account_key")
+                    .map(|v| (Secret::new(v.value.trim()), "blob_account_key")),
+                sas: None,
+                suffix: text("blob_endpoint_suffix"),
+                endpoint: text("blob_endpoint"),
+                connection: None,
+            }
+        };
         if let Some(value) = raw.get("blob_sas_token") {
-            if sas.is_some() {
+            if parts.sas.is_some() {
                 self.fail(
                     "blob_sas_token",
                     value,
                     "conflicts with the SharedAccessSignature in blob_connection_string: give the SAS once",
                 );
             } else {
-                sas = Some((Secret::new(value.value.clone()), "blob_sas_token"));
+                parts.sas = Some((Secret::new(value.value.clone()), "blob_sas_token"));
             }
         }
-        let protocol_value = protocol.map_or(Protocol::Https, |(p, _)| p);
-        // Each part is checked against the key it came from, so the error
-        // names the field the admin has to fix (values of secret keys are
-        // masked by `fail`).
-        let at = |field: &str| raw.get(field);
-        let account = account.and_then(|(name, field)| match check_account_name(&name) {
-            Ok(()) => Some(name),
+        parts
+    }
+
+    /// Checks one part of the account with `check`; a refusal names the
+    /// key it came from (prefixed with its name inside the connection
+    /// string, e.g. `AccountKey`), with the value masked when secret.
+    fn blob_part<T, U>(
+        &mut self,
+        raw: &RawConfig,
+        part: Option<(T, &'static str)>,
+        name_in_connection_string: &str,
+        check: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Option<U> {
+        let (value, field) = part?;
+        match check(&value) {
+            Ok(checked) => Some(checked),
             Err(rule) => {
-                if let Some(value) = at(field) {
-                    let rule = if field == CS {
-                        format!("AccountName {rule}")
+                if let Some(given) = raw.get(field) {
+                    let rule = if field == CONNECTION_STRING {
+                        format!("{name_in_connection_string} {rule}")
                     } else {
-                        rule.to_owned()
+                        rule
                     };
-                    self.fail_owned(field, value, rule);
+                    self.fail_owned(field, given, rule);
                 }
                 None
             }
-        });
-        let key = key.and_then(|(secret, field)| match check_account_key(secret.expose()) {
-            Ok(()) => Some(secret),
-            Err(rule) => {
-                if let Some(value) = at(field) {
-                    let rule = if field == CS {
-                        format!("AccountKey {rule}")
-                    } else {
-                        rule.to_owned()
-                    };
-                    self.fail_owned(field, value, rule);
-                }
-                None
-            }
-        });
-        let sas = sas.and_then(
-            |(secret, field)| match normalise_sas_token(secret.expose()) {
-                Ok(token) => Some(Secret::new(token)),
-                Err(rule) => {
-                    if let Some(value) = at(field) {
-                        let rule = if field == CS {
-                            format!("SharedAccessSignature {rule}")
-                        } else {
-                            rule.to_owned()
-                        };
-                        self.fail_owned(field, value, rule);
-                    }
-                    None
-                }
-            },
-        );
-        let endpoint = match endpoint {
-            Some((text, field)) => match normalise_blob_endpoint(&text, protocol_value) {
-                Ok(url) => Some(url),
-                Err(rule) => {
-                    if let Some(value) = at(field) {
-                        let rule = if field == CS {
-                            format!("BlobEndpoint {rule}")
-                        } else {
-                            rule
-                        };
-                        self.fail_owned(field, value, rule);
-                    }
-                    None
-                }
-            },
-            None => {
-                let suffix = match suffix {
-                    Some((text, field)) => match normalise_endpoint_suffix(&text, protocol_value) {
-                        Ok(suffix) => Some(suffix),
-                        Err(rule) => {
-                            if let Some(value) = at(field) {
-                                let rule = if field == CS {
-                                    format!("EndpointSuffix {rule}")
-                                } else {
-                                    rule
-                                };
-                                self.fail_owned(field, value, rule);
-                            }
-                            None
-                        }
-                    },
-                    None => Some(DEFAULT_ENDPOINT_SUFFIX.to_owned()),
-                };
-                match (&account, suffix) {
-                    (Some(account), Some(suffix)) => Some(format!(
-                        "{}://{account}.blob.{suffix}",
-                        protocol_value.scheme()
-                    )),
-                    (None, _) => {
-                        if connection.is_none() {
-                            self.required(
-                                raw,
-                                "blob_account_name",
-                                "when storage_provider includes blob and blob_endpoint is not set",
-                            );
-                        } else if let Some((_, value)) = &connection {
-                            self.fail(
-                                CS,
-                                value,
-                                "needs AccountName or BlobEndpoint to know where the account is",
-                            );
-                        }
-                        None
-                    }
-                    (_, None) => None,
-                }
-            }
+        }
+    }
+
+    /// The blob endpoint when none is given: `<scheme>://<account>.blob.<suffix>`.
+    fn blob_endpoint_from_account(
+        &mut self,
+        raw: &RawConfig,
+        suffix: Option<(String, &'static str)>,
+        account: Option<&str>,
+        protocol: Protocol,
+        connection: Option<&RawValue>,
+    ) -> Option<String> {
+        let suffix = match suffix {
+            Some(suffix) => self.blob_part(raw, Some(suffix), "EndpointSuffix", |text| {
+                normalise_endpoint_suffix(text, protocol)
+            }),
+            None => Some(DEFAULT_ENDPOINT_SUFFIX.to_owned()),
         };
-        let credential = match (key, sas) {
+        let Some(account) = account else {
+            match connection {
+                None => {
+                    self.required(
+                        raw,
+                        "blob_account_name",
+                        "when storage_provider includes blob and blob_endpoint is not set",
+                    );
+                }
+                Some(value) => self.fail(
+                    CONNECTION_STRING,
+                    value,
+                    "needs AccountName or BlobEndpoint to know where the account is",
+                ),
+            }
+            return None;
+        };
+        Some(format!(
+            "{}://{account}.blob.{}",
+            protocol.scheme(),
+            suffix?
+        ))
+    }
+
+    /// The one credential: an account key (with its account) or a SAS.
+    /// `before` is the problem count when the blob checks began, so a
+    /// missing credential is reported only when nothing else was.
+    fn blob_credential(
+        &mut self,
+        raw: &RawConfig,
+        key: Option<Secret>,
+        sas: Option<Secret>,
+        account: Option<String>,
+        connection: Option<&RawValue>,
+        before: usize,
+    ) -> Option<BlobCredential> {
+        match (key, sas) {
             (Some(_), Some(_)) => {
                 let field = if raw.get("blob_sas_token").is_some() {
                     "blob_sas_token"
                 } else {
-                    CS
+                    CONNECTION_STRING
                 };
-                if let Some(value) = at(field) {
+                if let Some(value) = raw.get(field) {
                     self.fail(
                         field,
                         value,
@@ -848,21 +830,22 @@ impl Checker {
                 }
                 None
             }
-            (Some(key), None) => match &account {
-                Some(account) => Some(BlobCredential::AccountKey {
-                    account: account.clone(),
-                    key,
-                }),
-                None => {
-                    if connection.is_none() {
-                        self.required(
-                            raw,
-                            "blob_account_name",
-                            "with blob_account_key (the key signs requests for that account)",
-                        );
-                    } else if let Some((_, value)) = &connection {
-                        self.fail(CS, value, "holds AccountKey but no AccountName");
-                    }
+            (Some(key), None) => match (account, connection) {
+                (Some(account), _) => Some(BlobCredential::AccountKey { account, key }),
+                (None, None) => {
+                    self.required(
+                        raw,
+                        "blob_account_name",
+                        "with blob_account_key (the key signs requests for that account)",
+                    );
+                    None
+                }
+                (None, Some(value)) => {
+                    self.fail(
+                        CONNECTION_STRING,
+                        value,
+                        "holds AccountKey but no AccountName",
+                    );
                     None
                 }
             },
@@ -874,22 +857,13 @@ impl Checker {
                         field: "blob_account_key".into(),
                         shown_value: String::new(),
                         rule: format!(
-                            "is required {BECAUSE}, unless blob_sas_token or blob_connection_string gives the credential"
+                            "is required {BLOB_BECAUSE}, unless blob_sas_token or blob_connection_string gives the credential"
                         ),
                     });
                 }
                 None
             }
-        };
-        if self.problems.len() != before {
-            return None;
         }
-        Some(BlobSettings {
-            endpoint: endpoint?,
-            protocol: protocol_value,
-            container: container?,
-            credential: credential?,
-        })
     }
 
     fn fail(&mut self, key: &str, raw: &RawValue, rule: &str) {
@@ -972,6 +946,109 @@ fn parse_sql_name(text: &str) -> Result<(), &'static str> {
     }
 }
 
+/// `time_zone`: an IANA name.
+fn parse_time_zone(text: &str) -> Result<chrono_tz::Tz, &'static str> {
+    text.parse::<chrono_tz::Tz>()
+        .map_err(|_| "must be an IANA time zone name such as UTC or Europe/Berlin")
+}
+
+/// `rotation`.
+fn parse_rotation(text: &str) -> Result<Rotation, &'static str> {
+    match text {
+        "overwrite" => Ok(Rotation::Overwrite),
+        "unique" => Ok(Rotation::Unique),
+        "prune" => Ok(Rotation::Prune),
+        _ => Err("must be overwrite, unique or prune"),
+    }
+}
+
+/// `database_url`: a PostgreSQL URL with a host (TLS parameters are
+/// checked apart, by [`crate::postgres_tls`]).
+fn parse_database_url(text: &str) -> Result<Secret, &'static str> {
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        return Err("must be a postgres://user:password@host:port/database URL");
+    }
+    match url::Url::parse(text) {
+        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(Secret::new(text)),
+        _ => Err(
+            "must be a postgres://user:password@host:port/database URL with a host; percent-encode @ : / # ? in the user and password",
+        ),
+    }
+}
+
+/// `database_schema`: a plain PostgreSQL identifier.
+fn parse_schema_name(text: &str) -> Result<String, &'static str> {
+    let ok = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !text.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err("must be 1-63 characters from a-z 0-9 _, not starting with a digit")
+    }
+}
+
+/// `bus_prefix`: safe in subjects and stream names.
+fn parse_bus_prefix(text: &str) -> Result<String, &'static str> {
+    let ok = !text.is_empty()
+        && text.len() <= 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err("must be 1-32 characters from A-Z a-z 0-9 _ -")
+    }
+}
+
+/// `payload_key`: an age X25519 identity.
+fn parse_payload_key(text: &str) -> Result<Option<Secret>, &'static str> {
+    if text.starts_with("AGE-SECRET-KEY-1") {
+        Ok(Some(Secret::new(text)))
+    } else {
+        Err(
+            "must be an age X25519 identity (AGE-SECRET-KEY-1...); make one with `breakglass keygen`",
+        )
+    }
+}
+
+/// `bus_replicas`: 1, 3 or 5.
+fn parse_bus_replicas(text: &str) -> Result<usize, &'static str> {
+    match text {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err(
+            "must be 1, 3 or 5: the copies a JetStream cluster keeps (an odd count keeps a quorum; at most the cluster's size)",
+        ),
+    }
+}
+
+/// The fewest characters a gRPC bearer token may have.
+pub const MIN_GRPC_TOKEN_CHARS: usize = 16;
+
+/// `grpc_token`: long enough not to be guessed.
+fn check_grpc_token(text: &str) -> Result<(), &'static str> {
+    if text.chars().count() < MIN_GRPC_TOKEN_CHARS {
+        Err("must be at least 16 characters (a long random token: openssl rand -hex 24)")
+    } else {
+        Ok(())
+    }
+}
+
+/// `settings_key`: 32 random bytes in base64.
+fn parse_settings_key(text: &str) -> Result<Secret, &'static str> {
+    use base64::Engine as _;
+    match base64::engine::general_purpose::STANDARD.decode(text) {
+        Ok(bytes) if bytes.len() == 32 => Ok(Secret::new(text)),
+        _ => Err("must be 32 random bytes in base64; make one with `breakglass keygen --settings`"),
+    }
+}
+
 fn parse_bounded(text: &str, min: u64, max: u64) -> Result<u64, &'static str> {
     match text.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
@@ -1005,6 +1082,67 @@ mod tests {
 
     fn settings(text: &str) -> Result<Settings, ConfigError> {
         Settings::from_raw(&RawConfig::parse(text, "f")?)
+    }
+
+    /// The rules read every key of the table and no other: the table and
+    /// the parser cannot drift apart.
+    #[test]
+    fn the_rules_read_exactly_the_keys_of_the_table() {
+        let every_key = |encryption: &str| -> String {
+            crate::keys::KEYS
+                .iter()
+                .map(|k| match k.name {
+                    "encryption" => format!("encryption: {encryption}\n"),
+                    "storage_provider" => "storage_provider: local,s3,blob\n".into(),
+                    name => format!("{name}: x\n"),
+                })
+                .collect()
+        };
+        crate::file::read_log::take();
+        let mut read = std::collections::BTreeSet::new();
+        for encryption in ["password", "age", "none"] {
+            let raw = RawConfig::parse(&every_key(encryption), "f").unwrap();
+            let _ = Settings::from_raw(&raw);
+            read.extend(crate::file::read_log::take());
+        }
+        let table: std::collections::BTreeSet<String> = crate::keys::KNOWN_KEYS
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+        assert_eq!(
+            read.difference(&table).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "read but not in keys::KEYS"
+        );
+        assert_eq!(
+            table.difference(&read).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "in keys::KEYS but never read by Settings::from_raw"
+        );
+    }
+
+    #[test]
+    fn a_short_grpc_token_is_reported_masked() {
+        let err = settings("grpc_token: short-token").unwrap_err().to_string();
+        assert!(err.contains("grpc_token"), "{err}");
+        assert!(err.contains("at least 16 characters"), "{err}");
+        assert!(!err.contains("short-token"), "the value is masked: {err}");
+        assert!(settings("grpc_token: a-long-enough-token-0123").is_ok());
+    }
+
+    #[test]
+    fn bus_replicas_is_one_three_or_five() {
+        assert_eq!(settings("").unwrap().bus_replicas, 1);
+        assert_eq!(settings("bus_replicas: 3").unwrap().bus_replicas, 3);
+        for bad in ["2", "0", "7", "three"] {
+            let err = settings(&format!("bus_replicas: {bad}")).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "f:1: bus_replicas = \"{bad}\": must be 1, 3 or 5: the copies a JetStream cluster keeps (an odd count keeps a quorum; at most the cluster's size)"
+                )
+            );
+        }
     }
 
     #[test]

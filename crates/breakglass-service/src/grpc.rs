@@ -24,7 +24,7 @@ pub const TOKEN_ENV: &str = "BREAKGLASS_GRPC_TOKEN";
 /// The config key that provides the token.
 pub const TOKEN_KEY: &str = "grpc_token";
 /// The shortest token accepted: a guessable token is no protection.
-pub const MIN_TOKEN_CHARS: usize = 16;
+pub const MIN_TOKEN_CHARS: usize = breakglass_config::settings::MIN_GRPC_TOKEN_CHARS;
 /// The largest request body any gRPC API accepts (every request is a few
 /// KiB of settings at most).
 pub const MAX_REQUEST_BYTES: usize = breakglass_core::limits::MAX_GRPC_REQUEST_BYTES;
