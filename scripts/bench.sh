@@ -8,7 +8,8 @@
 # and at the largest size over 10,000 projects; the NATS pipeline
 # (`trigger --wait` with collector, renderer and uploader running) at the
 # largest size in both modes, when `nats-server` is installed; and the
-# emergency path at the largest size: `fetch` (local folder) and `show
+# emergency path at the largest size: `fetch` (local folder, and an S3
+# bucket on loopback when the test venv's moto is installed) and `show
 # DEVICE` on the encrypted file. Peak memory is the maximum resident set
 # (GNU time for commands, VmHWM for the services). "vs peer" is the peer's
 # median wall time divided by ours at the same rows (a speed-up); the note
@@ -137,6 +138,34 @@ EOF
 export BREAKGLASS_PASSPHRASE="$passphrase"
 read -r t m < <(measure bash -c "rm -rf '$work/fetched' && exec '$bg' fetch --config '$work/reader.conf' --out '$work/fetched' --max-age 1000")
 row fetch password "$largest" 1000 "$t" "$m" "$(stat -c %s "$stored")" "local folder; download, verify, decrypt"
+# The same from an S3 bucket on loopback (moto, from the test venv that
+# `make test` installs), when it is there: run-once stores the workbook with
+# its metadata and sidecar, then `fetch` downloads, verifies and decrypts.
+moto="${BREAKGLASS_TEST_MOTO:-${XDG_CACHE_HOME:-$HOME/.cache}/breakglass/test-venv/bin/moto_server}"
+if [[ -x "$moto" ]]; then
+  moto_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$moto" -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
+  service_pids+=($!)
+  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$moto_port") 2>/dev/null && break; sleep 0.1; done
+  "$(dirname "$moto")/python" tests/py/s3tool.py "http://127.0.0.1:$moto_port" - create-bucket bench-fetch >/dev/null
+  cat >"$work/s3.conf" <<EOF
+storage_provider: s3
+s3_url: 127.0.0.1:$moto_port
+s3_protocol: http
+s3_region: us-east-1
+s3_bucket: bench-fetch
+s3_access_key_id: testing-root
+s3_secret_access_key: testing-root-secret
+encryption: password
+encryption_passphrase: $passphrase
+EOF
+  "$bg" run-once --config "$work/s3.conf" --inventory "$(inventory "$largest" 1000)" >/dev/null 2>"$work/run-once-s3.err" || {
+    echo "bench: run-once to moto failed" >&2; cat "$work/run-once-s3.err" >&2; exit 1; }
+  read -r t m < <(measure bash -c "rm -rf '$work/fetched-s3' && exec '$bg' fetch --config '$work/s3.conf' --out '$work/fetched-s3' --max-age 1000")
+  row fetch password "$largest" 1000 "$t" "$m" "$(stat -c %s "$stored")" "S3 on loopback (moto); download, verify, decrypt"
+else
+  echo "bench: moto_server not found (make test installs it); the S3 fetch row is skipped" >&2
+fi
 device=$(sed -n 2p "$(inventory "$largest" 1000)" | cut -d, -f3)
 read -r t m < <(measure "$bg" show "$device" --file "$stored")
 row show password "$largest" 1000 "$t" "$m" "$(stat -c %s "$stored")" "decrypt + find $device"
