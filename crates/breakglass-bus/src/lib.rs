@@ -626,8 +626,13 @@ impl Bus {
             .map_err(|err| rejected(subject, err))?;
         envelope::check_fresh(opened.created_at_unix_ms, worker::chrono_now_ms())
             .map_err(|err| rejected(subject, err))?;
-        let dead = breakglass_proto::v1::DeadLetter::decode(opened.event.as_slice())
-            .map_err(|err| rejected(subject, format!("the envelope opened but is not a DeadLetter: {err}")))?;
+        let dead =
+            breakglass_proto::v1::DeadLetter::decode(opened.event.as_slice()).map_err(|err| {
+                rejected(
+                    subject,
+                    format!("the envelope opened but is not a DeadLetter: {err}"),
+                )
+            })?;
         if dead.stage != stage || dead.run_id != opened.run_id {
             return Err(rejected(
                 subject,
@@ -691,51 +696,72 @@ impl Bus {
                 consumer: subject.clone(),
                 reason: err.to_string(),
             })?;
-        let stream = self
-            .jetstream
-            .get_stream(self.subjects().stream())
-            .await
-            .map_err(|err| BusError::Setup {
-                what: self.subjects().stream(),
-                reason: err.to_string(),
-            })?;
+        // The stream is looked at now and every few seconds: an outcome
+        // published while this client reconnected (a NATS node went away,
+        // the stream's leader moved) is not missed, and a lookup that fails
+        // during a leader election is simply tried again.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(finished) = self.last_run_finished(&subject).await {
+                return Ok(Some(finished));
+            }
+            let look_again = (tokio::time::Instant::now() + LOOK_BACK_EVERY).min(deadline);
+            loop {
+                match tokio::time::timeout_at(look_again, live.next()).await {
+                    Ok(Some(message)) => {
+                        match self.read_run_finished(
+                            &message.subject,
+                            message.headers.as_ref(),
+                            &message.payload,
+                        ) {
+                            Ok(finished) => return Ok(Some(finished)),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "ignoring a run.finished that does not check out")
+                            }
+                        }
+                    }
+                    Ok(None) => return Ok(None),
+                    Err(_) => break,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The stored `run.finished` on `subject` that checks out, if any; a
+    /// lookup that fails (no leader yet, a reconnect) counts as none.
+    async fn last_run_finished(&self, subject: &str) -> Option<breakglass_proto::v1::RunFinished> {
+        let stream = match self.jetstream.get_stream(self.subjects().stream()).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(error = %err, "the stream cannot be read now; looking again shortly");
+                return None;
+            }
+        };
         // A direct get names the subject in the request subject, which the
         // Mavis core's NATS user is allowed for `run.finished.>` only;
         // streams created before `allow_direct` answer the leader's get.
         use async_nats::jetstream::stream::DirectGetErrorKind;
-        let stored = match stream.direct_get_last_for_subject(subject.clone()).await {
-            Ok(stored) => Some(stored),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
-            Err(_) => stream.get_last_raw_message_by_subject(&subject).await.ok(),
+        let stored = match stream.direct_get_last_for_subject(subject.to_owned()).await {
+            Ok(stored) => stored,
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => return None,
+            Err(_) => stream.get_last_raw_message_by_subject(subject).await.ok()?,
         };
-        if let Some(stored) = stored {
-            match self.read_run_finished(&stored.subject, Some(&stored.headers), &stored.payload) {
-                Ok(finished) => return Ok(Some(finished)),
-                Err(err) => {
-                    tracing::warn!(error = %err, "ignoring a run.finished that does not check out")
-                }
-            }
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, live.next()).await {
-                Ok(Some(message)) => {
-                    match self.read_run_finished(
-                        &message.subject,
-                        message.headers.as_ref(),
-                        &message.payload,
-                    ) {
-                        Ok(finished) => return Ok(Some(finished)),
-                        Err(err) => {
-                            tracing::warn!(error = %err, "ignoring a run.finished that does not check out")
-                        }
-                    }
-                }
-                Ok(None) | Err(_) => return Ok(None),
+        match self.read_run_finished(&stored.subject, Some(&stored.headers), &stored.payload) {
+            Ok(finished) => Some(finished),
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring a run.finished that does not check out");
+                None
             }
         }
     }
 }
+
+/// How often [`Bus::wait_for_run`] looks the outcome up in the stream
+/// besides listening for it.
+const LOOK_BACK_EVERY: Duration = Duration::from_secs(2);
 
 impl Bus {
     /// Every run outcome the stream still holds (its retention is a week),
