@@ -132,22 +132,7 @@ impl Rig {
     /// a canary credential or the passphrase, and none is a plain (zip)
     /// workbook.
     fn assert_no_plaintext_in_temp(&self) {
-        self.assert_no_plaintext_in_temp_but(&[]);
-    }
-
-    /// [`Rig::assert_no_plaintext_in_temp`], not looking into folders whose
-    /// name starts with one of `skipped` (a known leak fixed elsewhere).
-    fn assert_no_plaintext_in_temp_but(&self, skipped: &[&str]) {
-        let skip = |file: &Path| {
-            file.strip_prefix(&self.tmp)
-                .ok()
-                .and_then(|rel| rel.components().next())
-                .is_some_and(|first| {
-                    let name = first.as_os_str().to_string_lossy();
-                    skipped.iter().any(|prefix| name.starts_with(prefix))
-                })
-        };
-        for file in walk(&self.tmp).into_iter().filter(|f| !skip(f)) {
+        for file in walk(&self.tmp) {
             let bytes = std::fs::read(&file).unwrap_or_default();
             assert!(
                 !bytes.starts_with(b"PK\x03\x04"),
@@ -341,6 +326,101 @@ async fn the_uploader_killed_mid_run_is_restarted_and_the_run_completes_once() {
     killed_mid_run_completes("uploader").await;
 }
 
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs at {} needs root (the test machines run as root)",
+            at.display()
+        );
+        Self(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remounting {}", self.0.display());
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The renderer's temp space fills up mid-run: the run fails naming the
+/// render stage and the cause, the previous copy stays, nothing plain is
+/// left in the full folder, and once there is room again the same renderer
+/// (no restart) renders the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_renderers_temp_space_full_fails_the_run_plainly_and_it_recovers() {
+    let nats = nats_url();
+    let rig = Rig::new("tmpfull", &nats, 50_000, &[("max_deliver", "2")]);
+    let bus = rig.bus().await;
+    let mut services = rig.start_all();
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    let prior = prior_run(&rig, &bus, &refs).await;
+
+    // The renderer again, its TMPDIR on a 1 MiB file system: the 50,000-row
+    // workbook (about 4 MB) cannot be written there.
+    let small = SmallTmpfs::mount(&rig.dir.path().join("small-tmp"), "1m");
+    services[1].kill();
+    services[1] = rig.start_with("renderer", &[("TMPDIR", small.0.as_path())]);
+    let run_id = format!("tmpfull-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    let done = finished(&bus, &run_id, Duration::from_secs(120), &refs).await;
+    assert_eq!(done.status, v1::RunStatus::Failed as i32, "{done:?}");
+    assert_eq!(done.failed_stage, "render", "{done:?}");
+    assert!(
+        done.error.contains("No space left on device"),
+        "the cause is named: {}",
+        done.error
+    );
+    assert!(
+        !done.error.contains("Os {") && !done.error.contains("kind:"),
+        "plain words, no debug dump: {}",
+        done.error
+    );
+    assert_eq!(sha(&rig.local_copy()), prior, "the prior copy is intact");
+    assert!(services[1].is_running(), "the renderer did not die");
+    for file in walk(&small.0) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes.starts_with(b"PK\x03\x04") && !contains(&bytes, CANARY.as_bytes()),
+            "plaintext left in the full temp folder: {}",
+            file.display()
+        );
+    }
+
+    // Room again: the same renderer process renders the next run.
+    small.resize("256m");
+    let again = format!("tmpfull-again-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&again)).await.unwrap();
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    let done = finished(&bus, &again, Duration::from_secs(120), &refs).await;
+    assert_new_copy(&rig, &done, &prior);
+    bus.close().await;
+    rig.iso.cleanup_bus().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_run_is_ridden_out() {
     let mut nats = PrivateNats::start();
@@ -361,10 +441,9 @@ async fn a_nats_restart_mid_run_is_ridden_out() {
     let refs: Vec<&ServiceProcess> = services.iter().collect();
     let done = finished(&bus, &run_id, Duration::from_secs(180), &refs).await;
     assert_new_copy(&rig, &done, &prior);
-    // The renderer's interrupted attempt can leave its plain workbook
-    // (`.breakglass-workbook-*.xlsx.part`) behind: issue 16 item 1, fixed
-    // by the renderer's unnamed temp workbook. Every other folder is checked.
-    rig.assert_no_plaintext_in_temp_but(&["breakglass-renderer-"]);
+    // The renderer's interrupted attempt leaves no plain workbook: it only
+    // ever writes unnamed files (issue 16 item 1). Every folder is checked.
+    rig.assert_no_plaintext_in_temp();
     // Every service is connected again without a restart.
     for service in &mut services {
         let deadline = Instant::now() + Duration::from_secs(30);
