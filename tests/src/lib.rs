@@ -1393,12 +1393,15 @@ impl Drop for PrivateNats {
 }
 
 /// Three nats-server processes in one JetStream cluster of a test's own
-/// (own client, route and monitor ports, own store folders): the shape the
-/// K3s StatefulSet runs, on loopback. A node may be killed (SIGKILL) and
-/// started again on the same ports and store.
+/// (own client, route and monitor ports, own store folders), their routes
+/// on mutual TLS from a CA of the test's own: the shape the K3s StatefulSet
+/// runs, on loopback. A node may be killed (SIGKILL) and started again on
+/// the same ports and store.
 pub struct NatsCluster {
     dir: tempfile::TempDir,
     nodes: Vec<ClusterNode>,
+    routes: Vec<u16>,
+    _ca: TestCa,
 }
 
 struct ClusterNode {
@@ -1413,6 +1416,7 @@ impl NatsCluster {
     /// with JetStream on and the cluster has a meta leader.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let ca = TestCa::generate();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for (i, route) in routes.iter().enumerate() {
@@ -1425,10 +1429,17 @@ impl NatsCluster {
                 .map(|r| format!("nats-route://127.0.0.1:{r}"))
                 .collect();
             let store = dir.path().join(&name);
+            // The cluster block of deploy/k8s/nats.yaml: routes on mutual
+            // TLS, every node with a certificate from the one route CA.
             let conf = format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
                  jetstream {{ store_dir: {store:?} }}\n\
-                 cluster {{ name: breakglass-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                 cluster {{ name: breakglass-test, listen: 127.0.0.1:{route}, \
+                 tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true, timeout: 5 }}, \
+                 routes: [{}] }}\n",
+                ca.cert_pem,
+                ca.key_pem,
+                ca.ca_pem,
                 others.join(", ")
             );
             std::fs::write(dir.path().join(format!("{name}.conf")), conf).expect("node config");
@@ -1439,7 +1450,12 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = Self { dir, nodes };
+        let mut cluster = Self {
+            dir,
+            nodes,
+            routes,
+            _ca: ca,
+        };
         for i in 0..3 {
             cluster.spawn(i);
         }
@@ -1508,6 +1524,55 @@ impl NatsCluster {
         self.spawn(i);
     }
 
+    /// The routes node `name` holds now (its monitor's `/routez`).
+    pub fn route_count(&self, name: &str) -> Option<u64> {
+        let node = self.nodes.iter().find(|n| n.name == name)?;
+        let body = http_body(node.monitor, "/routez")?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["num_routes"].as_u64()
+    }
+
+    /// Starts a fourth nats-server with JetStream and the cluster's name that
+    /// routes to every node without the route certificate, as a pod that
+    /// merely wears the NATS label would; returns how many routes it got
+    /// after `wait`, and stops it.
+    pub fn intruder_routes(&self, wait: Duration) -> u64 {
+        let client = free_port();
+        let monitor = free_port();
+        let route = free_port();
+        let routes: Vec<String> = self
+            .routes
+            .iter()
+            .map(|r| format!("nats-route://127.0.0.1:{r}"))
+            .collect();
+        let store = self.dir.path().join("intruder");
+        let conf = format!(
+            "server_name: intruder\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+             jetstream {{ store_dir: {store:?} }}\n\
+             cluster {{ name: breakglass-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+            routes.join(", ")
+        );
+        let path = self.dir.path().join("intruder.conf");
+        std::fs::write(&path, conf).expect("intruder config");
+        let log = std::fs::File::create(self.dir.path().join("intruder.log")).expect("log file");
+        let mut child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts");
+        std::thread::sleep(wait);
+        let got = http_body(monitor, "/routez")
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|json| json["num_routes"].as_u64())
+            .unwrap_or(0);
+        let _ = child.kill();
+        let _ = child.wait();
+        got
+    }
+
     /// The nodes' logs, for a failing test's message.
     pub fn logs(&self) -> String {
         self.nodes
@@ -1535,6 +1600,25 @@ impl Drop for NatsCluster {
             }
         }
     }
+}
+
+/// The body of `GET path` on a loopback monitor port, if it answers 200.
+fn http_body(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
 }
 
 /// A PostgreSQL cluster of one test's own (`initdb` as user `postgres`, its

@@ -501,6 +501,16 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
         ),
         (
             Attack {
+                what: "a trigger naming the good run under another message id",
+                subject: subjects.trigger(),
+                body: trigger(&good).encode_to_vec(),
+                stage: "collector",
+                reason: "Nats-Msg-Id",
+            },
+            "not-the-good-run-id",
+        ),
+        (
+            Attack {
                 what: "a forged plain dead letter naming the good run",
                 subject: subjects.dead_letter("collector"),
                 body: forged_dead.encode_to_vec(),

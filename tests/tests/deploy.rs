@@ -387,6 +387,18 @@ fn the_shipped_nats_permissions_are_the_generated_ones_and_nats_accepts_them() {
         .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
         .collect();
     let dir = tempfile::tempdir().unwrap();
+    // The routes' mutual TLS: the mounted Secret's files, here from a test CA.
+    assert!(
+        conf.contains("verify: true") && conf.contains("/etc/nats/route-tls/ca.crt"),
+        "the cluster routes require a certificate from the route CA:\n{conf}"
+    );
+    let ca = breakglass_e2e::TestCa::generate();
+    let tls = dir.path().join("route-tls");
+    std::fs::create_dir(&tls).unwrap();
+    std::fs::copy(&ca.ca_pem, tls.join("ca.crt")).unwrap();
+    std::fs::copy(&ca.cert_pem, tls.join("tls.crt")).unwrap();
+    std::fs::copy(&ca.key_pem, tls.join("tls.key")).unwrap();
+    let conf = conf.replace("/etc/nats/route-tls/", &format!("{}/", tls.display()));
     let file = dir.path().join("nats.conf");
     std::fs::write(&file, &conf).unwrap();
     let mut check = Command::new("/usr/sbin/nats-server");

@@ -483,6 +483,35 @@ async fn stream_leader(bus: &Bus) -> String {
     }
 }
 
+/// The routes are mutual TLS: a nats-server that knows the cluster's name
+/// and can reach the route ports, but holds no certificate from the route
+/// CA, gets no route, while the three nodes keep theirs.
+#[tokio::test]
+async fn a_node_without_the_route_certificate_cannot_join_the_cluster() {
+    let cluster = NatsCluster::start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ["n1", "n2", "n3"]
+        .iter()
+        .any(|node| cluster.route_count(node) != Some(2))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not route to each other over TLS\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        cluster.intruder_routes(Duration::from_secs(4)),
+        0,
+        "a node without the route certificate joined\n{}",
+        cluster.logs()
+    );
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(cluster.route_count(node), Some(2), "{node}");
+    }
+}
+
 /// Issue 15 part 3: on a three-node JetStream cluster with every stream
 /// and bucket replicated three times, killing the events stream's leader
 /// mid-run neither loses nor duplicates the backup, and the services carry

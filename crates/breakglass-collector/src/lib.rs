@@ -41,10 +41,18 @@ impl Stage for Collector {
         "collect"
     }
 
-    /// The trigger when its run id is valid (the worker checks it), so a
-    /// trigger refused for another field still reports its run as failed.
+    /// The trigger when the run it names is the one its `Nats-Msg-Id`
+    /// names (the worker checks the run id is valid), so a trigger refused
+    /// for another field still reports its run as failed. A trigger whose
+    /// message id differs names no run: otherwise anyone allowed to publish
+    /// a trigger could have the collector sign a dead letter and a failed
+    /// outcome for any run id (one in flight, or a predictable future one)
+    /// by sending it under another message id, which the stream's
+    /// duplicate window would not stop.
     fn trigger_of(&self, _bus: &Bus, message: &jetstream::Message) -> Option<v1::TriggerRequested> {
-        decode::<v1::TriggerRequested>(message, "TriggerRequested").ok()
+        let trigger = decode::<v1::TriggerRequested>(message, "TriggerRequested").ok()?;
+        let msg_id = Bus::msg_id(message.headers.as_ref())?;
+        (msg_id == trigger.run_id).then_some(trigger)
     }
 
     async fn handle(

@@ -17,7 +17,13 @@ use std::path::Path;
 pub use crate::keys::{KNOWN_KEYS, PAGE_KEYS, SECRET_KEYS, WIRING_KEYS};
 
 /// Keys that are URLs which may embed a password (`postgres://u:p@h/db`).
-const URL_KEYS: &[&str] = &["inventory_url", "database_url", "nats_url"];
+const URL_KEYS: &[&str] = &[
+    "inventory_url",
+    "database_url",
+    "nats_url",
+    "s3_url",
+    "blob_endpoint",
+];
 
 /// A setting as read: its text and the line it came from.
 #[derive(Clone, PartialEq, Eq)]

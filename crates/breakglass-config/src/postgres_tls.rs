@@ -117,17 +117,18 @@ pub struct TlsParams {
     client: Option<ClientIdentity>,
 }
 
-/// The client certificate and key (`sslcert`, `sslkey`), read once with a
-/// size limit so a path to a device or a huge file cannot exhaust memory,
-/// and handed to the driver as bytes. The key's `Debug` prints a mask.
+/// The client certificate and key files (`sslcert`, `sslkey`), checked
+/// when the URL is read: each must be a readable file within
+/// [`breakglass_core::limits::MAX_PEM_FILE_BYTES`] (a path to a device or
+/// a huge file is refused then, naming the field). The driver reads them
+/// again for every new connection, so a rotated certificate (cert-manager)
+/// is picked up without a restart, and the key is never held by us.
 #[derive(Clone, Debug)]
 pub struct ClientIdentity {
-    /// The `sslcert` path, for messages.
+    /// The `sslcert` path.
     pub cert_path: PathBuf,
-    /// The certificate chain, PEM.
-    pub cert_pem: Vec<u8>,
-    /// The private key, PEM.
-    pub key_pem: breakglass_core::Secret,
+    /// The `sslkey` path.
+    pub key_path: PathBuf,
 }
 
 /// Reads one client PEM file (`sslcert` or `sslkey`) under
@@ -198,14 +199,13 @@ impl TlsParams {
         params.client = match (cert, key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                let cert_pem = read_client_pem("sslcert", &cert)?;
-                let key_pem = read_client_pem("sslkey", &key)?;
-                let key_pem = String::from_utf8(key_pem)
-                    .map_err(|_| format!("sslkey {:?} is not PEM text", key.display()))?;
+                read_client_pem("sslcert", &cert)?;
+                // The key's bytes are dropped at once: only its size and
+                // readability are checked here.
+                zeroize::Zeroize::zeroize(&mut read_client_pem("sslkey", &key)?);
                 Some(ClientIdentity {
                     cert_path: cert,
-                    cert_pem,
-                    key_pem: breakglass_core::Secret::new(key_pem),
+                    key_path: key,
                 })
             }
             _ => {

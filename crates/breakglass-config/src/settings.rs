@@ -1121,6 +1121,29 @@ mod tests {
         );
     }
 
+    /// Endpoints are refused when they carry credentials; the refusal must
+    /// not print them.
+    #[test]
+    fn credentials_pasted_into_endpoints_are_masked_in_the_error() {
+        for (text, canary) in [
+            (
+                "storage_provider: s3\ns3_bucket: backups\ns3_access_key_id: AKIA\ns3_secret_access_key: s\ns3_url: https://user:pw-canary@minio:9000\n",
+                "pw-canary",
+            ),
+            (
+                "storage_provider: s3\ns3_bucket: backups\ns3_access_key_id: AKIA\ns3_secret_access_key: s\ns3_url: user:pw-canary@minio:9000\n",
+                "pw-canary",
+            ),
+            (
+                "storage_provider: blob\nblob_container: backups\nblob_endpoint: https://acct.blob.core.windows.net/?sv=2022&sig=sig-canary\n",
+                "sig-canary",
+            ),
+        ] {
+            let err = settings(text).unwrap_err().to_string();
+            assert!(!err.contains(canary), "{err}");
+        }
+    }
+
     #[test]
     fn a_short_grpc_token_is_reported_masked() {
         let err = settings("grpc_token: short-token").unwrap_err().to_string();

@@ -112,8 +112,10 @@ fn mask_one_url(url: &str) -> String {
         Some(end) => url.split_at(end + 3),
         None => ("", url),
     };
-    let rest = match (head.is_empty(), rest.rfind('@')) {
-        (false, Some(at)) => {
+    // Userinfo is masked with or without a scheme (`s3_url` may be written
+    // `user:password@host:port`).
+    let rest = match rest.rfind('@') {
+        Some(at) => {
             let userinfo = &rest[..at];
             let shown = match userinfo.split_once(':') {
                 Some((user, _)) => format!("{user}:{MASK}"),
@@ -121,7 +123,7 @@ fn mask_one_url(url: &str) -> String {
             };
             format!("{shown}{}", &rest[at..])
         }
-        _ => rest.to_owned(),
+        None => rest.to_owned(),
     };
     let masked = format!("{head}{rest}");
     match masked.split_once('?') {

@@ -87,8 +87,8 @@ impl PgTarget {
         }
         if let Some(client) = &policy.client {
             options = options
-                .ssl_client_cert_from_pem(&client.cert_pem)
-                .ssl_client_key_from_pem(client.key_pem.expose().as_bytes());
+                .ssl_client_cert(&client.cert_path)
+                .ssl_client_key(&client.key_path);
         }
         Ok(Self {
             options,
