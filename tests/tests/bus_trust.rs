@@ -303,6 +303,44 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
     )
     .unwrap()
     .encode_to_vec();
+    // Dead letters made with the services' own key, then misused: moved to
+    // another stage's subject, naming another stage than their subject, or
+    // under a message id that is not a stream sequence.
+    let genuine_dead = |subject: &str, msg_id: &str, stage: &str| {
+        envelope::seal(
+            &envelope::event_key(&key),
+            envelope::Mode::Authenticated,
+            envelope::Binding {
+                subject,
+                msg_id,
+                run_id: &good,
+            },
+            now_ms(),
+            &v1::DeadLetter {
+                stage: stage.into(),
+                run_id: good.clone(),
+                ..forged_dead.clone()
+            }
+            .encode_to_vec(),
+        )
+        .unwrap()
+        .encode_to_vec()
+    };
+    let moved_dead = genuine_dead(
+        &subjects.dead_letter("collector"),
+        "dead-collector-424242",
+        "collector",
+    );
+    let other_stage_dead = genuine_dead(
+        &subjects.dead_letter("collector"),
+        "dead-collector-424243",
+        "renderer",
+    );
+    let bad_id_dead = genuine_dead(
+        &subjects.dead_letter("collector"),
+        "dead-collector-x",
+        "collector",
+    );
     let crlf_trigger = v1::TriggerRequested {
         run_id: "x\r\nNats-Msg-Id: y".into(),
         ..trigger("unused")
@@ -518,6 +556,36 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
                 reason: "not an event envelope",
             },
             "dead-collector-999000",
+        ),
+        (
+            Attack {
+                what: "a genuine dead letter moved to another stage's subject",
+                subject: subjects.dead_letter("renderer"),
+                body: moved_dead,
+                stage: "runlog",
+                reason: "does not open",
+            },
+            "dead-renderer-424242",
+        ),
+        (
+            Attack {
+                what: "a genuine dead letter naming another stage than its subject",
+                subject: subjects.dead_letter("collector"),
+                body: other_stage_dead,
+                stage: "runlog",
+                reason: "another stage or run",
+            },
+            "dead-collector-424243",
+        ),
+        (
+            Attack {
+                what: "a genuine dead letter under a message id that is no stream sequence",
+                subject: subjects.dead_letter("collector"),
+                body: bad_id_dead,
+                stage: "runlog",
+                reason: "Nats-Msg-Id",
+            },
+            "dead-collector-x",
         ),
         (
             Attack {
