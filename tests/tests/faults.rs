@@ -15,8 +15,8 @@
 
 use breakglass_bus::Bus;
 use breakglass_e2e::{
-    Azurite, Isolation, Moto, NatsCluster, OutageProxy, PrivateNats, PrivatePostgres, ServiceProcess,
-    TraceReceiver, bin, free_port, nats_url, read_stream, write_config,
+    Azurite, Isolation, Moto, NatsCluster, OutageProxy, PrivateNats, PrivatePostgres,
+    ServiceProcess, TraceReceiver, bin, free_port, nats_url, read_stream, write_config,
 };
 use breakglass_proto::v1;
 use sha2::Digest;

@@ -55,6 +55,7 @@ pub const WIRING_KEYS: &[&str] = &[
     "payload_key",
     "payload_ttl_hours",
     "ack_wait_seconds",
+    "upload_retry_budget_seconds",
     "max_deliver",
     "bus_replicas",
     "grpc_token",
