@@ -27,8 +27,8 @@
 use crate::archive::{self, Downloaded, StoredObject};
 use crate::manifest::{self, Manifest};
 use crate::transport::{
-    TlsProblem, TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full,
-    tls_problem,
+    CheckFailure, TlsProblem, TransportFailure, error_chain, explain_transport, io_kind,
+    md5_checked, mismatch, read_full, tls_problem,
 };
 use crate::{Backend, ObjectMeta, PutMode, StorageError, Upload};
 use azure_core::http::policies::{Policy, PolicyResult};
@@ -253,7 +253,13 @@ impl AzureContainer {
             action,
             reason: err.to_string(),
         };
-        let md5 = md5_file(upload.file).map_err(|err| io("reading the workbook", &err))?;
+        let md5 = md5_checked(upload).map_err(|err| match err {
+            CheckFailure::Io(err) => io("reading the workbook", &err),
+            CheckFailure::Mismatch(reason) => StorageError::Verification {
+                destination: self.describe(),
+                reason,
+            },
+        })?;
         let file = tokio::fs::File::open(upload.file)
             .await
             .map_err(|err| io("opening the workbook", &err))?;
@@ -299,6 +305,7 @@ impl AzureContainer {
         let mut file =
             std::fs::File::open(upload.file).map_err(|err| io("opening the workbook", err))?;
         let mut whole = Md5::new();
+        let mut sha = <sha2::Sha256 as sha2::Digest>::new();
         let mut ids = Vec::new();
         let mut sent: u64 = 0;
         for number in 0u32.. {
@@ -312,6 +319,7 @@ impl AzureContainer {
             }
             buffer.truncate(filled);
             whole.update(&buffer);
+            sha2::Digest::update(&mut sha, &buffer);
             let md5 = Md5::digest(&buffer).to_vec();
             // Fixed-length ids: Azure requires one length per blob.
             let id = format!("breakglass-block-{number:08}").into_bytes();
@@ -335,13 +343,12 @@ impl AzureContainer {
             ids.push(id);
             sent += filled as u64;
         }
-        if sent != upload.size {
+        let sent_sha = hex::encode(sha2::Digest::finalize(sha));
+        if sent != upload.size || !sent_sha.eq_ignore_ascii_case(upload.sha256) {
+            // Never committed: the staged blocks expire, the old blob stays.
             return Err(StorageError::Verification {
                 destination: self.describe(),
-                reason: format!(
-                    "the workbook changed while uploading: sent {sent} bytes, expected {}",
-                    upload.size
-                ),
+                reason: mismatch(upload, sent, &sent_sha),
             });
         }
         let list = BlockLookupList {

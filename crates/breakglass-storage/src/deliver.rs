@@ -11,6 +11,7 @@
 use crate::{Backend, Receipt, StorageError, Upload, store};
 use std::future::Future;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How long, and how, a transiently failing destination is retried.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -84,6 +85,9 @@ pub struct Outcome {
     pub attempts: u32,
     /// Time from the first attempt to the result.
     pub elapsed: Duration,
+    /// The `upload` span the attempts ran in (attribute `destination`),
+    /// for the caller to hang its own spans under.
+    pub span: tracing::Span,
 }
 
 /// The result of [`store_all`].
@@ -175,12 +179,15 @@ where
     F: Future<Output = ()>,
 {
     let described = destination.describe();
+    let span = tracing::info_span!("upload", destination = %described, bytes = upload.size);
     let started = std::time::Instant::now();
     let mut waited = Duration::ZERO;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let result = store::store(destination, upload).await;
+        let result = store::store(destination, upload)
+            .instrument(span.clone())
+            .await;
         let retry = match &result {
             Err(err) if err.is_transient() => budget
                 .delay(attempts - 1, waited, rand::random::<f64>())
@@ -194,9 +201,11 @@ where
                 waited,
                 attempts,
                 elapsed: started.elapsed(),
+                span,
             };
         };
         tracing::warn!(
+            parent: &span,
             destination = %described,
             error = %error,
             attempt = attempts,

@@ -25,7 +25,8 @@
 use crate::archive::{self, Downloaded, StoredObject};
 use crate::manifest::{self, Manifest};
 use crate::transport::{
-    TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full, tls_problem,
+    CheckFailure, TransportFailure, error_chain, explain_transport, io_kind, md5_checked, mismatch,
+    read_full, tls_problem,
 };
 use crate::{Backend, ObjectMeta, PutMode, StorageError, Upload};
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -331,6 +332,7 @@ impl S3Bucket {
             std::fs::File::open(upload.file).map_err(|err| io("opening the workbook", err))?;
         let mut parts = Vec::new();
         let mut part_md5s = Vec::new();
+        let mut whole = <sha2::Sha256 as sha2::Digest>::new();
         let mut buffer = vec![0u8; self.part_size];
         let mut sent: u64 = 0;
         for number in 1.. {
@@ -361,15 +363,15 @@ impl S3Bucket {
                     .build(),
             );
             part_md5s.extend_from_slice(&md5);
+            sha2::Digest::update(&mut whole, chunk);
             sent += filled as u64;
         }
-        if sent != upload.size {
+        let sent_sha = hex::encode(sha2::Digest::finalize(whole));
+        if sent != upload.size || !sent_sha.eq_ignore_ascii_case(upload.sha256) {
+            // Never completed: the parts are aborted, the old object stays.
             return Err(StorageError::Verification {
                 destination: self.describe(),
-                reason: format!(
-                    "the workbook changed while uploading: sent {sent} bytes, expected {}",
-                    upload.size
-                ),
+                reason: mismatch(upload, sent, &sent_sha),
             });
         }
         let count = parts.len();
@@ -756,10 +758,16 @@ impl Backend for S3Bucket {
     ) -> Result<(), StorageError> {
         let this = self.regional().await;
         if upload.size <= this.multipart_threshold {
-            let md5 = md5_file(upload.file).map_err(|err| StorageError::Io {
-                destination: this.describe(),
-                action: "reading the workbook",
-                reason: err.to_string(),
+            let md5 = md5_checked(upload).map_err(|err| match err {
+                CheckFailure::Io(err) => StorageError::Io {
+                    destination: this.describe(),
+                    action: "reading the workbook",
+                    reason: err.to_string(),
+                },
+                CheckFailure::Mismatch(reason) => StorageError::Verification {
+                    destination: this.describe(),
+                    reason,
+                },
             })?;
             this.put_single(key, upload, &md5, mode).await
         } else {
