@@ -7,6 +7,8 @@
 //! Backend-specific cases (multipart and blocks, SAS forms, TLS, regions)
 //! stay in `s3.rs` and `azure.rs`.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 use breakglass_config::{
     BlobCredential, BlobSettings, ChecksumMode, Protocol, Rotation, S3Settings,
 };
