@@ -1027,6 +1027,24 @@ mod tests {
     }
 
     #[test]
+    fn the_upload_retry_budget_defaults_to_twenty_minutes_and_is_bounded() {
+        assert_eq!(
+            settings("").unwrap().upload_retry_budget,
+            Duration::from_secs(1200)
+        );
+        for (text, seconds) in [("0", 0), ("86400", 86_400), ("35", 35)] {
+            let s = settings(&format!("upload_retry_budget_seconds: {text}\n")).unwrap();
+            assert_eq!(s.upload_retry_budget, Duration::from_secs(seconds));
+        }
+        for bad in ["86401", "-1", "15m"] {
+            let err = settings(&format!("upload_retry_budget_seconds: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("upload_retry_budget_seconds"), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_times_are_rejected_with_field_value_and_rule() {
         for (value, rule) in [
             ("24:00", "hour must be 00 to 23"),

@@ -83,7 +83,8 @@ pub struct Receipt {
     /// that could not be pruned): worth telling, not a failed upload.
     pub warnings: Vec<String>,
     /// The destination already held this run's verified copy (same name,
-    /// size and SHA-256): nothing was sent again (a redelivery).
+    /// size, SHA-256 and collection time): nothing was sent again (a
+    /// redelivery).
     pub already_stored: bool,
 }
 

@@ -1,9 +1,9 @@
 //! THE upload sequence, written once above [`Backend`].
 //!
 //! 1. **Name** the object for the rotation ([`naming::object_name`]).
-//! 2. **Head** it. The same size and SHA-256 there: this run's verified
-//!    copy is already stored (a redelivery), nothing is sent again and the
-//!    receipt says `already_stored`. Under `overwrite`, a copy whose run
+//! 2. **Head** it. The same size, SHA-256 and collection time there: this
+//!    run's verified copy is already stored (a redelivery), nothing is sent
+//!    again and the receipt says `already_stored`. Under `overwrite`, a copy whose run
 //!    collected its inventory later than this one: [`StorageError::Superseded`],
 //!    on every backend (an older run never replaces a newer copy).
 //! 3. **Put** the file, verified by the backend; `unique` and `prune`
@@ -43,12 +43,17 @@ pub async fn store<B: Backend + ?Sized>(
         already_stored: false,
     };
     let existing = backend.head(&key).await?;
+    // This run's copy: the same bytes, made by the same run (its
+    // collection time; the name alone does not say so under `overwrite`).
     let same = existing.as_ref().is_some_and(|meta| {
         meta.size == upload.size
             && meta
                 .sha256
                 .as_deref()
                 .is_some_and(|sha| sha.eq_ignore_ascii_case(upload.sha256))
+            && meta
+                .created_at
+                .is_some_and(|at| at.timestamp_millis() == upload.created_at.timestamp_millis())
     });
     if same {
         receipt.already_stored = true;
