@@ -1513,14 +1513,11 @@ impl NatsCluster {
         self.nodes
             .iter()
             .map(|n| {
-                let text = std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name)))
-                    .unwrap_or_default();
+                let text =
+                    std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name)))
+                        .unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                format!(
-                    "--- nats {}\n{}\n",
-                    n.name,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
+                format!("--- nats {}\n{}\n", n.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
             })
             .collect()
     }

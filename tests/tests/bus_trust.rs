@@ -655,7 +655,10 @@ async fn forged_replayed_and_malformed_events_change_nothing() {
         !recorded.iter().any(|e| e.stage.starts_with("dead_letter")),
         "a forged dead letter was recorded: {recorded:?}"
     );
-    assert_eq!(log.get(&good).await.unwrap().unwrap().status, "succeeded");
+    assert_eq!(
+        log.get(&good).await.unwrap().unwrap().status,
+        "succeeded"
+    );
 
     // The next good trigger still runs.
     let next = format!("good2-{}", iso.prefix);

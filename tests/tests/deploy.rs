@@ -397,9 +397,7 @@ fn the_shipped_nats_permissions_are_the_generated_ones_and_nats_accepts_them() {
     // Each node's server_name is its pod's name, set by the StatefulSet.
     check.env("POD_NAME", "nats-0");
     assert!(
-        manifest.contains(
-            "- name: POD_NAME\n              valueFrom: {fieldRef: {fieldPath: metadata.name}}"
-        ),
+        manifest.contains("- name: POD_NAME\n              valueFrom: {fieldRef: {fieldPath: metadata.name}}"),
         "the StatefulSet sets POD_NAME from the pod's name"
     );
     let checked = check.output().unwrap();

@@ -339,9 +339,8 @@ async fn the_run_log_verifies_the_server_by_default() {
     log.record_trigger(&trigger).await.unwrap();
     let events = log.events_after("tls-warned-1", 0).await.unwrap();
     assert!(
-        events
-            .iter()
-            .any(|e| e.stage == breakglass_runlog::TRANSPORT_WARNING_STAGE && e.detail == warning),
+        events.iter().any(|e| e.stage == breakglass_runlog::TRANSPORT_WARNING_STAGE
+            && e.detail == warning),
         "the run carries the warning: {events:?}"
     );
 

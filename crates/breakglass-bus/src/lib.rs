@@ -626,13 +626,8 @@ impl Bus {
             .map_err(|err| rejected(subject, err))?;
         envelope::check_fresh(opened.created_at_unix_ms, worker::chrono_now_ms())
             .map_err(|err| rejected(subject, err))?;
-        let dead =
-            breakglass_proto::v1::DeadLetter::decode(opened.event.as_slice()).map_err(|err| {
-                rejected(
-                    subject,
-                    format!("the envelope opened but is not a DeadLetter: {err}"),
-                )
-            })?;
+        let dead = breakglass_proto::v1::DeadLetter::decode(opened.event.as_slice())
+            .map_err(|err| rejected(subject, format!("the envelope opened but is not a DeadLetter: {err}")))?;
         if dead.stage != stage || dead.run_id != opened.run_id {
             return Err(rejected(
                 subject,

@@ -22,8 +22,8 @@
 #![warn(missing_docs)]
 
 pub mod file;
-pub mod mask;
 pub mod postgres_tls;
+pub mod mask;
 pub mod problem;
 pub mod remote;
 pub mod settings;
