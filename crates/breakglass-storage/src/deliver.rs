@@ -282,4 +282,169 @@ mod tests {
         // No budget: no retry.
         assert_eq!(RetryBudget::none().delay(0, Duration::ZERO, 0.5), None);
     }
+
+    /// An in-memory backend whose puts fail transiently `failures` times.
+    struct Flaky {
+        failures: std::sync::atomic::AtomicU32,
+        stored: std::sync::Mutex<Option<crate::ObjectMeta>>,
+    }
+
+    impl Flaky {
+        fn new(failures: u32) -> Self {
+            Self {
+                failures: failures.into(),
+                stored: std::sync::Mutex::new(None),
+            }
+        }
+    }
+
+    impl Backend for Flaky {
+        fn describe(&self) -> String {
+            "flaky:".into()
+        }
+        fn rotation(&self) -> breakglass_config::Rotation {
+            breakglass_config::Rotation::Overwrite
+        }
+        fn key(&self, name: &str) -> String {
+            name.into()
+        }
+        fn location(&self, key: &str) -> String {
+            key.into()
+        }
+        async fn put_file(
+            &self,
+            _key: &str,
+            upload: &Upload<'_>,
+            _mode: crate::PutMode,
+        ) -> Result<(), StorageError> {
+            let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+            if left > 0 {
+                self.failures
+                    .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+                return Err(StorageError::Remote {
+                    destination: self.describe(),
+                    action: "PutObject",
+                    code: "connection".into(),
+                    reason: "connection refused".into(),
+                    transient: true,
+                });
+            }
+            *self.stored.lock().unwrap() = Some(crate::ObjectMeta {
+                size: upload.size,
+                sha256: Some(upload.sha256.into()),
+                created_at: Some(upload.created_at),
+            });
+            Ok(())
+        }
+        async fn put_small(
+            &self,
+            _key: &str,
+            _bytes: Vec<u8>,
+            _content_type: &'static str,
+            _mode: crate::PutMode,
+        ) -> Result<(), StorageError> {
+            Ok(())
+        }
+        async fn head(&self, key: &str) -> Result<Option<crate::ObjectMeta>, StorageError> {
+            Ok(if key.ends_with(".json") {
+                None
+            } else {
+                self.stored.lock().unwrap().clone()
+            })
+        }
+        async fn list(&self) -> Result<Vec<crate::archive::StoredObject>, StorageError> {
+            Ok(Vec::new())
+        }
+        async fn download(
+            &self,
+            _key: &str,
+            _to: &std::path::Path,
+        ) -> Result<crate::archive::Downloaded, StorageError> {
+            unreachable!("not read")
+        }
+        async fn get_small(
+            &self,
+            _key: &str,
+            _limit: u64,
+        ) -> Result<Option<Vec<u8>>, StorageError> {
+            Ok(None)
+        }
+        async fn delete(&self, _key: &str) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+
+    fn upload() -> Upload<'static> {
+        Upload {
+            file: std::path::Path::new("/nonexistent"),
+            size: 3,
+            sha256: "abc",
+            run_id: "run-1",
+            created_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            extension: ".xlsx",
+            encryption: "none",
+            key_id: "",
+            projects: &[],
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_within_the_budget_and_the_wait_recorded() {
+        let slept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sleep = {
+            let slept = slept.clone();
+            move |delay: Duration| {
+                slept.lock().unwrap().push(delay);
+                std::future::ready(())
+            }
+        };
+        // Three failures, a budget of an hour: the fourth attempt stores.
+        let destinations = [Flaky::new(3), Flaky::new(0)];
+        let delivery = store_all_with(
+            &destinations,
+            &upload(),
+            RetryBudget::new(Duration::from_secs(3600)),
+            sleep.clone(),
+        )
+        .await;
+        assert_eq!(delivery.status, Status::Succeeded, "{delivery:?}");
+        let flaky = &delivery.outcomes[0];
+        assert_eq!(flaky.attempts, 4);
+        let waits = slept.lock().unwrap().clone();
+        assert_eq!(waits.len(), 3);
+        assert_eq!(flaky.waited, waits.iter().sum::<Duration>());
+        assert!(flaky.waited >= Duration::from_millis(800 + 1600 + 3200));
+        assert_eq!(delivery.outcomes[1].attempts, 1, "the other is not held up");
+        assert_eq!(delivery.outcomes[1].waited, Duration::ZERO);
+
+        // The same run again: already stored, nothing retried or sent.
+        let again = store_all_with(
+            &destinations[..1],
+            &upload(),
+            RetryBudget::none(),
+            sleep.clone(),
+        )
+        .await;
+        let receipt = again.outcomes[0].result.as_ref().unwrap();
+        assert!(receipt.already_stored);
+
+        // A budget of 5 s against an outage that does not end: it stops.
+        slept.lock().unwrap().clear();
+        let down = [Flaky::new(u32::MAX)];
+        let delivery = store_all_with(
+            &down,
+            &upload(),
+            RetryBudget::new(Duration::from_secs(5)),
+            sleep,
+        )
+        .await;
+        assert_eq!(delivery.status, Status::Failed);
+        assert_eq!(delivery.outcomes[0].waited, Duration::from_secs(5));
+        assert!(
+            delivery.error.contains("connection refused"),
+            "{}",
+            delivery.error
+        );
+        assert_eq!(delivery.transient_failures().len(), 1);
+    }
 }
