@@ -60,6 +60,8 @@ pub struct S3Bucket {
     /// Ask the bucket for its region before the first upload (AWS with no
     /// `s3_region` configured).
     discover_region: bool,
+    /// The client for the bucket's own region, once asked.
+    regional_client: std::sync::Arc<tokio::sync::OnceCell<aws_sdk_s3::Client>>,
     bucket: String,
     prefix: String,
     rotation: Rotation,
@@ -138,6 +140,7 @@ impl S3Bucket {
         Self {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             discover_region: settings.endpoint.is_none() && !settings.region_configured,
+            regional_client: Default::default(),
             bucket: settings.bucket.clone(),
             prefix: prefix.trim_matches('/').to_owned(),
             rotation,
@@ -450,22 +453,34 @@ impl S3Bucket {
     /// This bucket with a client for its own region, when no `s3_region`
     /// was configured for AWS (else itself).
     async fn regional(&self) -> std::borrow::Cow<'_, Self> {
-        if self.discover_region
-            && let Some(region) = discover_region(&self.client, &self.bucket).await
-        {
-            tracing::info!(bucket = %self.bucket, region = %region, "using the bucket's own region");
-            let mut found = self.clone();
-            found.discover_region = false;
-            found.client = aws_sdk_s3::Client::from_conf(
-                self.client
-                    .config()
-                    .to_builder()
-                    .region(Region::new(region))
-                    .build(),
-            );
-            return std::borrow::Cow::Owned(found);
+        if !self.discover_region {
+            return std::borrow::Cow::Borrowed(self);
         }
-        std::borrow::Cow::Borrowed(self)
+        // Asked once per bucket value (one run), not per request of the
+        // upload sequence; a failed answer is asked again next time.
+        let found = self
+            .regional_client
+            .get_or_try_init(|| async {
+                let region = discover_region(&self.client, &self.bucket).await.ok_or(())?;
+                tracing::info!(bucket = %self.bucket, region = %region, "using the bucket's own region");
+                Ok::<_, ()>(aws_sdk_s3::Client::from_conf(
+                    self.client
+                        .config()
+                        .to_builder()
+                        .region(Region::new(region))
+                        .build(),
+                ))
+            })
+            .await;
+        match found {
+            Ok(client) => {
+                let mut found = self.clone();
+                found.discover_region = false;
+                found.client = client.clone();
+                std::borrow::Cow::Owned(found)
+            }
+            Err(()) => std::borrow::Cow::Borrowed(self),
+        }
     }
 
     /// Every object under the prefix (one level), for `fetch`: needs
