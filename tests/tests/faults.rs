@@ -70,6 +70,8 @@ impl Rig {
             ("bus_prefix", iso.prefix.as_str()),
             ("payload_key", key.expose()),
             ("ack_wait_seconds", "3"),
+            // These tests exercise retry by redelivery: no retry inside one delivery.
+            ("upload_retry_budget_seconds", "0"),
             ("max_deliver", "6"),
             ("inventory_url", inventory_url.as_str()),
             ("encryption", "password"),
@@ -800,6 +802,88 @@ async fn a_short_s3_outage_is_ridden_out_and_the_prior_copy_kept() {
         sha(out)
     })
     .await;
+}
+
+/// Issue 16 item 2: a redelivery after one destination failed does not
+/// send again to the destination that already stored the run. The local
+/// folder stores on the first delivery while S3 (moto behind a proxy) is
+/// down; the redeliveries find the local copy verified and skip it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_skips_the_destination_that_already_stored_the_run() {
+    use std::os::unix::fs::MetadataExt;
+    let moto = Moto::start();
+    moto.tool(&["create-bucket", "redelivery"]);
+    let mut proxy = OutageProxy::start(([127, 0, 0, 1], port_of(&moto.endpoint)).into()).await;
+    let nats = nats_url();
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let rig = Rig::new(
+        "redeliveryskip",
+        &nats,
+        20,
+        &[
+            ("storage_provider", "local,s3"),
+            ("s3_bucket", "redelivery"),
+            ("s3_url", url.as_str()),
+            ("s3_protocol", "http"),
+            ("s3_access_key_id", "AKIATESTKEY"),
+            ("s3_secret_access_key", "test-secret-access-key"),
+        ],
+    );
+    let bus = rig.bus().await;
+    let services = rig.start_all();
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    proxy.down();
+    let run_id = format!("skip-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    wait_for_nth(
+        &services[2],
+        "retrying with the next delivery",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    let stored = std::fs::metadata(rig.local_copy()).unwrap();
+    let (inode, modified) = (stored.ino(), stored.modified().unwrap());
+    // Let at least one more delivery find the local copy, then S3 return.
+    wait_for_nth(
+        &services[2],
+        "retrying with the next delivery",
+        2,
+        Duration::from_secs(120),
+    )
+    .await;
+    proxy.up().await;
+    let done = finished(&bus, &run_id, Duration::from_secs(120), &refs).await;
+    assert_eq!(done.status, v1::RunStatus::Succeeded as i32, "{done:?}");
+    let local = done
+        .destinations
+        .iter()
+        .find(|d| d.destination.starts_with("local:"))
+        .unwrap();
+    assert!(local.already_stored, "{local:?}");
+    assert_eq!(local.sha256, sha(&rig.local_copy()));
+    let s3 = done
+        .destinations
+        .iter()
+        .find(|d| d.destination.starts_with("s3:"))
+        .unwrap();
+    assert!(!s3.already_stored, "{s3:?}");
+    let after = std::fs::metadata(rig.local_copy()).unwrap();
+    assert_eq!(
+        (after.ino(), after.modified().unwrap()),
+        (inode, modified),
+        "the local file was not written again"
+    );
+    assert!(
+        services[2]
+            .log_text()
+            .contains("already stored and verified by an earlier delivery"),
+        "{}",
+        services[2].log_text()
+    );
+    rig.assert_no_plaintext_in_temp();
+    bus.close().await;
+    rig.iso.cleanup_bus().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,7 @@
 //! The S3 destination against a real S3-compatible server (moto), over HTTP
-//! and HTTPS with a CA the test generates, read back with boto3.
+//! and HTTPS with a CA the test generates, read back with boto3. The cases
+//! every backend shares (rotation, redelivery, older runs, prune, foreign
+//! names) are in `storage_contract.rs`.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -152,65 +154,6 @@ async fn https_needs_the_ca_bundle_and_says_so() {
         .to_string();
     assert!(err.contains("not signed by a trusted CA"), "{err}");
     assert!(err.contains("set ca_bundle"), "{err}");
-}
-
-#[tokio::test]
-async fn unique_never_replaces_and_prune_deletes_only_older_breakglass_objects() {
-    let moto = Moto::start();
-    moto.tool(&["create-bucket", "rotating"]);
-    let dir = tempfile::tempdir().unwrap();
-    let data = file(dir.path(), "a", b"workbook");
-
-    let unique = S3Bucket::new(
-        &settings(&moto, "rotating", "k", "s"),
-        "u",
-        Rotation::Unique,
-        None,
-    );
-    put(&unique, &data, 1, "run-1").await.unwrap();
-    put(&unique, &data, 2, "run-2").await.unwrap();
-    let other = file(dir.path(), "b", b"different bytes");
-    let err = put(&unique, &other, 1, "run-1").await.unwrap_err();
-    assert!(
-        matches!(err, StorageError::Exists { .. }),
-        "If-None-Match: * protects an existing name: {err}"
-    );
-    assert_eq!(
-        list(&moto, "rotating", "u/"),
-        vec![
-            "u/breakglass-backup-20261127T010000Z-run-1.xlsx",
-            "u/breakglass-backup-20261127T020000Z-run-2.xlsx"
-        ]
-    );
-
-    moto.tool(&["put", "rotating", "p/notes.txt", "not ours"]);
-    moto.tool(&[
-        "put",
-        "rotating",
-        "p/sub/breakglass-backup-20200101T000000Z-x.xlsx",
-        "another folder",
-    ]);
-    let prune = S3Bucket::new(
-        &settings(&moto, "rotating", "k", "s"),
-        "p",
-        Rotation::Prune,
-        None,
-    );
-    put(&prune, &data, 1, "run-1").await.unwrap();
-    let receipt = put(&prune, &data, 2, "run-2").await.unwrap();
-    assert_eq!(
-        receipt.pruned,
-        vec!["p/breakglass-backup-20261127T010000Z-run-1.xlsx"]
-    );
-    assert_eq!(
-        list_all(&moto, "rotating", "p/"),
-        vec![
-            "p/breakglass-backup-20261127T020000Z-run-2.xlsx",
-            "p/breakglass-backup-20261127T020000Z-run-2.xlsx.manifest.json",
-            "p/notes.txt",
-            "p/sub/breakglass-backup-20200101T000000Z-x.xlsx"
-        ]
-    );
 }
 
 /// Peak resident memory of this test process, in bytes.

@@ -74,6 +74,8 @@ async fn one_run_is_one_trace_whose_links_cross_the_processes() {
             ("bus_prefix", iso.prefix.as_str()),
             ("payload_key", key.expose()),
             ("ack_wait_seconds", "3"),
+            // These tests exercise retry by redelivery: no retry inside one delivery.
+            ("upload_retry_budget_seconds", "0"),
             ("max_deliver", "3"),
             ("inventory_url", inventory_url.as_str()),
             ("encryption", "password"),

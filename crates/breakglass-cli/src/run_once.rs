@@ -11,8 +11,9 @@ use breakglass_collect::{AnySource, Source};
 use breakglass_config::{Encryption, RawConfig, Settings};
 use breakglass_core::RunId;
 use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions};
+use breakglass_storage::Upload;
+use breakglass_storage::deliver::{self, RetryBudget};
 use breakglass_storage::manifest::ProjectRows;
-use breakglass_storage::{Destination, Upload};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -140,10 +141,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         key_id: &sealed.key_id,
         projects: &projects,
     };
+    let destinations = breakglass_storage::destinations(&settings);
+    let delivery = deliver::store_all(
+        &destinations,
+        &upload,
+        RetryBudget::new(settings.upload_retry_budget),
+    )
+    .await;
+    let succeeded = delivery.status == deliver::Status::Succeeded;
     let mut failures = Vec::new();
+    if delivery.outcomes.is_empty() {
+        failures.push(delivery.error.clone());
+    }
     let mut stored = Vec::new();
-    for destination in breakglass_storage::destinations(&settings) {
-        match destination.upload(&upload).await {
+    for outcome in delivery.outcomes {
+        match outcome.result {
             Ok(receipt) => stored.push(receipt),
             Err(err) => failures.push(err.to_string()),
         }
@@ -204,7 +216,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "  run {run_id} took {:.2} s",
         started.elapsed().as_secs_f64()
     )?;
-    if failures.is_empty() {
+    if succeeded {
         Ok(ExitCode::SUCCESS)
     } else {
         for failure in &failures {

@@ -76,197 +76,52 @@ const fn wiring_secret(name: &'static str, default: &'static str, help: &'static
     }
 }
 
-/// Every key, settings page first, in the order the docs list them.
+/// Every key, settings page first, in the order the docs list them: one
+/// line per key (kept so by `rustfmt::skip`).
+#[rustfmt::skip]
 pub const KEYS: &[Key] = &[
-    page(
-        "execute_time",
-        "none: on-demand runs only",
-        "daily run time `HH:mm` (24-hour, two digits each)",
-    ),
-    page(
-        "time_zone",
-        "`UTC`",
-        "IANA zone of `execute_time` (zone data compiled in)",
-    ),
-    page(
-        "storage_provider",
-        "`local`",
-        "`local`, `s3`, `blob` or a comma list (each destination uploads and reports on its own)",
-    ),
-    page(
-        "s3_access_key_id",
-        "required for `s3`",
-        "the S3 writer's access key id",
-    ),
-    page_secret(
-        "s3_secret_access_key",
-        "required for `s3`",
-        "the S3 writer's secret key",
-    ),
-    page(
-        "s3_bucket",
-        "required for `s3`",
-        "bucket name (S3 naming rules)",
-    ),
+    page("execute_time", "none: on-demand runs only", "daily run time `HH:mm` (24-hour, two digits each)"),
+    page("time_zone", "`UTC`", "IANA zone of `execute_time` (zone data compiled in)"),
+    page("storage_provider", "`local`", "`local`, `s3`, `blob` or a comma list (each destination uploads and reports on its own)"),
+    page("s3_access_key_id", "required for `s3`", "the S3 writer's access key id"),
+    page_secret("s3_secret_access_key", "required for `s3`", "the S3 writer's secret key"),
+    page("s3_bucket", "required for `s3`", "bucket name (S3 naming rules)"),
     page("s3_protocol", "`https`", "`http` or `https`"),
-    page(
-        "s3_url",
-        "empty: AWS",
-        "S3-compatible endpoint (`host:port` or `scheme://host:port`; no path); path-style addressing",
-    ),
-    page(
-        "s3_region",
-        "AWS: the bucket's own; custom endpoints: `us-east-1`",
-        "the bucket's region",
-    ),
-    page(
-        "s3_checksum",
-        "`when_required` for custom endpoints, else `when_supported`",
-        "`when_required` or `when_supported`",
-    ),
-    page(
-        "blob_account_name",
-        "required with `blob_account_key` or without `blob_endpoint`",
-        "Azure storage account (3-24 lowercase letters and digits)",
-    ),
-    page_secret(
-        "blob_account_key",
-        "none",
-        "account key, base64 as the portal shows it; a key or a SAS, not both",
-    ),
-    page(
-        "blob_container",
-        "required for `blob`",
-        "container (3-63 lowercase letters, digits, single hyphens)",
-    ),
+    page("s3_url", "empty: AWS", "S3-compatible endpoint (`host:port` or `scheme://host:port`; no path); path-style addressing"),
+    page("s3_region", "AWS: the bucket's own; custom endpoints: `us-east-1`", "the bucket's region"),
+    page("s3_checksum", "`when_required` for custom endpoints, else `when_supported`", "`when_required` or `when_supported`"),
+    page("blob_account_name", "required with `blob_account_key` or without `blob_endpoint`", "Azure storage account (3-24 lowercase letters and digits)"),
+    page_secret("blob_account_key", "none", "account key, base64 as the portal shows it; a key or a SAS, not both"),
+    page("blob_container", "required for `blob`", "container (3-63 lowercase letters, digits, single hyphens)"),
     page("blob_protocol", "`https`", "`http` or `https`"),
-    page(
-        "blob_endpoint_suffix",
-        "`core.windows.net`",
-        "the cloud's endpoint suffix (sovereign clouds)",
-    ),
-    page_secret(
-        "blob_connection_string",
-        "none",
-        "`DefaultEndpointsProtocol=…;AccountName=…;AccountKey=…` or with `BlobEndpoint=`/`SharedAccessSignature=`; instead of the separate keys",
-    ),
-    page_secret(
-        "blob_sas_token",
-        "none",
-        "SAS query string, with or without the leading `?`",
-    ),
-    page(
-        "blob_endpoint",
-        "`<protocol>://<account>.blob.<suffix>`",
-        "explicit endpoint, may include a path (Azurite: `http://127.0.0.1:10000/devstoreaccount1`)",
-    ),
-    page(
-        "local_dir",
-        "`./breakglass-out`",
-        "folder of the `local` destination",
-    ),
+    page("blob_endpoint_suffix", "`core.windows.net`", "the cloud's endpoint suffix (sovereign clouds)"),
+    page_secret("blob_connection_string", "none", "`DefaultEndpointsProtocol=…;AccountName=…;AccountKey=…` or with `BlobEndpoint=`/`SharedAccessSignature=`; instead of the separate keys"),
+    page_secret("blob_sas_token", "none", "SAS query string, with or without the leading `?`"),
+    page("blob_endpoint", "`<protocol>://<account>.blob.<suffix>`", "explicit endpoint, may include a path (Azurite: `http://127.0.0.1:10000/devstoreaccount1`)"),
+    page("local_dir", "`./breakglass-out`", "folder of the `local` destination"),
     page("path_prefix", "empty", "folder inside the destination"),
-    page(
-        "rotation",
-        "`overwrite`",
-        "`overwrite`, `unique` or `prune` (docs/DESTINATIONS.md)",
-    ),
-    page(
-        "ca_bundle",
-        "none: the system roots (`SSL_CERT_FILE` honoured)",
-        "PEM file of extra trusted CAs for HTTPS endpoints, NATS over TLS and PostgreSQL",
-    ),
-    page(
-        "encryption",
-        "`password`",
-        "`password` (ECMA-376 agile), `age` (to `age_recipients`) or `none` (only when written; every run warns)",
-    ),
-    page_secret(
-        "encryption_passphrase",
-        "none: the services refuse to start; `run-once` makes one and shows it once",
-        "the break-glass passphrase, at least 16 characters",
-    ),
-    page(
-        "age_recipients",
-        "required for `age`",
-        "comma list of age X25519 public keys (`age1…`)",
-    ),
-    wiring(
-        "inventory_url",
-        "the bundled sample",
-        "`postgres://…` (TLS verify-full by default, docs/POSTGRES_TLS.md), `sqlite://…`, or a `.csv` / `.db` / `.sqlite` path",
-    ),
-    wiring(
-        "inventory_view",
-        "`breakglass_inventory`",
-        "view the SQL sources read, `name` or `schema.name`",
-    ),
-    wiring(
-        "nats_url",
-        "`nats://127.0.0.1:4222`",
-        "NATS server(s), comma separated; `tls://` requires TLS; a password in it is masked everywhere",
-    ),
-    wiring(
-        "database_url",
-        "none: no run log",
-        "the run log's PostgreSQL (`postgres://…`; its password is masked everywhere)",
-    ),
-    wiring(
-        "database_schema",
-        "`breakglass`",
-        "the run log's schema, created and migrated on start",
-    ),
-    wiring(
-        "bus_prefix",
-        "`breakglass`",
-        "subject prefix and stream-name base",
-    ),
-    wiring_secret(
-        "payload_key",
-        "none: required by the services",
-        "age X25519 identity that encrypts payloads and seals events on the bus (`breakglass keygen`)",
-    ),
-    wiring(
-        "payload_ttl_hours",
-        "`24`",
-        "lifetime of payloads in the object store (1-720)",
-    ),
-    wiring(
-        "ack_wait_seconds",
-        "`60`",
-        "redelivery after this long without an ack or progress (1-3600)",
-    ),
-    wiring(
-        "max_deliver",
-        "`5`",
-        "deliveries before a message is dead-lettered (1-100)",
-    ),
-    wiring(
-        "bus_replicas",
-        "`1`",
-        "copies JetStream keeps of the event stream, payload store and settings bucket: `1`, or `3` / `5` on a NATS cluster (applied when they are created)",
-    ),
-    wiring_secret(
-        "grpc_token",
-        "none: `--grpc` refuses to start",
-        "bearer token of the gRPC APIs, 16+ characters (`$BREAKGLASS_GRPC_TOKEN` wins)",
-    ),
-    wiring(
-        "grpc_tls_cert",
-        "none: plain HTTP/2",
-        "PEM certificate chain of the gRPC ports (with `grpc_tls_key`)",
-    ),
+    page("rotation", "`overwrite`", "`overwrite`, `unique` or `prune` (docs/DESTINATIONS.md)"),
+    page("ca_bundle", "none: the system roots (`SSL_CERT_FILE` honoured)", "PEM file of extra trusted CAs for HTTPS endpoints, NATS over TLS and PostgreSQL"),
+    page("encryption", "`password`", "`password` (ECMA-376 agile), `age` (to `age_recipients`) or `none` (only when written; every run warns)"),
+    page_secret("encryption_passphrase", "none: the services refuse to start; `run-once` makes one and shows it once", "the break-glass passphrase, at least 16 characters"),
+    page("age_recipients", "required for `age`", "comma list of age X25519 public keys (`age1…`)"),
+    wiring("inventory_url", "the bundled sample", "`postgres://…` (TLS verify-full by default, docs/POSTGRES_TLS.md), `sqlite://…`, or a `.csv` / `.db` / `.sqlite` path"),
+    wiring("inventory_view", "`breakglass_inventory`", "view the SQL sources read, `name` or `schema.name`"),
+    wiring("nats_url", "`nats://127.0.0.1:4222`", "NATS server(s), comma separated; `tls://` requires TLS; a password in it is masked everywhere"),
+    wiring("database_url", "none: no run log", "the run log's PostgreSQL (`postgres://…`; its password is masked everywhere)"),
+    wiring("database_schema", "`breakglass`", "the run log's schema, created and migrated on start"),
+    wiring("bus_prefix", "`breakglass`", "subject prefix and stream-name base"),
+    wiring_secret("payload_key", "none: required by the services", "age X25519 identity that encrypts payloads and seals events on the bus (`breakglass keygen`)"),
+    wiring("payload_ttl_hours", "`24`", "lifetime of payloads in the object store (1-720)"),
+    wiring("ack_wait_seconds", "`60`", "redelivery after this long without an ack or progress (1-3600)"),
+    wiring("upload_retry_budget_seconds", "`1200`", "how long one delivery retries a destination that fails transiently, with back-off and jitter (0-86400; 0: retry only by redelivery)"),
+    wiring("max_deliver", "`5`", "deliveries before a message is dead-lettered (1-100)"),
+    wiring("bus_replicas", "`1`", "copies JetStream keeps of the event stream, payload store and settings bucket: `1`, or `3` / `5` on a NATS cluster (applied when they are created)"),
+    wiring_secret("grpc_token", "none: `--grpc` refuses to start", "bearer token of the gRPC APIs, 16+ characters (`$BREAKGLASS_GRPC_TOKEN` wins)"),
+    wiring("grpc_tls_cert", "none: plain HTTP/2", "PEM certificate chain of the gRPC ports (with `grpc_tls_key`)"),
     wiring("grpc_tls_key", "none", "PEM private key of the gRPC ports"),
-    wiring(
-        "grpc_client_ca",
-        "none: no client certificate asked for",
-        "PEM CA that client certificates must chain to (mutual TLS)",
-    ),
-    wiring_secret(
-        "settings_key",
-        "none: the config API cannot store settings",
-        "32 random bytes, base64 (`breakglass keygen --settings`): seals secret settings saved through the config API",
-    ),
+    wiring("grpc_client_ca", "none: no client certificate asked for", "PEM CA that client certificates must chain to (mutual TLS)"),
+    wiring_secret("settings_key", "none: the config API cannot store settings", "32 random bytes, base64 (`breakglass keygen --settings`): seals secret settings saved through the config API"),
 ];
 
 /// How many keys are in `group`.

@@ -166,6 +166,9 @@ pub struct Settings {
     pub payload_ttl: Duration,
     /// How long a delivered message may stay un-acked before redelivery.
     pub ack_wait: Duration,
+    /// How long one delivery keeps retrying a destination that fails
+    /// transiently (`upload_retry_budget_seconds`, 0 = no retry).
+    pub upload_retry_budget: Duration,
     /// Deliveries before a message is dead-lettered.
     pub max_deliver: i64,
     /// Copies JetStream keeps of the stream, payload store and settings
@@ -290,6 +293,11 @@ impl Settings {
                 parse_bounded(v, 1, 3600).map(Duration::from_secs)
             })
             .unwrap_or(Duration::from_secs(60));
+        let upload_retry_budget = check
+            .parse(raw, "upload_retry_budget_seconds", |v| {
+                parse_bounded(v, 0, 86_400).map(Duration::from_secs)
+            })
+            .unwrap_or(Duration::from_secs(1200));
         let max_deliver = check
             .parse(raw, "max_deliver", |v| {
                 parse_bounded(v, 1, 100).map(|n| n as i64)
@@ -327,6 +335,7 @@ impl Settings {
             payload_key: payload_key.flatten(),
             payload_ttl,
             ack_wait,
+            upload_retry_budget,
             max_deliver,
             bus_replicas,
             encryption,
@@ -1176,6 +1185,24 @@ mod tests {
         assert_eq!(s.inventory, InventoryLocation::BundledSample);
         assert_eq!(s.time_zone, chrono_tz::UTC);
         assert_eq!(s.execute_time, None);
+    }
+
+    #[test]
+    fn the_upload_retry_budget_defaults_to_twenty_minutes_and_is_bounded() {
+        assert_eq!(
+            settings("").unwrap().upload_retry_budget,
+            Duration::from_secs(1200)
+        );
+        for (text, seconds) in [("0", 0), ("86400", 86_400), ("35", 35)] {
+            let s = settings(&format!("upload_retry_budget_seconds: {text}\n")).unwrap();
+            assert_eq!(s.upload_retry_budget, Duration::from_secs(seconds));
+        }
+        for bad in ["86401", "-1", "15m"] {
+            let err = settings(&format!("upload_retry_budget_seconds: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("upload_retry_budget_seconds"), "{err}");
+        }
     }
 
     #[test]

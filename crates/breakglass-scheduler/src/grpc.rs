@@ -75,6 +75,8 @@ fn to_proto(run: RunRecord) -> v1::Run {
                 size: d.size.max(0) as u64,
                 sha256: d.sha256,
                 error: d.error,
+                // The run log does not keep these (run.finished does).
+                ..Default::default()
             })
             .collect(),
     }

@@ -9,7 +9,7 @@
 
 use crate::manifest::{self, Manifest};
 use crate::naming::{AGE_EXTENSION, FIXED_NAME, NAME_PREFIX, is_rotated_name};
-use crate::{AnyDestination, Destination, StorageError};
+use crate::{AnyDestination, Backend, StorageError};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -111,20 +111,12 @@ pub fn latest_backup(objects: &[StoredObject]) -> Option<&StoredObject> {
 impl AnyDestination {
     /// Every object directly under the prefix.
     pub async fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
-        match self {
-            Self::Local(folder) => folder.list_objects(),
-            Self::S3(bucket) => bucket.list_objects().await,
-            Self::Blob(container) => container.list_objects().await,
-        }
+        Backend::list(self).await
     }
 
     /// Downloads `key` into the new private file `to`.
     pub async fn download(&self, key: &str, to: &Path) -> Result<Downloaded, StorageError> {
-        let result = match self {
-            Self::Local(folder) => folder.download(key, to),
-            Self::S3(bucket) => bucket.download(key, to).await,
-            Self::Blob(container) => container.download(key, to).await,
-        };
+        let result = Backend::download(self, key, to).await;
         if result.is_err() {
             let _ = std::fs::remove_file(to);
         }
@@ -136,15 +128,11 @@ impl AnyDestination {
     pub async fn sidecar(&self, key: &str) -> Result<Option<Manifest>, StorageError> {
         let sidecar = manifest::sidecar_name(key);
         let limit = breakglass_core::limits::MAX_MANIFEST_BYTES;
-        let bytes = match self {
-            Self::Local(folder) => folder.get_small(&sidecar, limit)?,
-            Self::S3(bucket) => bucket.get_small(&sidecar, limit).await?,
-            Self::Blob(container) => container.get_small(&sidecar, limit).await?,
-        };
+        let bytes = Backend::get_small(self, &sidecar, limit).await?;
         bytes
             .map(|bytes| {
                 Manifest::from_json(&bytes).map_err(|err| StorageError::Verification {
-                    destination: self.describe(),
+                    destination: Backend::describe(self),
                     reason: format!("{sidecar}: {err}"),
                 })
             })

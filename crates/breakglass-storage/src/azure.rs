@@ -26,12 +26,11 @@
 
 use crate::archive::{self, Downloaded, StoredObject};
 use crate::manifest::{self, Manifest};
-use crate::naming::{self, is_rotated_name};
 use crate::transport::{
-    TlsProblem, TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full,
-    tls_problem,
+    CheckFailure, TlsProblem, TransportFailure, error_chain, explain_transport, io_kind,
+    md5_checked, mismatch, read_full, tls_problem,
 };
-use crate::{Destination, Receipt, StorageError, Upload};
+use crate::{Backend, ObjectMeta, PutMode, StorageError, Upload};
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{
     Body, ClientMethodOptions, ClientOptions, Context, ExponentialRetryOptions, HttpClient,
@@ -238,8 +237,8 @@ impl AzureContainer {
             .map_err(|err| self.remote_error("creating the container client", &err))
     }
 
-    fn if_none_match(&self) -> Option<azure_core::http::Etag> {
-        (self.rotation != Rotation::Overwrite).then(|| "*".into())
+    fn if_none_match(mode: PutMode) -> Option<azure_core::http::Etag> {
+        (mode == PutMode::CreateOnly).then(|| "*".into())
     }
 
     async fn put_single(
@@ -247,13 +246,20 @@ impl AzureContainer {
         blob: &BlobClient,
         key: &str,
         upload: &Upload<'_>,
+        mode: PutMode,
     ) -> Result<(), StorageError> {
         let io = |action: &'static str, err: &dyn std::fmt::Display| StorageError::Io {
             destination: self.describe(),
             action,
             reason: err.to_string(),
         };
-        let md5 = md5_file(upload.file).map_err(|err| io("reading the workbook", &err))?;
+        let md5 = md5_checked(upload).map_err(|err| match err {
+            CheckFailure::Io(err) => io("reading the workbook", &err),
+            CheckFailure::Mismatch(reason) => StorageError::Verification {
+                destination: self.describe(),
+                reason,
+            },
+        })?;
         let file = tokio::fs::File::open(upload.file)
             .await
             .map_err(|err| io("opening the workbook", &err))?;
@@ -266,7 +272,7 @@ impl AzureContainer {
             blob_content_md5: Some(md5.clone()),
             blob_content_type: Some(XLSX_CONTENT_TYPE.into()),
             metadata: Some(metadata(upload)),
-            if_none_match: self.if_none_match(),
+            if_none_match: Self::if_none_match(mode),
             // One request whatever the size: never stage blocks here.
             partition_size: NonZero::new(upload.size.max(1)),
             parallel: NonZero::new(1),
@@ -279,7 +285,7 @@ impl AzureContainer {
             .block_blob_client()
             .upload(body.into(), Some(options))
             .await
-            .map_err(|err| self.put_error("Put Blob", key, &err))?;
+            .map_err(|err| self.put_error_for(mode, "Put Blob", key, &err))?;
         self.check_md5(response.content_md5.as_deref(), &md5, "the blob")
     }
 
@@ -288,6 +294,7 @@ impl AzureContainer {
         blob: &BlobClient,
         key: &str,
         upload: &Upload<'_>,
+        mode: PutMode,
     ) -> Result<(), StorageError> {
         let io = |action: &'static str, err: std::io::Error| StorageError::Io {
             destination: self.describe(),
@@ -298,6 +305,7 @@ impl AzureContainer {
         let mut file =
             std::fs::File::open(upload.file).map_err(|err| io("opening the workbook", err))?;
         let mut whole = Md5::new();
+        let mut sha = <sha2::Sha256 as sha2::Digest>::new();
         let mut ids = Vec::new();
         let mut sent: u64 = 0;
         for number in 0u32.. {
@@ -311,6 +319,7 @@ impl AzureContainer {
             }
             buffer.truncate(filled);
             whole.update(&buffer);
+            sha2::Digest::update(&mut sha, &buffer);
             let md5 = Md5::digest(&buffer).to_vec();
             // Fixed-length ids: Azure requires one length per blob.
             let id = format!("breakglass-block-{number:08}").into_bytes();
@@ -334,13 +343,12 @@ impl AzureContainer {
             ids.push(id);
             sent += filled as u64;
         }
-        if sent != upload.size {
+        let sent_sha = hex::encode(sha2::Digest::finalize(sha));
+        if sent != upload.size || !sent_sha.eq_ignore_ascii_case(upload.sha256) {
+            // Never committed: the staged blocks expire, the old blob stays.
             return Err(StorageError::Verification {
                 destination: self.describe(),
-                reason: format!(
-                    "the workbook changed while uploading: sent {sent} bytes, expected {}",
-                    upload.size
-                ),
+                reason: mismatch(upload, sent, &sent_sha),
             });
         }
         let list = BlockLookupList {
@@ -357,12 +365,12 @@ impl AzureContainer {
                     blob_content_md5: Some(whole.finalize().to_vec()),
                     blob_content_type: Some(XLSX_CONTENT_TYPE.into()),
                     metadata: Some(metadata(upload)),
-                    if_none_match: self.if_none_match(),
+                    if_none_match: Self::if_none_match(mode),
                     ..Default::default()
                 }),
             )
             .await
-            .map_err(|err| self.put_error("Put Block List", key, &err))?;
+            .map_err(|err| self.put_error_for(mode, "Put Block List", key, &err))?;
         Ok(())
     }
 
@@ -387,43 +395,23 @@ impl AzureContainer {
         }
     }
 
-    async fn prune_older_than(
-        &self,
-        container_url: &Url,
-        newest_key: &str,
-    ) -> Result<Vec<String>, StorageError> {
-        let older: Vec<String> = self
-            .list_objects()
-            .await?
-            .into_iter()
-            .filter(|object| is_rotated_name(&object.name) && object.key.as_str() < newest_key)
-            .map(|object| object.key)
-            .collect();
-        for key in &older {
-            self.blob_client(container_url, key)?
-                .delete(None)
-                .await
-                .map_err(|err| self.remote_error("Delete Blob", &err))?;
-            match self
-                .blob_client(container_url, &manifest::sidecar_name(key))?
-                .delete(None)
-                .await
-            {
-                Err(err) if err.http_status().map(u16::from) != Some(404) => {
-                    return Err(self.remote_error("Delete Blob", &err));
-                }
-                _ => {}
-            }
-        }
-        Ok(older)
-    }
-
     /// A taken name under `unique`/`prune` is [`StorageError::Exists`]:
     /// `BlobAlreadyExists` / `ConditionNotMet` answer `If-None-Match: *`,
     /// and a create-only SAS (`c` without `w`) is refused with
     /// `AuthorizationPermissionMismatch` before the condition is evaluated,
     /// which with `c` granted can only mean the blob exists.
     fn put_error(&self, action: &'static str, key: &str, err: &azure_core::Error) -> StorageError {
+        self.put_error_for(PutMode::for_rotation(self.rotation), action, key, err)
+    }
+
+    /// [`Self::put_error`] for a put made in `mode`.
+    fn put_error_for(
+        &self,
+        mode: PutMode,
+        action: &'static str,
+        key: &str,
+        err: &azure_core::Error,
+    ) -> StorageError {
         let code = error_code(err);
         let status = err.http_status().map(u16::from);
         let create_only_refused = action == "Put Blob"
@@ -431,7 +419,7 @@ impl AzureContainer {
             && self
                 .sas_permissions()
                 .is_some_and(|sp| sp.contains('c') && !sp.contains('w'));
-        if self.rotation != Rotation::Overwrite
+        if mode == PutMode::CreateOnly
             && (matches!(
                 code.as_deref(),
                 Some("BlobAlreadyExists" | "ConditionNotMet")
@@ -641,97 +629,7 @@ impl AzureContainer {
     }
 }
 
-impl Destination for AzureContainer {
-    fn describe(&self) -> String {
-        let prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("/{}", self.prefix)
-        };
-        format!("blob:{}/{}{prefix}", self.endpoint, self.container)
-    }
-
-    async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
-        let name = naming::object_name(
-            self.rotation,
-            upload.created_at,
-            upload.run_id,
-            upload.extension,
-        );
-        let key = self.key(&name);
-        let sas = self.sas(Utc::now())?;
-        let container_url = self.container_url(&sas)?;
-        let blob = self.blob_client(&container_url, &key)?;
-        if upload.size <= self.single_put_limit() {
-            self.put_single(&blob, &key, upload).await?;
-        } else {
-            self.put_blocks(&blob, &key, upload).await?;
-        }
-        let mut receipt = Receipt {
-            location: format!("{}/{}/{key}", self.endpoint, self.container),
-            size: upload.size,
-            sha256: upload.sha256.to_owned(),
-            pruned: Vec::new(),
-            warnings: Vec::new(),
-        };
-        // The sidecar follows the verified blob: a failure here leaves a
-        // good backup whose metadata still carries the manifest's summary.
-        if let Err(err) = self
-            .put_sidecar(&container_url, &key, &Manifest::for_upload(upload, &name))
-            .await
-        {
-            receipt.warnings.push(format!(
-                "the new copy is stored, but its sidecar manifest was not: {err}"
-            ));
-        }
-        if self.rotation == Rotation::Prune {
-            match self.prune_older_than(&container_url, &key).await {
-                Ok(pruned) => receipt.pruned = pruned,
-                Err(err) => receipt.warnings.push(format!(
-                    "the new copy is stored, but older ones were not pruned: {err}"
-                )),
-            }
-        }
-        Ok(receipt)
-    }
-}
-
 impl AzureContainer {
-    /// Writes the sidecar manifest next to the blob, in one Put Blob
-    /// (create-only under `unique`/`prune`, like the blob itself).
-    async fn put_sidecar(
-        &self,
-        container_url: &Url,
-        blob_key: &str,
-        manifest: &Manifest,
-    ) -> Result<(), StorageError> {
-        let key = manifest::sidecar_name(blob_key);
-        let body = manifest.to_json();
-        let md5 = Md5::digest(&body).to_vec();
-        let options = BlockBlobClientUploadOptions {
-            blob_content_md5: Some(md5.clone()),
-            blob_content_type: Some("application/json".into()),
-            if_none_match: self.if_none_match(),
-            method_options: ClientMethodOptions {
-                context: Context::new().with_value(TransactionalMd5(md5)),
-            },
-            ..Default::default()
-        };
-        match self
-            .blob_client(container_url, &key)?
-            .block_blob_client()
-            .upload(bytes::Bytes::from(body).into(), Some(options))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(err) => match self.put_error("Put Blob", &key, &err) {
-                // A redelivered run under `unique`/`prune`: already there.
-                StorageError::Exists { .. } => Ok(()),
-                other => Err(other),
-            },
-        }
-    }
-
     /// The container URL for reading: the configured SAS, or one signed
     /// from the account key with read and list rights only.
     fn reader_url(&self) -> Result<Url, StorageError> {
@@ -1140,6 +1038,131 @@ mod tests {
             )
             .contains("connection refused to https://acct.blob.core.windows.net")
         );
+    }
+}
+
+impl AzureContainer {
+    /// A blob client for `key` with the writer's SAS.
+    fn writer_blob(&self, key: &str) -> Result<BlobClient, StorageError> {
+        let sas = self.sas(Utc::now())?;
+        let container_url = self.container_url(&sas)?;
+        self.blob_client(&container_url, key)
+    }
+}
+
+impl Backend for AzureContainer {
+    fn describe(&self) -> String {
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", self.prefix)
+        };
+        format!("blob:{}/{}{prefix}", self.endpoint, self.container)
+    }
+
+    fn rotation(&self) -> Rotation {
+        self.rotation
+    }
+
+    fn key(&self, name: &str) -> String {
+        AzureContainer::key(self, name)
+    }
+
+    fn location(&self, key: &str) -> String {
+        format!("{}/{}/{key}", self.endpoint, self.container)
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        upload: &Upload<'_>,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let blob = self.writer_blob(key)?;
+        if upload.size <= self.single_put_limit() {
+            self.put_single(&blob, key, upload, mode).await
+        } else {
+            self.put_blocks(&blob, key, upload, mode).await
+        }
+    }
+
+    /// One Put Blob with `Content-MD5`.
+    async fn put_small(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &'static str,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let md5 = Md5::digest(&bytes).to_vec();
+        let options = BlockBlobClientUploadOptions {
+            blob_content_md5: Some(md5.clone()),
+            blob_content_type: Some(content_type.into()),
+            if_none_match: Self::if_none_match(mode),
+            method_options: ClientMethodOptions {
+                context: Context::new().with_value(TransactionalMd5(md5)),
+            },
+            ..Default::default()
+        };
+        self.writer_blob(key)?
+            .block_blob_client()
+            .upload(bytes::Bytes::from(bytes).into(), Some(options))
+            .await
+            .map_err(|err| self.put_error_for(mode, "Put Blob", key, &err))?;
+        Ok(())
+    }
+
+    /// Get Blob Properties; a 403 (a SAS without `r`) is "cannot tell",
+    /// like a 404.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        use azure_storage_blob::models::BlobClientGetPropertiesResultHeaders;
+        let container_url = self.reader_url()?;
+        let response = match self
+            .blob_client(&container_url, key)?
+            .get_properties(None)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) if matches!(err.http_status().map(u16::from), Some(403 | 404)) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(self.remote_error("Get Blob Properties", &err)),
+        };
+        let raw = response.metadata().unwrap_or_default();
+        let metadata = manifest::normalise_metadata(
+            raw.iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        Ok(Some(ObjectMeta {
+            size: response.content_length().ok().flatten().unwrap_or_default(),
+            sha256: metadata.get("sha256").cloned(),
+            created_at: metadata
+                .get("created_at")
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+        }))
+    }
+
+    async fn list(&self) -> Result<Vec<StoredObject>, StorageError> {
+        self.list_objects().await
+    }
+
+    async fn download(&self, key: &str, to: &Path) -> Result<Downloaded, StorageError> {
+        AzureContainer::download(self, key, to).await
+    }
+
+    async fn get_small(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        AzureContainer::get_small(self, key, limit).await
+    }
+
+    /// Delete Blob; an absent blob is fine.
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.writer_blob(key)?.delete(None).await {
+            Err(err) if err.http_status().map(u16::from) != Some(404) => {
+                Err(self.remote_error("Delete Blob", &err))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -1,9 +1,18 @@
-//! Where the workbook ends up: the [`Destination`] trait and its backends.
+//! Where the workbook ends up: the [`Backend`] trait, the one upload
+//! sequence above it, and the backends.
 //!
 //! # Layout
-//! - [`Destination`]: upload one finished file, verified by size and
-//!   SHA-256, under the configured rotation; never disturb the previous
-//!   good copy unless the new one is verified (invariant 1).
+//! - [`Backend`]: the whole backend, as primitives: verified puts (with a
+//!   create-only mode), `head` with breakglass's metadata, list, download,
+//!   small reads, delete. Every backend implements only this.
+//! - [`store`]: THE upload sequence, written once above [`Backend`]: name,
+//!   redelivery check, the "an older run never replaces a newer copy"
+//!   rule, verified put, sidecar, prune after verify (invariant 1).
+//! - [`deliver`]: every configured destination for one run, each retried
+//!   within a time budget, and the run's outcome; the uploader and
+//!   `run-once` both call [`deliver::store_all`].
+//! - [`Destination`]: `describe` + `upload` (the sequence), for every
+//!   backend.
 //! - [`manifest`]: what each upload carries as metadata and as a sidecar.
 //! - [`archive`]: the reading side (list, download, check) for `fetch`,
 //!   `verify` and `drill`, with list + read rights only.
@@ -21,15 +30,19 @@
 
 pub mod archive;
 pub mod azure;
+pub mod deliver;
 pub mod local;
 pub mod manifest;
 pub mod naming;
 pub mod probe_support;
 pub mod s3;
+pub mod store;
 mod transport;
 
+use archive::{Downloaded, StoredObject};
 use breakglass_config::{Rotation, Settings, StorageKind};
 use chrono::{DateTime, Utc};
+use std::future::Future;
 use std::path::Path;
 
 /// One file to store, with the facts that verify it.
@@ -69,6 +82,111 @@ pub struct Receipt {
     /// Problems after the copy was stored and verified (e.g. an old copy
     /// that could not be pruned): worth telling, not a failed upload.
     pub warnings: Vec<String>,
+    /// The destination already held this run's verified copy (same name,
+    /// size, SHA-256 and collection time): nothing was sent again (a
+    /// redelivery).
+    pub already_stored: bool,
+}
+
+/// How a put treats a name that is already taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace it atomically (readers see the old or the new whole file).
+    Overwrite,
+    /// Never replace it: a taken name is [`StorageError::Exists`] (S3
+    /// `If-None-Match: *`, Azure `If-None-Match: *`, local
+    /// `persist_noclobber`). Works with a create-only credential.
+    CreateOnly,
+}
+
+impl PutMode {
+    /// The mode a rotation writes its workbook with.
+    pub fn for_rotation(rotation: Rotation) -> Self {
+        match rotation {
+            Rotation::Overwrite => Self::Overwrite,
+            Rotation::Unique | Rotation::Prune => Self::CreateOnly,
+        }
+    }
+}
+
+/// What a backend knows about one stored object, from its metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Stored size in bytes.
+    pub size: u64,
+    /// The SHA-256 breakglass recorded (S3/Azure metadata) or computed
+    /// (a local file); `None` for an object breakglass did not write.
+    pub sha256: Option<String>,
+    /// When the run that wrote it collected its inventory (metadata, or
+    /// a local file's modification time, which breakglass stamps).
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// The whole storage backend, as primitives. The upload sequence
+/// ([`store::store`]) is written once above it; backends implement only
+/// these, each put verified as the backend allows (a local file hashed on
+/// disk; S3 Content-MD5 and ETag; Azure Content-MD5 and block MD5s).
+///
+/// Keys are full object keys (prefix included, as [`Backend::list`] gives
+/// them); [`Backend::key`] makes one from a file name.
+pub trait Backend: Send + Sync {
+    /// A description without secrets, e.g. `local:/var/backups/breakglass`.
+    fn describe(&self) -> String;
+
+    /// The rotation this destination was configured with.
+    fn rotation(&self) -> Rotation;
+
+    /// The key of file `name` under the configured prefix.
+    fn key(&self, name: &str) -> String;
+
+    /// Where `key` is, for people: a path or URL without secrets.
+    fn location(&self, key: &str) -> String;
+
+    /// Stores the file of `upload` under `key`, verified; the previous
+    /// object under `key` is untouched unless the new one is whole.
+    fn put_file(
+        &self,
+        key: &str,
+        upload: &Upload<'_>,
+        mode: PutMode,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Stores a small object (a sidecar manifest), verified.
+    fn put_small(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &'static str,
+        mode: PutMode,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// The object's size and breakglass metadata; `None` when there is no
+    /// such object, or when the credential may not read it (a write-only
+    /// or create-only credential: the caller cannot tell, and says so).
+    fn head(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<ObjectMeta>, StorageError>> + Send;
+
+    /// Every object directly under the prefix.
+    fn list(&self) -> impl Future<Output = Result<Vec<StoredObject>, StorageError>> + Send;
+
+    /// Downloads `key` into the new private file `to`, hashing on the way.
+    fn download(
+        &self,
+        key: &str,
+        to: &Path,
+    ) -> impl Future<Output = Result<Downloaded, StorageError>> + Send;
+
+    /// A small object's bytes (at most `limit`), or `None` when absent.
+    fn get_small(
+        &self,
+        key: &str,
+        limit: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StorageError>> + Send;
+
+    /// Deletes `key`; an absent key is fine.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 
 /// Why an upload failed. The previous good copy is untouched in every case.
@@ -142,7 +260,8 @@ impl StorageError {
     }
 }
 
-/// A place that keeps the latest workbook.
+/// A place that keeps the latest workbook: any [`Backend`] with the one
+/// upload sequence ([`store::store`]) on top.
 pub trait Destination {
     /// A description without secrets, e.g. `local:/var/backups/breakglass`.
     fn describe(&self) -> String;
@@ -153,6 +272,16 @@ pub trait Destination {
         &self,
         upload: &Upload<'_>,
     ) -> impl std::future::Future<Output = Result<Receipt, StorageError>> + Send;
+}
+
+impl<B: Backend> Destination for B {
+    fn describe(&self) -> String {
+        Backend::describe(self)
+    }
+
+    async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
+        store::store(self, upload).await
+    }
 }
 
 /// Any configured destination.
@@ -166,21 +295,80 @@ pub enum AnyDestination {
     Blob(Box<azure::AzureContainer>),
 }
 
-impl Destination for AnyDestination {
-    fn describe(&self) -> String {
-        match self {
-            Self::Local(folder) => folder.describe(),
-            Self::S3(bucket) => bucket.describe(),
-            Self::Blob(container) => container.describe(),
+/// Calls the same method on whichever backend `self` is.
+macro_rules! each {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            AnyDestination::Local(inner) => {
+                let $b: &local::LocalFolder = inner;
+                $call
+            }
+            AnyDestination::S3(inner) => {
+                let $b: &s3::S3Bucket = inner;
+                $call
+            }
+            AnyDestination::Blob(inner) => {
+                let $b: &azure::AzureContainer = inner;
+                $call
+            }
         }
+    };
+}
+
+impl Backend for AnyDestination {
+    fn describe(&self) -> String {
+        each!(self, b => Backend::describe(b))
     }
 
-    async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
-        match self {
-            Self::Local(folder) => folder.upload(upload).await,
-            Self::S3(bucket) => bucket.upload(upload).await,
-            Self::Blob(container) => container.upload(upload).await,
-        }
+    fn rotation(&self) -> Rotation {
+        each!(self, b => Backend::rotation(b))
+    }
+
+    fn key(&self, name: &str) -> String {
+        each!(self, b => Backend::key(b, name))
+    }
+
+    fn location(&self, key: &str) -> String {
+        each!(self, b => Backend::location(b, key))
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        upload: &Upload<'_>,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        each!(self, b => Backend::put_file(b, key, upload, mode).await)
+    }
+
+    async fn put_small(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &'static str,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        each!(self, b => Backend::put_small(b, key, bytes, content_type, mode).await)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        each!(self, b => Backend::head(b, key).await)
+    }
+
+    async fn list(&self) -> Result<Vec<StoredObject>, StorageError> {
+        each!(self, b => Backend::list(b).await)
+    }
+
+    async fn download(&self, key: &str, to: &Path) -> Result<Downloaded, StorageError> {
+        each!(self, b => Backend::download(b, key, to).await)
+    }
+
+    async fn get_small(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        each!(self, b => Backend::get_small(b, key, limit).await)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        each!(self, b => Backend::delete(b, key).await)
     }
 }
 

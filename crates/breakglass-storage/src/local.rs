@@ -8,9 +8,7 @@
 //! previous file in place. Files are created `0600`: they hold passwords.
 
 use crate::archive::{Downloaded, HashingFile, StoredObject};
-use crate::manifest::{self, Manifest};
-use crate::naming::{self, is_rotated_name};
-use crate::{Destination, Receipt, StorageError, Upload};
+use crate::{Backend, ObjectMeta, PutMode, StorageError, Upload};
 use breakglass_config::Rotation;
 use breakglass_core::private_fs;
 use sha2::{Digest, Sha256};
@@ -21,20 +19,6 @@ use std::time::{Duration, SystemTime};
 
 const TEMP_PREFIX: &str = ".breakglass-";
 const TEMP_SUFFIX: &str = ".tmp";
-
-/// What the blocking upload needs, owned so it can move to another thread.
-struct OwnedUpload {
-    size: u64,
-    sha256: String,
-    created_at: SystemTime,
-    manifest: Manifest,
-}
-
-/// The modification time of `path` when it is later than `than`.
-fn modified_after(path: &Path, than: SystemTime) -> Option<SystemTime> {
-    let modified = fs::metadata(path).and_then(|m| m.modified()).ok()?;
-    (modified > than).then_some(modified)
-}
 
 /// A folder destination.
 #[derive(Clone, Debug)]
@@ -61,94 +45,131 @@ impl LocalFolder {
 
     fn fail(&self, action: &'static str, err: impl std::fmt::Display) -> StorageError {
         StorageError::Io {
-            destination: self.describe(),
+            destination: self.describe_folder(),
             action,
             reason: err.to_string(),
         }
     }
 
-    fn upload_blocking(
+    /// Writes `source` to `key`, verified on disk, stamped with the run's
+    /// creation time (so `head` can tell an older run from a newer one).
+    fn put_file_blocking(
         &self,
         source: &Path,
-        name: &str,
-        upload: &OwnedUpload,
-    ) -> Result<Receipt, StorageError> {
+        key: &str,
+        size: u64,
+        sha256: &str,
+        created_at: SystemTime,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         private_fs::create_dir_all(&self.dir)
             .map_err(|err| self.fail("creating the folder", err))?;
         self.sweep_stale_temp_files();
-        let final_path = self.dir.join(name);
         // A fresh, random, 0600 temp file of our own: concurrent attempts
         // never touch each other's, and it is deleted on any early return.
-        let mut temp = tempfile::Builder::new()
+        let mut temp = self.temp_file("creating the temp file")?;
+        let temp_path = temp.path().to_path_buf();
+        self.write_verified(source, temp.as_file_mut(), &temp_path, size, sha256)?;
+        temp.as_file()
+            .set_modified(created_at)
+            .map_err(|err| self.fail("stamping the file", err))?;
+        self.persist(temp, key, mode)
+    }
+
+    fn temp_file(&self, action: &'static str) -> Result<tempfile::NamedTempFile, StorageError> {
+        tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
             .suffix(TEMP_SUFFIX)
             .tempfile_in(&self.dir)
-            .map_err(|err| self.fail("creating the temp file", err))?;
-        let temp_path = temp.path().to_path_buf();
-        self.write_verified(
-            source,
-            temp.as_file_mut(),
-            &temp_path,
-            upload.size,
-            &upload.sha256,
-        )?;
-        // The file's modification time records when its run collected the
-        // inventory, so an older run can never replace a newer copy.
-        temp.as_file()
-            .set_modified(upload.created_at)
-            .map_err(|err| self.fail("stamping the file", err))?;
-        match self.rotation {
-            Rotation::Overwrite => {
-                if let Some(newer) = modified_after(&final_path, upload.created_at) {
-                    return Err(StorageError::Superseded {
-                        destination: self.describe(),
-                        newer: chrono::DateTime::<chrono::Utc>::from(newer).to_rfc3339(),
-                    });
-                }
+            .map_err(|err| self.fail(action, err))
+    }
+
+    /// Renames a finished temp file into place (atomically; never over a
+    /// taken name under [`PutMode::CreateOnly`]) and syncs the folder so
+    /// the rename survives a crash.
+    fn persist(
+        &self,
+        temp: tempfile::NamedTempFile,
+        key: &str,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let final_path = self.dir.join(key);
+        match mode {
+            PutMode::Overwrite => {
                 temp.persist(&final_path)
                     .map_err(|err| self.fail("renaming into place", err.error))?;
             }
-            Rotation::Unique | Rotation::Prune => match temp.persist_noclobber(&final_path) {
+            PutMode::CreateOnly => match temp.persist_noclobber(&final_path) {
                 Ok(_) => {}
                 Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {
-                    // The same run delivered again: identical bytes are done.
-                    let same = hash_file(&final_path)
-                        .map(|(size, sha)| size == upload.size && sha == upload.sha256)
-                        .unwrap_or(false);
-                    if !same {
-                        return Err(StorageError::Exists {
-                            destination: self.describe(),
-                            name: name.into(),
-                        });
-                    }
+                    return Err(StorageError::Exists {
+                        destination: self.describe_folder(),
+                        name: key.into(),
+                    });
                 }
                 Err(err) => return Err(self.fail("linking into place", err.error)),
             },
         }
-        sync_dir(&self.dir).map_err(|err| self.fail("syncing the folder", err))?;
-        let mut receipt = Receipt {
-            location: final_path.display().to_string(),
-            size: upload.size,
-            sha256: upload.sha256.clone(),
-            pruned: Vec::new(),
-            warnings: Vec::new(),
+        sync_dir(&self.dir).map_err(|err| self.fail("syncing the folder", err))
+    }
+
+    fn put_small_blocking(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        private_fs::create_dir_all(&self.dir)
+            .map_err(|err| self.fail("creating the folder", err))?;
+        let mut temp = self.temp_file("creating the manifest")?;
+        temp.write_all(bytes)
+            .and_then(|()| temp.as_file().sync_all())
+            .map_err(|err| self.fail("writing the manifest", err))?;
+        self.persist(temp, key, mode)
+    }
+
+    fn head_blocking(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let path = self.dir.join(key);
+        let metadata = match fs::metadata(&path) {
+            Ok(metadata) if metadata.is_file() => metadata,
+            Ok(_) => return Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(self.fail("reading the existing copy", err)),
         };
-        // The sidecar follows the verified file; without it the backup is
-        // still whole, and `fetch` says the manifest is missing.
-        if let Err(err) = self.write_sidecar(name, &upload.manifest) {
-            receipt.warnings.push(format!(
-                "the new copy is stored, but its sidecar manifest was not: {err}"
-            ));
-        }
-        if self.rotation == Rotation::Prune {
-            // The new copy is stored and verified; a failure to delete an
-            // old one is worth a warning, not a failed run.
-            match self.prune_older_than(name) {
-                Ok(pruned) => receipt.pruned = pruned,
-                Err(err) => receipt.warnings.push(err.to_string()),
+        let (size, sha256) = match hash_file(&path) {
+            Ok(found) => found,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(self.fail("reading the existing copy", err)),
+        };
+        Ok(Some(ObjectMeta {
+            size,
+            sha256: Some(sha256),
+            created_at: metadata.modified().ok().map(chrono::DateTime::from),
+        }))
+    }
+
+    fn delete_blocking(&self, key: &str) -> Result<(), StorageError> {
+        match fs::remove_file(self.dir.join(key)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(self.fail("deleting", err))
             }
+            _ => Ok(()),
         }
-        Ok(receipt)
+    }
+
+    fn describe_folder(&self) -> String {
+        format!("local:{}", self.dir.display())
+    }
+
+    /// Runs blocking file work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Self) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let folder = self.clone();
+        tokio::task::spawn_blocking(move || work(&folder))
+            .await
+            .map_err(|err| self.fail("the file task", err))?
     }
 
     /// Removes temp files left by crashed attempts (older than an hour, so a
@@ -204,7 +225,7 @@ impl LocalFolder {
         let sent_sha = hex::encode(hasher.finalize());
         if copied != size || stored_size != size || stored_sha != sha256 || sent_sha != sha256 {
             return Err(StorageError::Verification {
-                destination: self.describe(),
+                destination: self.describe_folder(),
                 reason: format!(
                     "expected {size} bytes with SHA-256 {sha256}, stored {stored_size} bytes with SHA-256 {stored_sha}"
                 ),
@@ -212,74 +233,85 @@ impl LocalFolder {
         }
         Ok(())
     }
-
-    /// Deletes older rotated files; only names breakglass writes, never the
-    /// one just written.
-    fn prune_older_than(&self, newest: &str) -> Result<Vec<String>, StorageError> {
-        let mut pruned = Vec::new();
-        let entries = fs::read_dir(&self.dir).map_err(|err| self.fail("listing for prune", err))?;
-        for entry in entries {
-            let entry = entry.map_err(|err| self.fail("listing for prune", err))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_rotated_name(&name) && name.as_str() < newest {
-                fs::remove_file(entry.path())
-                    .map_err(|err| self.fail("pruning an older copy", err))?;
-                match fs::remove_file(self.dir.join(manifest::sidecar_name(&name))) {
-                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(self.fail("pruning an older manifest", err));
-                    }
-                    _ => {}
-                }
-                pruned.push(name);
-            }
-        }
-        pruned.sort();
-        Ok(pruned)
-    }
 }
 
-impl Destination for LocalFolder {
+impl Backend for LocalFolder {
     fn describe(&self) -> String {
-        format!("local:{}", self.dir.display())
+        self.describe_folder()
     }
 
-    async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
-        let name = naming::object_name(
-            self.rotation,
-            upload.created_at,
-            upload.run_id,
-            upload.extension,
+    fn rotation(&self) -> Rotation {
+        self.rotation
+    }
+
+    fn key(&self, name: &str) -> String {
+        name.to_owned()
+    }
+
+    fn location(&self, key: &str) -> String {
+        self.dir.join(key).display().to_string()
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        upload: &Upload<'_>,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let (key, source, sha256) = (
+            key.to_owned(),
+            upload.file.to_path_buf(),
+            upload.sha256.to_owned(),
         );
-        let folder = self.clone();
-        let source = upload.file.to_path_buf();
-        let owned = OwnedUpload {
-            size: upload.size,
-            sha256: upload.sha256.to_owned(),
-            created_at: upload.created_at.into(),
-            manifest: Manifest::for_upload(upload, &name),
-        };
-        tokio::task::spawn_blocking(move || folder.upload_blocking(&source, &name, &owned))
+        let (size, created_at) = (upload.size, SystemTime::from(upload.created_at));
+        self.blocking(move |folder| {
+            folder.put_file_blocking(&source, &key, size, &sha256, created_at, mode)
+        })
+        .await
+    }
+
+    async fn put_small(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        _content_type: &'static str,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let key = key.to_owned();
+        self.blocking(move |folder| folder.put_small_blocking(&key, &bytes, mode))
             .await
-            .map_err(|err| self.fail("the upload task", err))?
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let key = key.to_owned();
+        self.blocking(move |folder| folder.head_blocking(&key))
+            .await
+    }
+
+    async fn list(&self) -> Result<Vec<StoredObject>, StorageError> {
+        self.blocking(|folder| folder.list_objects()).await
+    }
+
+    async fn download(&self, key: &str, to: &Path) -> Result<Downloaded, StorageError> {
+        let (key, to) = (key.to_owned(), to.to_path_buf());
+        self.blocking(move |folder| LocalFolder::download(folder, &key, &to))
+            .await
+    }
+
+    async fn get_small(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        let key = key.to_owned();
+        self.blocking(move |folder| LocalFolder::get_small(folder, &key, limit))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let key = key.to_owned();
+        self.blocking(move |folder| folder.delete_blocking(&key))
+            .await
     }
 }
 
 impl LocalFolder {
-    /// Writes `name`'s sidecar manifest atomically (temp file + rename).
-    fn write_sidecar(&self, name: &str, manifest: &Manifest) -> Result<(), StorageError> {
-        let mut temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .suffix(TEMP_SUFFIX)
-            .tempfile_in(&self.dir)
-            .map_err(|err| self.fail("creating the manifest", err))?;
-        temp.write_all(&manifest.to_json())
-            .and_then(|()| temp.as_file().sync_all())
-            .map_err(|err| self.fail("writing the manifest", err))?;
-        temp.persist(self.dir.join(manifest::sidecar_name(name)))
-            .map_err(|err| self.fail("renaming the manifest into place", err.error))?;
-        Ok(())
-    }
-
     /// Every file in the folder, for `fetch`.
     pub fn list_objects(&self) -> Result<Vec<StoredObject>, StorageError> {
         let entries = fs::read_dir(&self.dir).map_err(|err| self.fail("listing", err))?;
@@ -357,6 +389,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::{self, Manifest};
+    use crate::{Destination, Receipt, naming};
     use chrono::{TimeZone, Utc};
 
     fn workbook(dir: &Path, content: &[u8]) -> (PathBuf, u64, String) {

@@ -24,11 +24,11 @@
 
 use crate::archive::{self, Downloaded, StoredObject};
 use crate::manifest::{self, Manifest};
-use crate::naming::{self, is_rotated_name};
 use crate::transport::{
-    TransportFailure, error_chain, explain_transport, io_kind, md5_file, read_full, tls_problem,
+    CheckFailure, TransportFailure, error_chain, explain_transport, io_kind, md5_checked, mismatch,
+    read_full, tls_problem,
 };
-use crate::{Destination, Receipt, StorageError, Upload};
+use crate::{Backend, ObjectMeta, PutMode, StorageError, Upload};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
@@ -60,6 +60,8 @@ pub struct S3Bucket {
     /// Ask the bucket for its region before the first upload (AWS with no
     /// `s3_region` configured).
     discover_region: bool,
+    /// The client for the bucket's own region, once asked.
+    regional_client: std::sync::Arc<tokio::sync::OnceCell<aws_sdk_s3::Client>>,
     bucket: String,
     prefix: String,
     rotation: Rotation,
@@ -138,6 +140,7 @@ impl S3Bucket {
         Self {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             discover_region: settings.endpoint.is_none() && !settings.region_configured,
+            regional_client: Default::default(),
             bucket: settings.bucket.clone(),
             prefix: prefix.trim_matches('/').to_owned(),
             rotation,
@@ -254,6 +257,7 @@ impl S3Bucket {
         key: &str,
         upload: &Upload<'_>,
         md5: &[u8],
+        mode: PutMode,
     ) -> Result<(), StorageError> {
         let body = ByteStream::from_path(upload.file)
             .await
@@ -272,7 +276,7 @@ impl S3Bucket {
             .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
             .content_type(XLSX_CONTENT_TYPE)
             .set_metadata(Some(metadata(upload)));
-        if self.rotation != Rotation::Overwrite {
+        if mode == PutMode::CreateOnly {
             request = request.if_none_match("*");
         }
         let response = request
@@ -283,7 +287,12 @@ impl S3Bucket {
         self.check_etag(response.e_tag(), &expected, upload)
     }
 
-    async fn put_multipart(&self, key: &str, upload: &Upload<'_>) -> Result<(), StorageError> {
+    async fn put_multipart(
+        &self,
+        key: &str,
+        upload: &Upload<'_>,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         let created = self
             .client
             .create_multipart_upload()
@@ -295,7 +304,7 @@ impl S3Bucket {
             .await
             .map_err(|err| self.remote_error("CreateMultipartUpload", &err))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        let result = self.send_parts(key, &upload_id, upload).await;
+        let result = self.send_parts(key, &upload_id, upload, mode).await;
         if result.is_err() {
             // Best effort: the parts of an unfinished upload cost storage.
             let _ = self
@@ -315,6 +324,7 @@ impl S3Bucket {
         key: &str,
         upload_id: &str,
         upload: &Upload<'_>,
+        mode: PutMode,
     ) -> Result<(), StorageError> {
         let io = |action: &'static str, err: std::io::Error| StorageError::Io {
             destination: self.describe(),
@@ -325,6 +335,7 @@ impl S3Bucket {
             std::fs::File::open(upload.file).map_err(|err| io("opening the workbook", err))?;
         let mut parts = Vec::new();
         let mut part_md5s = Vec::new();
+        let mut whole = <sha2::Sha256 as sha2::Digest>::new();
         let mut buffer = vec![0u8; self.part_size];
         let mut sent: u64 = 0;
         for number in 1.. {
@@ -355,15 +366,15 @@ impl S3Bucket {
                     .build(),
             );
             part_md5s.extend_from_slice(&md5);
+            sha2::Digest::update(&mut whole, chunk);
             sent += filled as u64;
         }
-        if sent != upload.size {
+        let sent_sha = hex::encode(sha2::Digest::finalize(whole));
+        if sent != upload.size || !sent_sha.eq_ignore_ascii_case(upload.sha256) {
+            // Never completed: the parts are aborted, the old object stays.
             return Err(StorageError::Verification {
                 destination: self.describe(),
-                reason: format!(
-                    "the workbook changed while uploading: sent {sent} bytes, expected {}",
-                    upload.size
-                ),
+                reason: mismatch(upload, sent, &sent_sha),
             });
         }
         let count = parts.len();
@@ -378,7 +389,7 @@ impl S3Bucket {
                     .set_parts(Some(parts))
                     .build(),
             );
-        if self.rotation != Rotation::Overwrite {
+        if mode == PutMode::CreateOnly {
             request = request.if_none_match("*");
         }
         let response = request
@@ -434,149 +445,41 @@ impl S3Bucket {
         }
         Ok(())
     }
-
-    async fn prune_older_than(&self, newest_key: &str) -> Result<Vec<String>, StorageError> {
-        let older: Vec<String> = self
-            .list_objects()
-            .await?
-            .into_iter()
-            .filter(|object| is_rotated_name(&object.name) && object.key.as_str() < newest_key)
-            .map(|object| object.key)
-            .collect();
-        for key in &older {
-            self.client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|err| self.remote_error("DeleteObject", &err))?;
-            // S3 answers 204 for a key that is not there: no sidecar is fine.
-            self.client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(manifest::sidecar_name(key))
-                .send()
-                .await
-                .map_err(|err| self.remote_error("DeleteObject", &err))?;
-        }
-        Ok(older)
-    }
-
-    /// Stores `upload` under the rotation, verified, then prunes.
-    async fn upload_verified(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
-        let name = naming::object_name(
-            self.rotation,
-            upload.created_at,
-            upload.run_id,
-            upload.extension,
-        );
-        let key = self.key(&name);
-        if upload.size <= self.multipart_threshold {
-            let md5 = md5_file(upload.file).map_err(|err| StorageError::Io {
-                destination: self.describe(),
-                action: "reading the workbook",
-                reason: err.to_string(),
-            })?;
-            self.put_single(&key, upload, &md5).await?;
-        } else {
-            self.put_multipart(&key, upload).await?;
-        }
-        let mut receipt = Receipt {
-            location: format!("s3://{}/{key}", self.bucket),
-            size: upload.size,
-            sha256: upload.sha256.to_owned(),
-            pruned: Vec::new(),
-            warnings: Vec::new(),
-        };
-        // The sidecar follows the verified object: a failure here leaves a
-        // good backup whose metadata still carries the manifest's summary.
-        if let Err(err) = self
-            .put_sidecar(&key, &Manifest::for_upload(upload, &name))
-            .await
-        {
-            receipt.warnings.push(format!(
-                "the new copy is stored, but its sidecar manifest was not: {err}"
-            ));
-        }
-        if self.rotation == Rotation::Prune {
-            match self.prune_older_than(&key).await {
-                Ok(pruned) => receipt.pruned = pruned,
-                Err(err) => receipt.warnings.push(format!(
-                    "the new copy is stored, but older ones were not pruned: {err}"
-                )),
-            }
-        }
-        Ok(receipt)
-    }
 }
 
 const XLSX_CONTENT_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
-
-impl Destination for S3Bucket {
-    fn describe(&self) -> String {
-        let prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("/{}", self.prefix)
-        };
-        format!("s3:{}/{}{prefix}", self.endpoint, self.bucket)
-    }
-
-    async fn upload(&self, upload: &Upload<'_>) -> Result<Receipt, StorageError> {
-        self.regional().await.upload_verified(upload).await
-    }
-}
 
 impl S3Bucket {
     /// This bucket with a client for its own region, when no `s3_region`
     /// was configured for AWS (else itself).
     async fn regional(&self) -> std::borrow::Cow<'_, Self> {
-        if self.discover_region
-            && let Some(region) = discover_region(&self.client, &self.bucket).await
-        {
-            tracing::info!(bucket = %self.bucket, region = %region, "using the bucket's own region");
-            let mut found = self.clone();
-            found.discover_region = false;
-            found.client = aws_sdk_s3::Client::from_conf(
-                self.client
-                    .config()
-                    .to_builder()
-                    .region(Region::new(region))
-                    .build(),
-            );
-            return std::borrow::Cow::Owned(found);
+        if !self.discover_region {
+            return std::borrow::Cow::Borrowed(self);
         }
-        std::borrow::Cow::Borrowed(self)
-    }
-
-    /// Writes the sidecar manifest next to the object (create-only under
-    /// `unique`, like the object itself).
-    async fn put_sidecar(&self, object_key: &str, manifest: &Manifest) -> Result<(), StorageError> {
-        let body = manifest.to_json();
-        let md5 = Md5::digest(&body);
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(manifest::sidecar_name(object_key))
-            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        if self.rotation != Rotation::Overwrite {
-            request = request.if_none_match("*");
-        }
-        match request.send().await {
-            Ok(_) => Ok(()),
-            // A redelivered run under `unique`/`prune`: the sidecar of this
-            // very object is already there.
-            Err(err)
-                if err.code() == Some("PreconditionFailed")
-                    || err.raw_response().map(|r| r.status().as_u16()) == Some(412) =>
-            {
-                Ok(())
+        // Asked once per bucket value (one run), not per request of the
+        // upload sequence; a failed answer is asked again next time.
+        let found = self
+            .regional_client
+            .get_or_try_init(|| async {
+                let region = discover_region(&self.client, &self.bucket).await.ok_or(())?;
+                tracing::info!(bucket = %self.bucket, region = %region, "using the bucket's own region");
+                Ok::<_, ()>(aws_sdk_s3::Client::from_conf(
+                    self.client
+                        .config()
+                        .to_builder()
+                        .region(Region::new(region))
+                        .build(),
+                ))
+            })
+            .await;
+        match found {
+            Ok(client) => {
+                let mut found = self.clone();
+                found.discover_region = false;
+                found.client = client.clone();
+                std::borrow::Cow::Owned(found)
             }
-            Err(err) => Err(self.remote_error("PutObject", &err)),
+            Err(()) => std::borrow::Cow::Borrowed(self),
         }
     }
 
@@ -837,6 +740,149 @@ mod tests {
             )
             .contains("refused")
         );
+    }
+}
+
+impl Backend for S3Bucket {
+    fn describe(&self) -> String {
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", self.prefix)
+        };
+        format!("s3:{}/{}{prefix}", self.endpoint, self.bucket)
+    }
+
+    fn rotation(&self) -> Rotation {
+        self.rotation
+    }
+
+    fn key(&self, name: &str) -> String {
+        S3Bucket::key(self, name)
+    }
+
+    fn location(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        upload: &Upload<'_>,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let this = self.regional().await;
+        if upload.size <= this.multipart_threshold {
+            let md5 = md5_checked(upload).map_err(|err| match err {
+                CheckFailure::Io(err) => StorageError::Io {
+                    destination: this.describe(),
+                    action: "reading the workbook",
+                    reason: err.to_string(),
+                },
+                CheckFailure::Mismatch(reason) => StorageError::Verification {
+                    destination: this.describe(),
+                    reason,
+                },
+            })?;
+            this.put_single(key, upload, &md5, mode).await
+        } else {
+            this.put_multipart(key, upload, mode).await
+        }
+    }
+
+    async fn put_small(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &'static str,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
+        let this = self.regional().await;
+        let md5 = Md5::digest(&bytes);
+        let mut request = this
+            .client
+            .put_object()
+            .bucket(&this.bucket)
+            .key(key)
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .content_type(content_type)
+            .body(ByteStream::from(bytes));
+        if mode == PutMode::CreateOnly {
+            request = request.if_none_match("*");
+        }
+        request
+            .send()
+            .await
+            .map_err(|err| this.put_error("PutObject", key, &err))?;
+        Ok(())
+    }
+
+    /// HeadObject; a 403 (a writer without `s3:GetObject`) is "cannot
+    /// tell", like a 404.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let this = self.regional().await;
+        let output = match this
+            .client
+            .head_object()
+            .bucket(&this.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(err)
+                if matches!(
+                    err.raw_response().map(|r| r.status().as_u16()),
+                    Some(403 | 404)
+                ) || matches!(err.code(), Some("NotFound" | "NoSuchKey" | "AccessDenied")) =>
+            {
+                return Ok(None);
+            }
+            Err(err) => return Err(this.remote_error("HeadObject", &err)),
+        };
+        let metadata = manifest::normalise_metadata(
+            output
+                .metadata()
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        Ok(Some(ObjectMeta {
+            size: output
+                .content_length()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or_default(),
+            sha256: metadata.get("sha256").cloned(),
+            created_at: metadata
+                .get("created_at")
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+        }))
+    }
+
+    async fn list(&self) -> Result<Vec<StoredObject>, StorageError> {
+        self.list_objects().await
+    }
+
+    async fn download(&self, key: &str, to: &Path) -> Result<Downloaded, StorageError> {
+        S3Bucket::download(self, key, to).await
+    }
+
+    async fn get_small(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        S3Bucket::get_small(self, key, limit).await
+    }
+
+    /// DeleteObject; S3 answers 204 for a key that is not there.
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let this = self.regional().await;
+        this.client
+            .delete_object()
+            .bucket(&this.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| this.remote_error("DeleteObject", &err))?;
+        Ok(())
     }
 }
 

@@ -5,7 +5,6 @@
 
 use md5::{Digest, Md5};
 use std::io::Read;
-use std::path::Path;
 
 /// How a request to a remote destination failed, in plain words: the
 /// errors' Display chain (never their Debug dumps), the kind of the I/O
@@ -158,19 +157,45 @@ pub(crate) fn explain_transport(failure: &TransportFailure<'_>, endpoint_setting
     }
 }
 
-/// The MD5 of a file (what `Content-MD5` carries).
-pub(crate) fn md5_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Md5::new();
+/// The MD5 (for `Content-MD5`) of a file, after checking that its bytes
+/// are the ones `upload` names (size and SHA-256): what is sent is what
+/// the run made, or nothing is sent.
+pub(crate) fn md5_checked(upload: &crate::Upload<'_>) -> Result<Vec<u8>, CheckFailure> {
+    let mut file = std::fs::File::open(upload.file).map_err(CheckFailure::Io)?;
+    let mut md5 = Md5::new();
+    let mut sha = <sha2::Sha256 as sha2::Digest>::new();
+    let mut size = 0u64;
     let mut buffer = vec![0u8; 1 << 16];
     loop {
-        let n = file.read(&mut buffer)?;
+        let n = file.read(&mut buffer).map_err(CheckFailure::Io)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buffer[..n]);
+        md5.update(&buffer[..n]);
+        sha2::Digest::update(&mut sha, &buffer[..n]);
+        size += n as u64;
     }
-    Ok(hasher.finalize().to_vec())
+    let sha = hex::encode(sha2::Digest::finalize(sha));
+    if size != upload.size || !sha.eq_ignore_ascii_case(upload.sha256) {
+        return Err(CheckFailure::Mismatch(mismatch(upload, size, &sha)));
+    }
+    Ok(md5.finalize().to_vec())
+}
+
+/// Words for bytes that are not the run's workbook.
+pub(crate) fn mismatch(upload: &crate::Upload<'_>, size: u64, sha256: &str) -> String {
+    format!(
+        "the workbook to send is {size} bytes with SHA-256 {sha256}, but the run made {} bytes with SHA-256 {}; nothing was stored",
+        upload.size, upload.sha256
+    )
+}
+
+/// Why [`md5_checked`] refused.
+pub(crate) enum CheckFailure {
+    /// The file could not be read.
+    Io(std::io::Error),
+    /// Its bytes are not the run's (the words say how).
+    Mismatch(String),
 }
 
 /// Reads until `buffer` is full or the file ends; returns the bytes read.

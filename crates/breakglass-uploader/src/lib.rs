@@ -2,10 +2,13 @@
 //! in every configured destination and reports the run.
 //!
 //! It fetches the encrypted workbook, decrypts it into a private temp file,
-//! checks it against the SHA-256 the renderer recorded, then hands it to each
-//! destination independently: one failing does not stop the others, and the
-//! run is `succeeded` only when all succeeded (`partially_failed` when some
-//! did). The outcome goes out as `run.finished` (`Nats-Msg-Id =
+//! checks it against the SHA-256 the renderer recorded, then hands it to
+//! [`breakglass_storage::deliver::store_all`]: every destination
+//! independently, transient failures retried within
+//! `upload_retry_budget_seconds` (the bus worker's in-progress acks keep
+//! the message meanwhile), a destination that already holds this run's
+//! verified copy skipped; the run is `succeeded` only when all succeeded
+//! (`partially_failed` when some did). The outcome goes out as `run.finished` (`Nats-Msg-Id =
 //! finished-<run id>`), authenticated. A `workbook.ready` that does not
 //! open, is stale, or breaks a field rule (a future `collected_at`, an
 //! `extension` other than the one its encryption makes) is dead-lettered
@@ -22,10 +25,10 @@ use breakglass_bus::{Bus, EventKind, validate, worker};
 use breakglass_core::RunId;
 use breakglass_proto::v1;
 use breakglass_service::ConfigSource;
+use breakglass_storage::Upload;
+use breakglass_storage::deliver::{self, RetryBudget};
 use breakglass_storage::manifest::ProjectRows;
-use breakglass_storage::{Destination, Upload};
 use breakglass_telemetry::metrics::{DestinationLabel, StatusLabel};
-use tracing::Instrument;
 
 /// Seeds the last-success gauges from the run outcomes the stream still
 /// holds, so a restarted uploader does not report "never" (and set off the
@@ -193,22 +196,29 @@ impl Stage for Uploader {
             key_id: &ready.key_id,
             projects: &projects,
         };
-        let mut results = Vec::new();
+        let destinations = breakglass_storage::destinations(&settings);
+        let budget = RetryBudget::new(settings.upload_retry_budget);
+        let delivery = deliver::store_all(&destinations, &upload, budget).await;
+        let metrics = breakglass_telemetry::metrics::metrics();
         let mut transient = Vec::new();
-        for destination in breakglass_storage::destinations(&settings) {
-            let described = destination.describe();
-            let span = tracing::info_span!("upload", destination = %described, bytes = size);
-            let started = std::time::Instant::now();
-            let result = destination.upload(&upload).instrument(span.clone()).await;
-            let metrics = breakglass_telemetry::metrics::metrics();
+        let mut results = Vec::new();
+        for outcome in &delivery.outcomes {
+            let described = &outcome.destination;
             let label = DestinationLabel {
                 destination: described.clone(),
             };
             metrics
                 .upload_seconds
                 .get_or_create(&label)
-                .observe(started.elapsed().as_secs_f64());
-            if let Err(err) = &result
+                .observe(outcome.elapsed.as_secs_f64());
+            if outcome.attempts > 1 {
+                metrics
+                    .upload_retries
+                    .get_or_create(&label)
+                    .inc_by(u64::from(outcome.attempts - 1));
+            }
+            let waited_ms = u64::try_from(outcome.waited.as_millis()).unwrap_or(u64::MAX);
+            if let Err(err) = &outcome.result
                 && err.is_transient()
             {
                 transient.push(err.to_string());
@@ -217,39 +227,46 @@ impl Stage for Uploader {
                     // A `retry` span inside this upload's span marks, in the
                     // trace, that the message will come again for another try.
                     let retry = tracing::warn_span!(
-                        parent: &span,
+                        parent: &outcome.span,
                         "retry",
                         destination = %described,
                         attempt = attempt.number,
                         next_attempt = attempt.number + 1,
                     );
                     retry.in_scope(|| {
-                        tracing::warn!(destination = %described, error = %err, "upload failed transiently; retrying with the next delivery");
+                        tracing::warn!(destination = %described, error = %err, waited_ms, "upload failed transiently; retrying with the next delivery");
                     });
                 }
             }
-            results.push(match result {
+            results.push(match &outcome.result {
                 Ok(receipt) => {
-                    tracing::info!(destination = %described, location = %receipt.location, "stored and verified");
+                    if receipt.already_stored {
+                        tracing::info!(destination = %described, location = %receipt.location, "already stored and verified by an earlier delivery; not sent again");
+                    } else {
+                        tracing::info!(destination = %described, location = %receipt.location, waited_ms, "stored and verified");
+                    }
                     for warning in &receipt.warnings {
                         tracing::warn!(destination = %described, warning = %warning, "stored, with a warning");
                     }
-                    metrics.destination_succeeded(&described, unix_seconds_now());
+                    metrics.destination_succeeded(described, unix_seconds_now());
                     v1::DestinationResult {
-                        destination: described,
+                        destination: described.clone(),
                         status: v1::RunStatus::Succeeded as i32,
-                        location: receipt.location,
+                        location: receipt.location.clone(),
                         size: receipt.size,
-                        sha256: receipt.sha256,
+                        sha256: receipt.sha256.clone(),
                         error: String::new(),
+                        already_stored: receipt.already_stored,
+                        waited_ms,
                     }
                 }
                 Err(err) => {
-                    tracing::error!(destination = %described, error = %err, "upload failed; the previous copy is untouched");
+                    tracing::error!(destination = %described, error = %err, waited_ms, "upload failed; the previous copy is untouched");
                     v1::DestinationResult {
-                        destination: described,
+                        destination: described.clone(),
                         status: v1::RunStatus::Failed as i32,
                         error: err.to_string(),
+                        waited_ms,
                         ..Default::default()
                     }
                 }
@@ -263,26 +280,14 @@ impl Stage for Uploader {
         }
         if !transient.is_empty() && !attempt.is_last() {
             // Try the whole message again later; destinations that already
-            // hold this run's file accept the same bytes again.
+            // hold this run's verified file are skipped then.
             return Err(StageFailure::retry(transient.join("; ")));
         }
-        let succeeded = results
-            .iter()
-            .filter(|r| r.status == v1::RunStatus::Succeeded as i32)
-            .count();
-        let status = if results.is_empty() || succeeded == 0 {
-            v1::RunStatus::Failed
-        } else if succeeded < results.len() {
-            v1::RunStatus::PartiallyFailed
-        } else {
-            v1::RunStatus::Succeeded
+        let status = match delivery.status {
+            deliver::Status::Succeeded => v1::RunStatus::Succeeded,
+            deliver::Status::PartiallyFailed => v1::RunStatus::PartiallyFailed,
+            deliver::Status::Failed => v1::RunStatus::Failed,
         };
-        let error = results
-            .iter()
-            .filter(|r| !r.error.is_empty())
-            .map(|r| r.error.clone())
-            .collect::<Vec<_>>()
-            .join("; ");
         let finished = v1::RunFinished {
             run_id: run_id.to_string(),
             status: status as i32,
@@ -291,11 +296,7 @@ impl Stage for Uploader {
             } else {
                 "upload".into()
             },
-            error: if results.is_empty() {
-                "no destination is configured".into()
-            } else {
-                error
-            },
+            error: delivery.error.clone(),
             destinations: results,
             rows: ready.projects.iter().map(|p| p.rows).sum(),
             projects: ready.projects.clone(),
