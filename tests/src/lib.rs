@@ -1283,6 +1283,18 @@ impl Isolation {
         max_deliver: i64,
         replicas: usize,
     ) -> breakglass_bus::Bus {
+        self.try_connect_bus_at(url, max_deliver, replicas)
+            .await
+            .expect("the test's NATS is reachable")
+    }
+
+    /// [`Isolation::connect_bus_at`], returning the error.
+    pub async fn try_connect_bus_at(
+        &self,
+        url: &str,
+        max_deliver: i64,
+        replicas: usize,
+    ) -> Result<breakglass_bus::Bus, breakglass_bus::BusError> {
         breakglass_bus::Bus::connect(breakglass_bus::BusOptions {
             url: url.to_owned().into(),
             prefix: self.prefix.clone(),
@@ -1294,7 +1306,6 @@ impl Isolation {
             ca_bundle: None,
         })
         .await
-        .expect("the test's NATS is reachable")
     }
 }
 
@@ -1413,8 +1424,23 @@ struct ClusterNode {
 
 impl NatsCluster {
     /// Starts three nodes and waits until each answers its health check
-    /// with JetStream on and the cluster has a meta leader.
+    /// with JetStream on and the cluster has a meta leader. Free ports are
+    /// picked by binding and releasing them, so a concurrent test may take
+    /// one in between: a node that exits at start-up (its port taken) makes
+    /// the cluster start again on fresh ports, up to three times.
     pub fn start() -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(cluster) => return cluster,
+                Err(logs) => last = logs,
+            }
+        }
+        panic!("the NATS cluster did not start in three tries:\n{last}");
+    }
+
+    /// One try of [`NatsCluster::start`]; the nodes' logs when a node died.
+    fn try_start() -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca = TestCa::generate();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -1459,19 +1485,47 @@ impl NatsCluster {
         for i in 0..3 {
             cluster.spawn(i);
         }
-        for node in &cluster.nodes {
-            let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        for i in 0..cluster.nodes.len() {
             // Plain /healthz also waits for the JetStream meta leader.
-            while !PrivateNats::healthy_at(node.monitor, "/healthz") {
+            while !PrivateNats::healthy_at(cluster.nodes[i].monitor, "/healthz") {
+                if cluster.any_node_exited() {
+                    return Err(cluster.logs());
+                }
                 assert!(
                     Instant::now() < deadline,
-                    "cluster node {} did not become healthy",
-                    node.name
+                    "cluster node {} did not become healthy\n{}",
+                    cluster.nodes[i].name,
+                    cluster.logs()
                 );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        cluster
+        // And until every node sees the meta group whole and current: only
+        // then does an R3 stream find its three peers at once (on a loaded
+        // machine the first create otherwise times out).
+        while !cluster
+            .nodes
+            .iter()
+            .all(|node| meta_group_whole(node.monitor))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the JetStream meta group did not form\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(cluster)
+    }
+
+    /// True when a node's process has ended.
+    fn any_node_exited(&mut self) -> bool {
+        self.nodes.iter_mut().any(|node| {
+            node.child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))))
+        })
     }
 
     fn spawn(&mut self, i: usize) {
@@ -1600,6 +1654,29 @@ impl Drop for NatsCluster {
             }
         }
     }
+}
+
+/// True when the node's `/jsz` shows a meta leader and both other peers
+/// current.
+fn meta_group_whole(monitor: u16) -> bool {
+    let Some(json) = http_body(monitor, "/jsz")
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+    else {
+        return false;
+    };
+    let meta = &json["meta_cluster"];
+    let leader = meta["leader"].as_str().is_some_and(|l| !l.is_empty());
+    // Only the leader lists its followers; the others see a leader.
+    let followers_current = match meta["replicas"].as_array() {
+        Some(replicas) => {
+            replicas.len() == 2
+                && replicas
+                    .iter()
+                    .all(|r| r["current"].as_bool() == Some(true))
+        }
+        None => true,
+    };
+    leader && followers_current && meta["cluster_size"].as_u64() == Some(3)
 }
 
 /// The body of `GET path` on a loopback monitor port, if it answers 200.

@@ -528,7 +528,26 @@ async fn killing_the_stream_leader_of_a_nats_cluster_mid_run_loses_and_duplicate
         20_000,
         &[("bus_replicas", "3"), ("rotation", "unique")],
     );
-    let bus = rig.bus().await;
+    // The first stream create on a fresh cluster can time out on a loaded
+    // machine while the stream's peers are placed: try for a minute.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let bus = loop {
+        match rig
+            .iso
+            .try_connect_bus_at(&rig.nats, rig.max_deliver, rig.replicas)
+            .await
+        {
+            Ok(bus) => break bus,
+            Err(err) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster took no R3 stream: {err}\n{}",
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
     let info = bus
         .jetstream()
         .get_stream(bus.subjects().stream())
