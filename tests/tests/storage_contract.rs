@@ -572,9 +572,20 @@ async fn create_only_credentials_work_with_unique(env: &mut Env) {
     let receipt = put(&writer, &first, 1, "run-1").await.unwrap();
     assert!(receipt.warnings.is_empty(), "{:?}", receipt.warnings);
     put(&writer, &second, 2, "run-2").await.unwrap();
+    // A redelivery of run 2 through a credential that cannot read: its
+    // unique name is taken, so it is this run's copy already stored; nothing
+    // is replaced (the bytes below are still run 2's first upload).
     let other = env.file("other", b"never replaces");
-    let err = put(&writer, &other, 2, "run-2").await.unwrap_err();
-    assert!(matches!(err, StorageError::Exists { .. }), "{err}");
+    let again = put(&writer, &other, 2, "run-2").await.unwrap();
+    assert!(again.already_stored, "{again:?}");
+    assert!(
+        again
+            .warnings
+            .iter()
+            .any(|w| w.contains("not verified again")),
+        "{:?}",
+        again.warnings
+    );
     assert_eq!(
         names(&reader).await,
         vec![OLD.to_owned(), sidecar(OLD), MID.to_owned(), sidecar(MID)]

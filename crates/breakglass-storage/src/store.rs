@@ -18,7 +18,9 @@
 //! The head and the put are two requests: under `overwrite`, a newer run
 //! finishing between them can still be replaced by an older one (see
 //! docs/DESTINATIONS.md). A credential without read rights makes `head`
-//! answer `None`: the rule and the redelivery skip then cannot apply.
+//! answer `None`: the `Superseded` rule cannot apply then, and a
+//! create-only put that finds this run's unique name taken counts the copy
+//! as already stored (not re-verified; the receipt says so).
 
 use crate::manifest::{self, Manifest};
 use crate::naming::{self, is_rotated_name};
@@ -69,7 +71,24 @@ pub async fn store<B: Backend + ?Sized>(
                 newer: newer.to_rfc3339(),
             });
         }
-        backend.put_file(&key, upload, mode).await?;
+        match backend.put_file(&key, upload, mode).await {
+            Ok(()) => {}
+            // A create-only credential that may not read (the least
+            // privilege a `unique`/`prune` writer gets) saw nothing at the
+            // head, yet the name is taken. The name holds this run's id and
+            // collection time, and a put is atomic (whole and verified, or
+            // absent): it is this run's copy from an earlier delivery. Said
+            // so, and not stored again; it could not be read back here.
+            Err(StorageError::Exists { .. })
+                if existing.is_none() && mode == PutMode::CreateOnly =>
+            {
+                receipt.already_stored = true;
+                receipt.warnings.push(format!(
+                    "{key} is already there from an earlier delivery of this run; this credential may not read it, so it was not verified again"
+                ));
+            }
+            Err(err) => return Err(err),
+        }
     }
     // The sidecar follows the verified object. On a redelivery it is
     // written only when missing (a crash between object and sidecar).
