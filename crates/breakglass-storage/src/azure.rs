@@ -1133,14 +1133,10 @@ impl Backend for AzureContainer {
             raw.iter()
                 .map(|(name, value)| (name.as_str(), value.as_str())),
         );
-        Ok(Some(ObjectMeta {
-            size: response.content_length().ok().flatten().unwrap_or_default(),
-            sha256: metadata.get("sha256").cloned(),
-            created_at: metadata
-                .get("created_at")
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc)),
-        }))
+        Ok(Some(ObjectMeta::from_metadata(
+            response.content_length().ok().flatten().unwrap_or_default(),
+            &metadata,
+        )))
     }
 
     async fn list(&self) -> Result<Vec<StoredObject>, StorageError> {

@@ -122,6 +122,22 @@ pub struct ObjectMeta {
     pub created_at: Option<DateTime<Utc>>,
 }
 
+impl ObjectMeta {
+    /// An object of `size` bytes with the (normalised) metadata breakglass
+    /// writes: its `sha256` and `created_at` (RFC 3339). S3 and Azure both
+    /// read a head this way.
+    pub fn from_metadata(size: u64, metadata: &std::collections::HashMap<String, String>) -> Self {
+        Self {
+            size,
+            sha256: metadata.get("sha256").cloned(),
+            created_at: metadata
+                .get("created_at")
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+        }
+    }
+}
+
 /// The whole storage backend, as primitives. The upload sequence
 /// ([`store::store`]) is written once above it; backends implement only
 /// these, each put verified as the backend allows (a local file hashed on

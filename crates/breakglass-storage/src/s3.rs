@@ -847,17 +847,13 @@ impl Backend for S3Bucket {
                 .flatten()
                 .map(|(name, value)| (name.as_str(), value.as_str())),
         );
-        Ok(Some(ObjectMeta {
-            size: output
+        Ok(Some(ObjectMeta::from_metadata(
+            output
                 .content_length()
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or_default(),
-            sha256: metadata.get("sha256").cloned(),
-            created_at: metadata
-                .get("created_at")
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc)),
-        }))
+            &metadata,
+        )))
     }
 
     async fn list(&self) -> Result<Vec<StoredObject>, StorageError> {
