@@ -42,7 +42,8 @@ pub struct Args {
     encryption: Option<String>,
 }
 
-/// Runs the job once and reports what it did.
+/// Runs the job once and reports what it did: collect and sort, render
+/// and seal in a private working folder, store everywhere, report.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let _telemetry =
@@ -65,23 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let collect_warning_count = sorted.warning_count;
     progress.writing(sorted.rows);
 
-    // A run-once killed mid-run left its working folder: remove those no
-    // live run-once holds, whatever their age.
-    breakglass_render::workdir::sweep_orphans(&[WORK_DIR_PREFIX]);
-    let temp = breakglass_render::workdir::WorkDir::create(WORK_DIR_PREFIX)
-        .context("cannot create a private temp directory")?;
-    // Ctrl-C: the working files are unnamed or encrypted; remove the
-    // folder and stop.
-    let cleanup = temp.path().to_path_buf();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = std::fs::remove_dir_all(&cleanup);
-            eprintln!(
-                "breakglass: interrupted; nothing was stored and the working files are removed"
-            );
-            std::process::exit(130);
-        }
-    });
+    let temp = private_work_dir()?;
     let options = RenderOptions {
         run_id: run_id.to_string(),
         generated_at: collected_at,
@@ -89,39 +74,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         temp_dir: temp.path().to_path_buf(),
         max_rows_per_sheet: EXCEL_MAX_DATA_ROWS,
     };
-    let rendered = {
-        let progress = progress.clone();
-        tokio::task::spawn_blocking(move || {
-            breakglass_render::render_stream(sorted, options, || progress.row_written())
-        })
-        .await
-        .context("the render task failed")?
-    };
-    let (report, plain) = rendered.context("writing the workbook failed")?;
-    // Protect the file before it goes anywhere. The plain workbook is an
-    // unnamed file: it never has a name another process could open, and
-    // vanishes with this process whatever happens.
-    let mut encryption = settings.encryption.clone();
-    let mut generated = None;
-    if encryption == Encryption::Password(None) {
-        let passphrase = breakglass_render::encrypt::generate_passphrase();
-        generated = Some(passphrase.clone());
-        encryption = Encryption::Password(Some(passphrase));
-    }
-    let (sealed, mut sealed_file) = {
-        let dir = temp.path().to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            breakglass_render::encrypt::seal_file(plain, &encryption, &dir)
-        })
-        .await
-        .context("the encryption task failed")??
-    };
-    let (size, sha256) = breakglass_render::encrypt::hash_open_file(&mut sealed_file)
-        .context("reading the workbook back")?;
+    let workbook = render_and_seal(sorted, options, &settings.encryption, &progress).await?;
+    let mut sealed_file = workbook.sealed.file;
     let stored_file = breakglass_render::encrypt::reopenable_path(&mut sealed_file, temp.path())
         .context("reading the workbook back")?;
-
-    let projects: Vec<ProjectRows> = report
+    let projects: Vec<ProjectRows> = workbook
+        .report
         .projects
         .iter()
         .map(|p| ProjectRows {
@@ -132,13 +90,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     let upload = Upload {
         file: &stored_file,
-        size,
-        sha256: &sha256,
+        size: workbook.sealed.size,
+        sha256: &workbook.sealed.sha256,
         run_id: run_id.as_str(),
         created_at: collected_at,
-        extension: sealed.extension,
-        encryption: sealed.encryption,
-        key_id: &sealed.key_id,
+        extension: workbook.sealed.sealed.extension,
+        encryption: workbook.sealed.sealed.encryption,
+        key_id: &workbook.sealed.sealed.key_id,
         projects: &projects,
     };
     let destinations = breakglass_storage::destinations(&settings);
@@ -148,18 +106,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         RetryBudget::new(settings.upload_retry_budget),
     )
     .await;
-    let succeeded = delivery.status == deliver::Status::Succeeded;
-    let mut failures = Vec::new();
-    if delivery.outcomes.is_empty() {
-        failures.push(delivery.error.clone());
-    }
-    let mut stored = Vec::new();
-    for outcome in delivery.outcomes {
-        match outcome.result {
-            Ok(receipt) => stored.push(receipt),
-            Err(err) => failures.push(err.to_string()),
-        }
-    }
     progress.done();
     if let Some(display) = display {
         let _ = display.await;
@@ -167,21 +113,129 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     outln!(
         "breakglass run-once: {} rows in {} projects from {}",
-        report.rows,
-        report.projects.len(),
+        workbook.report.rows,
+        workbook.report.projects.len(),
         source.describe()
     )?;
-    for receipt in &stored {
-        outln!(
-            "  stored {} ({} bytes, sha256 {})",
-            receipt.location,
-            receipt.size,
-            receipt.sha256
-        )?;
+    let failures = print_stored(&delivery)?;
+    print_protection(
+        workbook.generated.as_ref(),
+        workbook.sealed.sealed.encryption,
+        &workbook.sealed.sealed.key_id,
+    )?;
+    print_warnings(
+        collect_warnings.iter().chain(&workbook.report.warnings),
+        collect_warning_count + workbook.report.warning_count,
+    );
+    outln!(
+        "  run {run_id} took {:.2} s",
+        started.elapsed().as_secs_f64()
+    )?;
+    if delivery.status == deliver::Status::Succeeded {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for failure in &failures {
+            eprintln!("breakglass: {failure}");
+        }
+        Ok(ExitCode::FAILURE)
     }
-    match (&generated, sealed.encryption) {
+}
+
+/// A new private working folder; first removes those a killed run-once
+/// left (whatever their age, when no live run-once holds them), and on
+/// Ctrl-C removes this one and stops: the working files are unnamed or
+/// encrypted, so nothing readable is left either way.
+fn private_work_dir() -> anyhow::Result<breakglass_render::workdir::WorkDir> {
+    breakglass_render::workdir::sweep_orphans(&[WORK_DIR_PREFIX]);
+    let temp = breakglass_render::workdir::WorkDir::create(WORK_DIR_PREFIX)
+        .context("cannot create a private temp directory")?;
+    let cleanup = temp.path().to_path_buf();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = std::fs::remove_dir_all(&cleanup);
+            eprintln!(
+                "breakglass: interrupted; nothing was stored and the working files are removed"
+            );
+            std::process::exit(130);
+        }
+    });
+    Ok(temp)
+}
+
+/// The rendered and sealed workbook of this run.
+struct RenderedWorkbook {
+    report: breakglass_render::RenderReport,
+    sealed: breakglass_render::encrypt::SealedWorkbook,
+    /// The passphrase made for this run when `encryption: password` has
+    /// none configured; shown once in the report.
+    generated: Option<breakglass_core::Secret>,
+}
+
+/// Writes the workbook (an unnamed file: it never has a name another
+/// process could open, and vanishes with this process whatever happens)
+/// and protects it before it goes anywhere.
+async fn render_and_seal(
+    sorted: breakglass_core::SortedRows,
+    options: RenderOptions,
+    encryption: &Encryption,
+    progress: &Progress,
+) -> anyhow::Result<RenderedWorkbook> {
+    let dir = options.temp_dir.clone();
+    let progress = progress.clone();
+    let (report, plain) = tokio::task::spawn_blocking(move || {
+        breakglass_render::render_stream(sorted, options, || progress.row_written())
+    })
+    .await
+    .context("the render task failed")?
+    .context("writing the workbook failed")?;
+    let mut encryption = encryption.clone();
+    let mut generated = None;
+    if encryption == Encryption::Password(None) {
+        let passphrase = breakglass_render::encrypt::generate_passphrase();
+        generated = Some(passphrase.clone());
+        encryption = Encryption::Password(Some(passphrase));
+    }
+    let sealed = tokio::task::spawn_blocking(move || {
+        breakglass_render::encrypt::seal_and_hash(plain, &encryption, &dir)
+    })
+    .await
+    .context("the encryption task failed")??;
+    Ok(RenderedWorkbook {
+        report,
+        sealed,
+        generated,
+    })
+}
+
+/// Prints each stored copy; hands back the failures, one sentence each.
+fn print_stored(delivery: &deliver::Delivery) -> anyhow::Result<Vec<String>> {
+    let mut failures = Vec::new();
+    if delivery.outcomes.is_empty() {
+        failures.push(delivery.error.clone());
+    }
+    for outcome in &delivery.outcomes {
+        match &outcome.result {
+            Ok(receipt) => outln!(
+                "  stored {} ({} bytes, sha256 {})",
+                receipt.location,
+                receipt.size,
+                receipt.sha256
+            )?,
+            Err(err) => failures.push(err.to_string()),
+        }
+    }
+    Ok(failures)
+}
+
+/// Says how the stored file is protected; a passphrase made for this run
+/// is shown here once and nowhere else (not logged, not stored).
+fn print_protection(
+    generated: Option<&breakglass_core::Secret>,
+    encryption: &str,
+    key_id: &str,
+) -> anyhow::Result<()> {
+    match (generated, encryption) {
         (Some(passphrase), _) => {
-            // Shown once, here, and nowhere else (not logged, not stored).
             outln!(
                 "  encrypted with a new passphrase, shown only now: {}",
                 passphrase.expose()
@@ -191,11 +245,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )?;
         }
         (None, "password") => outln!("  encrypted with the configured passphrase")?,
-        (None, "age") => outln!("  encrypted with age to {}", sealed.key_id)?,
+        (None, "age") => outln!("  encrypted with age to {key_id}")?,
         _ => eprintln!("  warning: the workbook is stored UNENCRYPTED (encryption: none)"),
     }
-    let warning_count = collect_warning_count + report.warning_count;
-    for warning in collect_warnings.iter().chain(&report.warnings).take(20) {
+    Ok(())
+}
+
+/// Lists the first 20 warnings of the run on stderr, and how many more the
+/// workbook's Summary tab holds.
+fn print_warnings<'a>(warnings: impl Iterator<Item = &'a breakglass_core::RowWarning>, count: u64) {
+    for warning in warnings.take(20) {
         if warning.project.is_empty() && warning.device.is_empty() {
             // A warning about the run itself (e.g. inventory_url's TLS).
             eprintln!("  warning: {}: {}", warning.field, warning.message);
@@ -206,23 +265,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if warning_count > 20 {
+    if count > 20 {
         eprintln!(
             "  ... and {} more warnings (all listed on the workbook's Summary tab)",
-            warning_count - 20
+            count - 20
         );
-    }
-    outln!(
-        "  run {run_id} took {:.2} s",
-        started.elapsed().as_secs_f64()
-    )?;
-    if succeeded {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for failure in &failures {
-            eprintln!("breakglass: {failure}");
-        }
-        Ok(ExitCode::FAILURE)
     }
 }
 

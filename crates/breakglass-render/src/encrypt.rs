@@ -103,6 +103,38 @@ pub fn seal_file(
     Ok((sealed, file))
 }
 
+/// The file the destinations will hold: the sealed workbook, open and
+/// positioned at its start, with the size and SHA-256 every upload is
+/// verified by.
+#[derive(Debug)]
+pub struct SealedWorkbook {
+    /// What was applied.
+    pub sealed: Sealed,
+    /// The sealed content (unnamed unless `encryption: none` on a named input).
+    pub file: File,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Its lowercase hex SHA-256.
+    pub sha256: String,
+}
+
+/// The one render-to-store step the renderer service and `run-once` share:
+/// [`seal_file`] then [`hash_open_file`].
+pub fn seal_and_hash(
+    plain: File,
+    encryption: &Encryption,
+    temp_dir: &Path,
+) -> Result<SealedWorkbook, SealError> {
+    let (sealed, mut file) = seal_file(plain, encryption, temp_dir)?;
+    let (size, sha256) = hash_open_file(&mut file).map_err(|err| SealError::Io(err.to_string()))?;
+    Ok(SealedWorkbook {
+        sealed,
+        file,
+        size,
+        sha256,
+    })
+}
+
 /// A path that opens `file` for reading while it is open, though it has no
 /// name: `/proc/self/fd/N` on Linux. Elsewhere the file is copied into a
 /// new named file in `fallback_dir` (sealed content only should go there).

@@ -26,7 +26,7 @@ use breakglass_bus::{Bus, EventKind, validate, worker};
 use breakglass_config::Encryption;
 use breakglass_core::{RowWarning, RunId};
 use breakglass_proto::v1;
-use breakglass_render::encrypt::Sealed;
+use breakglass_render::encrypt::{Sealed, SealedWorkbook};
 use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions, RenderReport, WorkbookBuilder};
 use breakglass_service::ConfigSource;
 use std::path::Path;
@@ -253,15 +253,19 @@ fn render_encrypted(
         .map_err(|err| StageFailure::retry(err.to_string()))?;
     // The file the destinations will hold: the workbook protected as the
     // settings say. Its size and hash are what every upload is verified by.
-    let (sealed, mut stored) = breakglass_render::encrypt::seal_file(plain, encryption, dir)
-        .map_err(|err| match err {
+    let SealedWorkbook {
+        sealed,
+        file: mut stored,
+        size,
+        sha256,
+    } = breakglass_render::encrypt::seal_and_hash(plain, encryption, dir).map_err(
+        |err| match err {
             breakglass_render::encrypt::SealError::Config(_) => {
                 StageFailure::permanent(err.to_string())
             }
             _ => StageFailure::retry(err.to_string()),
-        })?;
-    let (size, sha256) = breakglass_render::encrypt::hash_open_file(&mut stored)
-        .map_err(|err| StageFailure::retry(err.to_string()))?;
+        },
+    )?;
     let encrypted = dir.join("workbook.age");
     key.encrypt_to_file(&encrypted, |out| {
         std::io::copy(&mut stored, out).map(|_| ())

@@ -134,48 +134,14 @@ impl Stage for Uploader {
         attempt: Attempt,
     ) -> Result<(), StageFailure> {
         let (ready, run_id) = read_workbook_ready(bus, message)?;
-        let snapshot = ready.snapshot.clone().unwrap_or_default();
-        let trigger = snapshot.trigger.clone().unwrap_or_default();
         let settings = self.config.load_for_run()?;
-        let reference = ready.workbook.clone().ok_or_else(|| {
-            StageFailure::permanent("workbook.ready carries no workbook reference")
-        })?;
         let temp = tempfile::Builder::new()
             .prefix("breakglass-uploader-")
             .tempdir()
             .map_err(|err| {
                 StageFailure::retry(format!("cannot create a private temp directory: {err}"))
             })?;
-        let encrypted = temp.path().join("workbook.age");
-        bus.fetch_payload(&reference, &encrypted)
-            .await
-            .map_err(|err| StageFailure::retry(err.to_string()))?;
-        let plain = temp.path().join("workbook.xlsx");
-        let key = self.key.clone();
-        let (src, dst) = (encrypted.clone(), plain.clone());
-        let (size, sha256) =
-            tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
-                let mut reader = key.decrypt_file(&src)?;
-                let mut out = breakglass_core::private_fs::create_new(&dst)?;
-                std::io::copy(&mut reader, &mut out)?;
-                out.sync_all()?;
-                hash_file(&dst)
-            })
-            .await
-            .map_err(|err| StageFailure::retry(format!("decrypt task failed: {err}")))?
-            .map_err(|err| StageFailure::permanent(format!("workbook payload: {err}")))?;
-        if size != ready.workbook_size || sha256 != ready.workbook_sha256 {
-            return Err(StageFailure::permanent(format!(
-                "workbook payload does not match the renderer's record: {size} bytes / {sha256} versus {} bytes / {}",
-                ready.workbook_size, ready.workbook_sha256
-            )));
-        }
-        // Checked by `validate::workbook_ready`: not in the future, and the
-        // extension is the one the encryption makes.
-        let created_at = chrono::DateTime::from_timestamp_millis(snapshot.collected_at_unix_ms)
-            .unwrap_or_else(chrono::Utc::now);
-        let extension = ready.extension.as_str();
-        let encryption = ready.encryption.as_str();
+        let workbook = fetch_workbook(bus, &self.key, &ready, temp.path()).await?;
         let projects: Vec<ProjectRows> = ready
             .projects
             .iter()
@@ -185,42 +151,148 @@ impl Stage for Uploader {
                 rows: p.rows,
             })
             .collect();
+        let snapshot = ready.snapshot.clone().unwrap_or_default();
         let upload = Upload {
-            file: &plain,
-            size,
-            sha256: &sha256,
+            file: &workbook.path,
+            size: workbook.size,
+            sha256: &workbook.sha256,
             run_id: run_id.as_str(),
-            created_at,
-            extension,
-            encryption,
+            // Checked by `validate::workbook_ready`: not in the future, and
+            // the extension is the one the encryption makes.
+            created_at: chrono::DateTime::from_timestamp_millis(snapshot.collected_at_unix_ms)
+                .unwrap_or_else(chrono::Utc::now),
+            extension: &ready.extension,
+            encryption: &ready.encryption,
             key_id: &ready.key_id,
             projects: &projects,
         };
         let destinations = breakglass_storage::destinations(&settings);
         let budget = RetryBudget::new(settings.upload_retry_budget);
         let delivery = deliver::store_all(&destinations, &upload, budget).await;
-        let metrics = breakglass_telemetry::metrics::metrics();
         let mut transient = Vec::new();
-        let mut results = Vec::new();
-        for outcome in &delivery.outcomes {
-            let described = &outcome.destination;
-            let label = DestinationLabel {
-                destination: described.clone(),
-            };
-            metrics
-                .upload_seconds
-                .get_or_create(&label)
-                .observe(outcome.elapsed.as_secs_f64());
-            if outcome.attempts > 1 {
-                metrics
-                    .upload_retries
-                    .get_or_create(&label)
-                    .inc_by(u64::from(outcome.attempts - 1));
+        let results: Vec<v1::DestinationResult> = delivery
+            .outcomes
+            .iter()
+            .map(|outcome| record_outcome(outcome, attempt, &mut transient))
+            .collect();
+        // The working files go before the run is reported: whoever acts on
+        // run.finished (a test, an operator stopping the pod) finds nothing
+        // of this run left on disk.
+        if let Err(err) = temp.close() {
+            tracing::warn!(error = %err, "could not remove the working folder; the next start sweeps it");
+        }
+        if !transient.is_empty() && !attempt.is_last() {
+            // Try the whole message again later; destinations that already
+            // hold this run's verified file are skipped then.
+            return Err(StageFailure::retry(transient.join("; ")));
+        }
+        report_run(bus, &run_id, &ready, &delivery, results).await?;
+        breakglass_telemetry::metrics::metrics()
+            .last_workbook_bytes
+            .set(workbook.size as i64);
+        Ok(())
+    }
+}
+
+/// The plain workbook of a run, decrypted into the uploader's private temp
+/// folder and checked against the renderer's record.
+struct FetchedWorkbook {
+    path: std::path::PathBuf,
+    size: u64,
+    sha256: String,
+}
+
+/// Fetches the sealed workbook from the payload store, decrypts it into
+/// `folder` and refuses it unless size and SHA-256 match what the renderer
+/// recorded in the (authenticated) `workbook.ready`.
+async fn fetch_workbook(
+    bus: &Bus,
+    key: &PayloadKey,
+    ready: &v1::WorkbookReady,
+    folder: &std::path::Path,
+) -> Result<FetchedWorkbook, StageFailure> {
+    let reference = ready
+        .workbook
+        .as_ref()
+        .ok_or_else(|| StageFailure::permanent("workbook.ready carries no workbook reference"))?;
+    let encrypted = folder.join("workbook.age");
+    bus.fetch_payload(reference, &encrypted)
+        .await
+        .map_err(|err| StageFailure::retry(err.to_string()))?;
+    let plain = folder.join("workbook.xlsx");
+    let key = key.clone();
+    let (src, dst) = (encrypted, plain.clone());
+    let (size, sha256) = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
+        let mut reader = key.decrypt_file(&src)?;
+        let mut out = breakglass_core::private_fs::create_new(&dst)?;
+        std::io::copy(&mut reader, &mut out)?;
+        out.sync_all()?;
+        hash_file(&dst)
+    })
+    .await
+    .map_err(|err| StageFailure::retry(format!("decrypt task failed: {err}")))?
+    .map_err(|err| StageFailure::permanent(format!("workbook payload: {err}")))?;
+    if size != ready.workbook_size || sha256 != ready.workbook_sha256 {
+        return Err(StageFailure::permanent(format!(
+            "workbook payload does not match the renderer's record: {size} bytes / {sha256} versus {} bytes / {}",
+            ready.workbook_size, ready.workbook_sha256
+        )));
+    }
+    Ok(FetchedWorkbook {
+        path: plain,
+        size,
+        sha256,
+    })
+}
+
+/// Logs, meters and traces one destination's outcome and turns it into the
+/// run result's line; a transient failure's cause goes into `transient`
+/// (the message is tried again unless this was the last delivery).
+fn record_outcome(
+    outcome: &deliver::Outcome,
+    attempt: Attempt,
+    transient: &mut Vec<String>,
+) -> v1::DestinationResult {
+    let metrics = breakglass_telemetry::metrics::metrics();
+    let described = &outcome.destination;
+    let label = DestinationLabel {
+        destination: described.clone(),
+    };
+    metrics
+        .upload_seconds
+        .get_or_create(&label)
+        .observe(outcome.elapsed.as_secs_f64());
+    if outcome.attempts > 1 {
+        metrics
+            .upload_retries
+            .get_or_create(&label)
+            .inc_by(u64::from(outcome.attempts - 1));
+    }
+    let waited_ms = u64::try_from(outcome.waited.as_millis()).unwrap_or(u64::MAX);
+    match &outcome.result {
+        Ok(receipt) => {
+            if receipt.already_stored {
+                tracing::info!(destination = %described, location = %receipt.location, "already stored and verified by an earlier delivery; not sent again");
+            } else {
+                tracing::info!(destination = %described, location = %receipt.location, waited_ms, "stored and verified");
             }
-            let waited_ms = u64::try_from(outcome.waited.as_millis()).unwrap_or(u64::MAX);
-            if let Err(err) = &outcome.result
-                && err.is_transient()
-            {
+            for warning in &receipt.warnings {
+                tracing::warn!(destination = %described, warning = %warning, "stored, with a warning");
+            }
+            metrics.destination_succeeded(described, unix_seconds_now());
+            v1::DestinationResult {
+                destination: described.clone(),
+                status: v1::RunStatus::Succeeded as i32,
+                location: receipt.location.clone(),
+                size: receipt.size,
+                sha256: receipt.sha256.clone(),
+                error: String::new(),
+                already_stored: receipt.already_stored,
+                waited_ms,
+            }
+        }
+        Err(err) => {
+            if err.is_transient() {
                 transient.push(err.to_string());
                 if !attempt.is_last() {
                     metrics.upload_retries.get_or_create(&label).inc();
@@ -238,85 +310,62 @@ impl Stage for Uploader {
                     });
                 }
             }
-            results.push(match &outcome.result {
-                Ok(receipt) => {
-                    if receipt.already_stored {
-                        tracing::info!(destination = %described, location = %receipt.location, "already stored and verified by an earlier delivery; not sent again");
-                    } else {
-                        tracing::info!(destination = %described, location = %receipt.location, waited_ms, "stored and verified");
-                    }
-                    for warning in &receipt.warnings {
-                        tracing::warn!(destination = %described, warning = %warning, "stored, with a warning");
-                    }
-                    metrics.destination_succeeded(described, unix_seconds_now());
-                    v1::DestinationResult {
-                        destination: described.clone(),
-                        status: v1::RunStatus::Succeeded as i32,
-                        location: receipt.location.clone(),
-                        size: receipt.size,
-                        sha256: receipt.sha256.clone(),
-                        error: String::new(),
-                        already_stored: receipt.already_stored,
-                        waited_ms,
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(destination = %described, error = %err, waited_ms, "upload failed; the previous copy is untouched");
-                    v1::DestinationResult {
-                        destination: described.clone(),
-                        status: v1::RunStatus::Failed as i32,
-                        error: err.to_string(),
-                        waited_ms,
-                        ..Default::default()
-                    }
-                }
-            });
+            tracing::error!(destination = %described, error = %err, waited_ms, "upload failed; the previous copy is untouched");
+            v1::DestinationResult {
+                destination: described.clone(),
+                status: v1::RunStatus::Failed as i32,
+                error: err.to_string(),
+                waited_ms,
+                ..Default::default()
+            }
         }
-        // The working files go before the run is reported: whoever acts on
-        // run.finished (a test, an operator stopping the pod) finds nothing
-        // of this run left on disk.
-        if let Err(err) = temp.close() {
-            tracing::warn!(error = %err, "could not remove the working folder; the next start sweeps it");
-        }
-        if !transient.is_empty() && !attempt.is_last() {
-            // Try the whole message again later; destinations that already
-            // hold this run's verified file are skipped then.
-            return Err(StageFailure::retry(transient.join("; ")));
-        }
-        let status = match delivery.status {
-            deliver::Status::Succeeded => v1::RunStatus::Succeeded,
-            deliver::Status::PartiallyFailed => v1::RunStatus::PartiallyFailed,
-            deliver::Status::Failed => v1::RunStatus::Failed,
-        };
-        let finished = v1::RunFinished {
-            run_id: run_id.to_string(),
-            status: status as i32,
-            failed_stage: if status == v1::RunStatus::Succeeded {
-                String::new()
-            } else {
-                "upload".into()
-            },
-            error: delivery.error.clone(),
-            destinations: results,
-            rows: ready.projects.iter().map(|p| p.rows).sum(),
-            projects: ready.projects.clone(),
-            warning_count: ready.warning_count,
-            warnings: ready.warnings.clone(),
-            finished_at_unix_ms: worker::chrono_now_ms(),
-            trigger: Some(trigger),
-        };
-        bus.publish_event(EventKind::RunFinished, &run_id, &finished)
-            .await
-            .map_err(|err| StageFailure::retry(err.to_string()))?;
-        tracing::info!(status = ?status, "run finished");
-        let metrics = breakglass_telemetry::metrics::metrics();
-        metrics
-            .runs_finished
-            .get_or_create(&StatusLabel {
-                status: status_name(status).into(),
-            })
-            .inc();
-        metrics.last_workbook_bytes.set(size as i64);
-        Ok(())
     }
+}
+
+/// Publishes the run's authenticated `run.finished` and counts it.
+async fn report_run(
+    bus: &Bus,
+    run_id: &RunId,
+    ready: &v1::WorkbookReady,
+    delivery: &deliver::Delivery,
+    results: Vec<v1::DestinationResult>,
+) -> Result<(), StageFailure> {
+    let status = match delivery.status {
+        deliver::Status::Succeeded => v1::RunStatus::Succeeded,
+        deliver::Status::PartiallyFailed => v1::RunStatus::PartiallyFailed,
+        deliver::Status::Failed => v1::RunStatus::Failed,
+    };
+    let trigger = ready
+        .snapshot
+        .as_ref()
+        .and_then(|s| s.trigger.clone())
+        .unwrap_or_default();
+    let finished = v1::RunFinished {
+        run_id: run_id.to_string(),
+        status: status as i32,
+        failed_stage: if status == v1::RunStatus::Succeeded {
+            String::new()
+        } else {
+            "upload".into()
+        },
+        error: delivery.error.clone(),
+        destinations: results,
+        rows: ready.projects.iter().map(|p| p.rows).sum(),
+        projects: ready.projects.clone(),
+        warning_count: ready.warning_count,
+        warnings: ready.warnings.clone(),
+        finished_at_unix_ms: worker::chrono_now_ms(),
+        trigger: Some(trigger),
+    };
+    bus.publish_event(EventKind::RunFinished, run_id, &finished)
+        .await
+        .map_err(|err| StageFailure::retry(err.to_string()))?;
+    tracing::info!(status = ?status, "run finished");
+    breakglass_telemetry::metrics::metrics()
+        .runs_finished
+        .get_or_create(&StatusLabel {
+            status: status_name(status).into(),
+        })
+        .inc();
+    Ok(())
 }
