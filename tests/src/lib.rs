@@ -21,6 +21,7 @@
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// NATS with JetStream for tests.
@@ -244,6 +245,15 @@ impl ServiceProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`...) without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{signal} {}", self.name);
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -1797,11 +1807,15 @@ impl Drop for PrivatePostgres {
 /// server process stops) and bring back on the same port. Emulates a
 /// storage outage without losing an in-memory server's (moto's,
 /// Azurite's) objects, so the previous copy can be checked afterwards.
+/// It can also hold chosen HTTP requests forever ([`OutageProxy::stall`]),
+/// so a test can stop a client in the middle of one step.
 pub struct OutageProxy {
     /// The port clients use.
     pub port: u16,
     target: std::net::SocketAddr,
     task: Option<tokio::task::JoinHandle<()>>,
+    stall: Arc<Mutex<Option<(String, String)>>>,
+    stalled: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl OutageProxy {
@@ -1811,6 +1825,8 @@ impl OutageProxy {
             port: free_port(),
             target,
             task: None,
+            stall: Arc::default(),
+            stalled: Arc::default(),
         };
         proxy.up().await;
         proxy
@@ -1822,6 +1838,23 @@ impl OutageProxy {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+
+    /// From now on, an HTTP request `METHOD /path…` whose path (query
+    /// left out) ends with `path_suffix` is never forwarded: the client
+    /// waits on it forever, as on a server that hangs mid-request.
+    pub fn stall(&self, method: &str, path_suffix: &str) {
+        *self.stall.lock().unwrap() = Some((method.to_owned(), path_suffix.to_owned()));
+    }
+
+    /// Forwards every request again (held ones stay held).
+    pub fn release(&self) {
+        *self.stall.lock().unwrap() = None;
+    }
+
+    /// How many requests [`OutageProxy::stall`] has held so far.
+    pub fn stalled(&self) -> usize {
+        self.stalled.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Brings it back on the same port.
@@ -1838,17 +1871,70 @@ impl OutageProxy {
             }
         };
         let target = self.target;
+        let (stall, stalled) = (self.stall.clone(), self.stalled.clone());
         self.task = Some(tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
+                let (stall, stalled) = (stall.clone(), stalled.clone());
                 connections.spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = tokio::net::TcpStream::connect(target).await {
+                        forward(client, server, stall, stalled).await;
                     }
                 });
             }
         }));
     }
+}
+
+/// Copies both ways; client bytes that start a stalled request are held.
+async fn forward(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    stall: Arc<Mutex<Option<(String, String)>>>,
+    stalled: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let held = stall
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|(method, suffix)| starts_request(&buffer[..n], method, suffix));
+            if held {
+                stalled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
+            if server_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    };
+    let downstream = async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+}
+
+/// Whether `bytes` begin an HTTP request `method` for a path ending with `suffix`.
+fn starts_request(bytes: &[u8], method: &str, suffix: &str) -> bool {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    parts.next() == Some(method)
+        && parts
+            .next()
+            .map(|target| target.split('?').next().unwrap_or_default())
+            .is_some_and(|path| path.ends_with(suffix))
 }
 
 impl Drop for OutageProxy {

@@ -1162,3 +1162,298 @@ async fn redeliveries_of_a_trigger_without_traceparent_stay_in_one_trace() {
     bus.close().await;
     rig.iso.cleanup_bus().await;
 }
+
+/// The keys of the bucket's objects, sorted.
+fn bucket_keys(moto: &Moto, bucket: &str) -> Vec<String> {
+    serde_json::from_str(&moto.tool(&["list", bucket, ""])).unwrap()
+}
+
+/// `prune` rotation on S3 with the uploader killed while a request of the
+/// upload hangs (`stall_suffix` picks which: the object's PUT, or the
+/// sidecar's after the object is stored). Until the newer copy is verified
+/// the prior copy and its sidecar stay; the restarted uploader finishes the
+/// run from the redelivery, and then only the newer copy and its sidecar
+/// remain: nothing half-written, nothing pruned early, nothing duplicated.
+async fn prune_survives_the_uploader_killed_during(test: &str, stall_suffix: &str) -> Vec<String> {
+    let moto = Moto::start();
+    moto.tool(&["create-bucket", "prune"]);
+    let proxy = OutageProxy::start(([127, 0, 0, 1], port_of(&moto.endpoint)).into()).await;
+    let nats = nats_url();
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let rig = Rig::new(
+        test,
+        &nats,
+        200,
+        &[
+            ("storage_provider", "s3"),
+            ("rotation", "prune"),
+            ("s3_bucket", "prune"),
+            ("s3_url", url.as_str()),
+            ("s3_protocol", "http"),
+            ("s3_access_key_id", "AKIATESTKEY"),
+            ("s3_secret_access_key", "test-secret-access-key"),
+        ],
+    );
+    let bus = rig.bus().await;
+    let mut services = rig.start_all();
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    let prior_id = format!("prior-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&prior_id)).await.unwrap();
+    let prior = finished(&bus, &prior_id, Duration::from_secs(120), &refs).await;
+    assert_eq!(prior.status, v1::RunStatus::Succeeded as i32, "{prior:?}");
+    let prior_keys = bucket_keys(&moto, "prune");
+    assert_eq!(
+        prior_keys.len(),
+        2,
+        "one copy and its sidecar: {prior_keys:?}"
+    );
+
+    proxy.stall("PUT", stall_suffix);
+    let run_id = format!("{test}-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while proxy.stalled() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no PUT …{stall_suffix} came:\n{}",
+            logs(&refs)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(refs);
+    services[2].kill();
+    let crashed = bucket_keys(&moto, "prune");
+    for key in &prior_keys {
+        assert!(
+            crashed.contains(key),
+            "{key} was pruned before the newer copy was verified: {crashed:?}"
+        );
+    }
+    proxy.release();
+    services[2] = rig.start("uploader");
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    let done = finished(&bus, &run_id, Duration::from_secs(120), &refs).await;
+    assert_eq!(done.status, v1::RunStatus::Succeeded as i32, "{done:?}");
+    let after = bucket_keys(&moto, "prune");
+    assert_eq!(
+        after.len(),
+        2,
+        "only the newer copy and its sidecar: {after:?}"
+    );
+    for key in &prior_keys {
+        assert!(!after.contains(key), "{key} was not pruned: {after:?}");
+    }
+    let object = after
+        .iter()
+        .find(|k| !k.ends_with(".manifest.json"))
+        .unwrap();
+    assert!(
+        after.contains(&format!("{object}.manifest.json")),
+        "the newer copy has its sidecar: {after:?}"
+    );
+    let copy = rig.dir.path().join("after.xlsx");
+    moto.tool(&["get", "prune", object, copy.to_str().unwrap()]);
+    assert_eq!(
+        done.destinations[0].sha256,
+        sha(&copy),
+        "the verified copy is stored"
+    );
+    rig.assert_no_plaintext_in_temp();
+    bus.close().await;
+    rig.iso.cleanup_bus().await;
+    crashed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_with_the_uploader_killed_mid_upload_keeps_the_prior_copy_until_the_new_one_is_verified()
+ {
+    let crashed = prune_survives_the_uploader_killed_during("prunemid", ".xlsx").await;
+    assert_eq!(crashed.len(), 2, "no half-written object: {crashed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_with_the_uploader_killed_between_object_and_sidecar_completes_the_sidecar() {
+    let crashed = prune_survives_the_uploader_killed_during("prunesidecar", ".manifest.json").await;
+    assert_eq!(
+        crashed.len(),
+        3,
+        "the newer object is stored, its sidecar not yet: {crashed:?}"
+    );
+}
+
+/// The local destination's disk fills up (`s3,local`): S3 stores the run,
+/// the local folder fails with the cause in plain words, the prior local
+/// copy stays whole and no partial file is left beside it; the redeliveries
+/// do not send to S3 again; once there is room the next run stores both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_local_disk_fails_that_destination_only_and_keeps_its_prior_copy() {
+    let moto = Moto::start();
+    moto.tool(&["create-bucket", "diskfull"]);
+    let nats = nats_url();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallTmpfs::mount(&dir.path().join("disk"), "4m");
+    let local_dir = disk.0.display().to_string();
+    let rig = Rig::new(
+        "diskfull",
+        &nats,
+        20_000,
+        &[
+            ("storage_provider", "s3,local"),
+            ("local_dir", local_dir.as_str()),
+            ("max_deliver", "3"),
+            ("s3_bucket", "diskfull"),
+            ("s3_url", moto.endpoint.as_str()),
+            ("s3_protocol", "http"),
+            ("s3_access_key_id", "AKIATESTKEY"),
+            ("s3_secret_access_key", "test-secret-access-key"),
+        ],
+    );
+    let local_copy = disk.0.join("breakglass-backup.xlsx");
+    let bus = rig.bus().await;
+    let services = rig.start_all();
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    let prior_id = format!("prior-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&prior_id)).await.unwrap();
+    let done = finished(&bus, &prior_id, Duration::from_secs(120), &refs).await;
+    assert_eq!(done.status, v1::RunStatus::Succeeded as i32, "{done:?}");
+    let prior = sha(&local_copy);
+    let mut prior_files = walk(&disk.0);
+    prior_files.sort();
+
+    // Fill the disk, leaving 64 KiB: far less than a workbook.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
+        let len = file.metadata().unwrap().len();
+        file.set_len(len.saturating_sub(64 * 1024)).unwrap();
+    }
+    let run_id = format!("diskfull-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    let done = finished(&bus, &run_id, Duration::from_secs(180), &refs).await;
+    assert_eq!(
+        done.status,
+        v1::RunStatus::PartiallyFailed as i32,
+        "{done:?}"
+    );
+    assert_eq!(done.failed_stage, "upload", "{done:?}");
+    let local = done
+        .destinations
+        .iter()
+        .find(|d| d.destination.starts_with("local:"))
+        .unwrap();
+    assert_eq!(local.status, v1::RunStatus::Failed as i32, "{local:?}");
+    assert!(
+        local.error.contains("No space left on device"),
+        "the cause is named: {}",
+        local.error
+    );
+    assert!(
+        !local.error.contains("Os {") && !local.error.contains("kind:"),
+        "plain words, no debug dump: {}",
+        local.error
+    );
+    let s3 = done
+        .destinations
+        .iter()
+        .find(|d| d.destination.starts_with("s3:"))
+        .unwrap();
+    assert_eq!(s3.status, v1::RunStatus::Succeeded as i32, "{s3:?}");
+    let copy = rig.dir.path().join("s3.xlsx");
+    moto.tool(&[
+        "get",
+        "diskfull",
+        "breakglass-backup.xlsx",
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(s3.sha256, sha(&copy), "S3 holds this run's verified copy");
+    assert_eq!(sha(&local_copy), prior, "the prior local copy is intact");
+    let mut left = walk(&disk.0);
+    left.retain(|f| *f != filler);
+    left.sort();
+    assert_eq!(left, prior_files, "no partial file beside the prior copy");
+    let stored = services[2]
+        .log_text()
+        .matches(r#""message":"stored and verified""#)
+        .count();
+    assert_eq!(
+        stored,
+        3,
+        "S3 got this run once (prior: S3 and local; this run: S3), however often it was delivered:\n{}",
+        services[2].log_text()
+    );
+    rig.assert_no_plaintext_in_temp();
+
+    // Room again: the next run stores in both.
+    std::fs::remove_file(&filler).unwrap();
+    let again = format!("diskfull-again-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&again)).await.unwrap();
+    let done = finished(&bus, &again, Duration::from_secs(120), &refs).await;
+    assert_eq!(done.status, v1::RunStatus::Succeeded as i32, "{done:?}");
+    assert_ne!(sha(&local_copy), prior);
+    bus.close().await;
+    rig.iso.cleanup_bus().await;
+}
+
+/// The renderer is stopped (SIGSTOP) mid-run for longer than `ack_wait`:
+/// a second renderer replica gets the redelivered snapshot and the run
+/// completes; the stopped one, continued, finishes its stale copy without
+/// making a second workbook or outcome, and both serve the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renderer_stopped_past_ack_wait_does_not_stall_or_duplicate_the_run() {
+    let nats = nats_url();
+    let rig = Rig::new("renderstop", &nats, 20_000, &[]);
+    let bus = rig.bus().await;
+    let mut services = rig.start_all();
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
+    let prior = prior_run(&rig, &bus, &refs).await;
+
+    let run_id = format!("renderstop-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    wait_for_nth(&services[1], "message received", 2, Duration::from_secs(60)).await;
+    services[1].signal("STOP");
+    assert_eq!(
+        services[1].log_text().matches("workbook stored").count(),
+        1,
+        "the stop came too late to be mid-run:\n{}",
+        services[1].log_text()
+    );
+    let second = rig.start("renderer");
+    let mut all: Vec<&ServiceProcess> = services.iter().collect();
+    all.push(&second);
+    let done = finished(&bus, &run_id, Duration::from_secs(120), &all).await;
+    assert_new_copy(&rig, &done, &prior);
+    drop(all);
+    services[1].signal("CONT");
+    // The continued renderer gets to the end of its stale delivery.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(services[1].is_running(), "{}", services[1].log_text());
+    for kind in [".workbook.ready", ".run.finished"] {
+        assert_eq!(
+            count_for_run(&rig.iso.prefix, kind, &run_id).await,
+            1,
+            "{kind}"
+        );
+    }
+    let stored = sha(&rig.local_copy());
+    assert_eq!(
+        done.destinations[0].sha256, stored,
+        "the copy is the verified one"
+    );
+    rig.assert_no_plaintext_in_temp();
+
+    let again = format!("renderstop-again-{}", rig.iso.prefix);
+    bus.trigger(&trigger(&again)).await.unwrap();
+    let mut all: Vec<&ServiceProcess> = services.iter().collect();
+    all.push(&second);
+    let done = finished(&bus, &again, Duration::from_secs(120), &all).await;
+    assert_new_copy(&rig, &done, &stored);
+    bus.close().await;
+    rig.iso.cleanup_bus().await;
+}
