@@ -88,6 +88,30 @@ impl PayloadKey {
     }
 }
 
+/// The object's next chunk at or after `sequence`; "not found" (a replica
+/// behind the leader) is asked again for up to about two seconds.
+async fn next_chunk(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    subject: &str,
+    sequence: u64,
+) -> Result<async_nats::jetstream::message::StreamMessage, async_nats::jetstream::stream::DirectGetError>
+{
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    let mut tries = 0;
+    loop {
+        match stream
+            .direct_get_next_for_subject(subject, Some(sequence))
+            .await
+        {
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Bus {
     /// The payload bucket, created with the configured TTL when missing.
     pub async fn payload_store(&self) -> Result<ObjectStore, BusError> {
@@ -141,6 +165,14 @@ impl Bus {
 
     /// Downloads a payload into `dest` (still encrypted) and checks its size
     /// and SHA-256 against the reference.
+    ///
+    /// Chunk by chunk, one direct get each (`next_by_subj` on the object's
+    /// chunk subject), so at most one 128 KiB chunk is in memory whatever
+    /// the payload's size. (The object store's own `get` reads through a
+    /// push consumer that the server fills as fast as it can: a reader
+    /// slower than NATS held the whole payload in its buffer.) A replica
+    /// that has not caught up answers "not found" for a chunk it lacks yet:
+    /// asked again, briefly.
     pub async fn fetch_payload(
         &self,
         reference: &v1::PayloadRef,
@@ -151,16 +183,33 @@ impl Bus {
             reason,
         };
         let store = self.payload_store().await?;
-        let mut object = store
-            .get(&reference.name)
+        let info = store
+            .info(&reference.name)
             .await
             .map_err(|err| fail(format!("cannot fetch: {err}")))?;
+        if info.deleted {
+            return Err(fail("cannot fetch: the payload was deleted".into()));
+        }
+        let bucket = self.subjects().payload_bucket();
+        let stream = self
+            .jetstream()
+            .get_stream_no_info(format!("OBJ_{bucket}"))
+            .await
+            .map_err(|err| fail(format!("cannot fetch: {err}")))?;
+        let chunk_subject = format!("$O.{bucket}.C.{}", info.nuid);
         let mut file = tokio::fs::File::from_std(
             private_create(dest).map_err(|err| fail(format!("cannot create temp file: {err}")))?,
         );
-        tokio::io::copy(&mut object, &mut file)
-            .await
-            .map_err(|err| fail(format!("download interrupted: {err}")))?;
+        let mut next_sequence = 1;
+        for _ in 0..info.chunks {
+            let chunk = next_chunk(&stream, &chunk_subject, next_sequence)
+                .await
+                .map_err(|err| fail(format!("download interrupted: {err}")))?;
+            file.write_all(&chunk.payload)
+                .await
+                .map_err(|err| fail(format!("download interrupted: {err}")))?;
+            next_sequence = chunk.sequence + 1;
+        }
         file.flush().await.map_err(|err| fail(err.to_string()))?;
         drop(file);
         let (size, sha256) = hash_file(dest).map_err(|err| fail(err.to_string()))?;
