@@ -21,7 +21,7 @@
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// NATS with JetStream for tests.
@@ -1844,12 +1844,13 @@ impl OutageProxy {
     /// left out) ends with `path_suffix` is never forwarded: the client
     /// waits on it forever, as on a server that hangs mid-request.
     pub fn stall(&self, method: &str, path_suffix: &str) {
-        *self.stall.lock().unwrap() = Some((method.to_owned(), path_suffix.to_owned()));
+        *self.stall.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((method.to_owned(), path_suffix.to_owned()));
     }
 
     /// Forwards every request again (held ones stay held).
     pub fn release(&self) {
-        *self.stall.lock().unwrap() = None;
+        *self.stall.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// How many requests [`OutageProxy::stall`] has held so far.
@@ -1905,7 +1906,7 @@ async fn forward(
             };
             let held = stall
                 .lock()
-                .unwrap()
+                .unwrap_or_else(PoisonError::into_inner)
                 .as_ref()
                 .is_some_and(|(method, suffix)| starts_request(&buffer[..n], method, suffix));
             if held {

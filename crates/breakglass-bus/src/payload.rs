@@ -94,8 +94,10 @@ async fn next_chunk(
     stream: &async_nats::jetstream::stream::Stream<()>,
     subject: &str,
     sequence: u64,
-) -> Result<async_nats::jetstream::message::StreamMessage, async_nats::jetstream::stream::DirectGetError>
-{
+) -> Result<
+    async_nats::jetstream::message::StreamMessage,
+    async_nats::jetstream::stream::DirectGetError,
+> {
     use async_nats::jetstream::stream::DirectGetErrorKind;
     let mut tries = 0;
     loop {
