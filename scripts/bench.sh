@@ -16,8 +16,8 @@
 # says what the targets of issue #13 compare.
 #
 # BENCH_ROWS="20000 100000" BENCH_RUNS=1 scripts/bench.sh   # a quick look
-# About 6 minutes at the defaults on a 2-core machine once the release
-# build exists (the Python peer takes most of it: ~50 s per run at 1M).
+# About 13 minutes at the defaults on a 2-core machine once the release
+# build exists (the Python peer takes most of it: 75–86 s per run at 1M).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"

@@ -49,10 +49,11 @@ pub(crate) const SHEET_PART_LIMIT: u64 = u32::MAX as u64 - 16 * 1024 * 1024;
 /// Deflate level. Measured on 1M rows / 1,000 projects (writer alone):
 /// level 1 takes 1.5 s for 88 MB, level 2 1.9 s for 65 MB, level 3 2.9 s
 /// for 62 MB, level 6 5.4 s for 57 MB. Level 1 made workbooks 1.36× the
-/// XlsxWriter peer's (issue #13 asks ≤ 1.1×); level 2 is about its size,
-/// and with deflating on its own core it costs no wall time while the
-/// other core writes the XML.
-const DEFLATE_LEVEL: i64 = 2;
+/// XlsxWriter peer's (issue #13 asks ≤ 1.1×); `make bench` on 2026-11-30
+/// put level 2 at 1.12× (75.6 MB against the peer's 67.5 MB at 1M rows),
+/// so level 3: deflating runs on its own core while the other writes the
+/// XML, and level 3 still deflates faster than the XML is written.
+const DEFLATE_LEVEL: i64 = 3;
 
 /// XML buffers queued for the compressor thread (each about [`FLUSH_AT`]).
 const QUEUE: usize = 4;
