@@ -223,9 +223,6 @@ impl Settings {
         let time_zone = check
             .parse(raw, "time_zone", parse_time_zone)
             .unwrap_or(chrono_tz::UTC);
-        let storage = check
-            .parse(raw, "storage_provider", parse_storage)
-            .unwrap_or_else(|| vec![StorageKind::Local]);
         let ca_bundle = raw
             .get("ca_bundle")
             .and_then(|value| match read_ca_bundle(&value.value) {
@@ -235,77 +232,10 @@ impl Settings {
                     None
                 }
             });
-        let s3 = if storage.contains(&StorageKind::S3) {
-            check.s3(raw)
-        } else {
-            None
-        };
-        let blob = if storage.contains(&StorageKind::Blob) {
-            check.blob(raw)
-        } else {
-            None
-        };
-        let local_dir = raw
-            .get("local_dir")
-            .map(|v| PathBuf::from(&v.value))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_DIR));
-        let path_prefix = check
-            .parse(raw, "path_prefix", parse_prefix)
-            .unwrap_or_default();
-        let rotation = check
-            .parse(raw, "rotation", parse_rotation)
-            .unwrap_or(Rotation::Overwrite);
+        let store = check.storage_keys(raw);
         let encryption = check.encryption(raw);
-        let inventory = check
-            .parse(raw, "inventory_url", InventoryLocation::parse)
-            .unwrap_or(InventoryLocation::BundledSample);
-        if let InventoryLocation::Postgres(url) = &inventory {
-            check.postgres_tls(raw, "inventory_url", url.expose());
-        }
-        let inventory_view = check
-            .parse(raw, "inventory_view", |v| {
-                parse_sql_name(v).map(|()| v.to_owned())
-            })
-            .unwrap_or_else(|| DEFAULT_INVENTORY_VIEW.into());
-        let nats_url = Secret::new(
-            raw.get("nats_url")
-                .map(|v| v.value.clone())
-                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-        );
-        let database_url = check.parse(raw, "database_url", parse_database_url);
-        if let Some(url) = &database_url {
-            check.postgres_tls(raw, "database_url", url.expose());
-        }
-        let database_schema = check
-            .parse(raw, "database_schema", parse_schema_name)
-            .unwrap_or_else(|| DEFAULT_DATABASE_SCHEMA.into());
-        let bus_prefix = check
-            .parse(raw, "bus_prefix", parse_bus_prefix)
-            .unwrap_or_else(|| DEFAULT_BUS_PREFIX.into());
-        let payload_key = check.parse(raw, "payload_key", parse_payload_key);
-        let payload_ttl = check
-            .parse(raw, "payload_ttl_hours", |v| {
-                parse_bounded(v, 1, 24 * 30).map(|h| Duration::from_secs(h * 3600))
-            })
-            .unwrap_or(Duration::from_secs(24 * 3600));
-        let ack_wait = check
-            .parse(raw, "ack_wait_seconds", |v| {
-                parse_bounded(v, 1, 3600).map(Duration::from_secs)
-            })
-            .unwrap_or(Duration::from_secs(60));
-        let upload_retry_budget = check
-            .parse(raw, "upload_retry_budget_seconds", |v| {
-                parse_bounded(v, 0, 86_400).map(Duration::from_secs)
-            })
-            .unwrap_or(Duration::from_secs(1200));
-        let max_deliver = check
-            .parse(raw, "max_deliver", |v| {
-                parse_bounded(v, 1, 100).map(|n| n as i64)
-            })
-            .unwrap_or(5);
-        let bus_replicas = check
-            .parse(raw, "bus_replicas", parse_bus_replicas)
-            .unwrap_or(1);
+        let (inventory, inventory_view) = check.inventory_keys(raw);
+        let bus = check.bus_keys(raw);
         let settings_key = check.parse(raw, "settings_key", parse_settings_key);
         // Checked here so `config check` reports it; the services read the
         // token itself where `$BREAKGLASS_GRPC_TOKEN` may replace it.
@@ -322,29 +252,148 @@ impl Settings {
         Ok(Self {
             execute_time: execute_time.flatten(),
             time_zone,
-            storage,
-            local_dir,
-            path_prefix,
-            rotation,
+            storage: store.storage,
+            local_dir: store.local_dir,
+            path_prefix: store.path_prefix,
+            rotation: store.rotation,
             inventory,
             inventory_view,
-            nats_url,
-            database_url,
-            database_schema,
-            bus_prefix,
-            payload_key: payload_key.flatten(),
-            payload_ttl,
-            ack_wait,
-            upload_retry_budget,
-            max_deliver,
-            bus_replicas,
+            nats_url: bus.nats_url,
+            database_url: bus.database_url,
+            database_schema: bus.database_schema,
+            bus_prefix: bus.bus_prefix,
+            payload_key: bus.payload_key,
+            payload_ttl: bus.payload_ttl,
+            ack_wait: bus.ack_wait,
+            upload_retry_budget: bus.upload_retry_budget,
+            max_deliver: bus.max_deliver,
+            bus_replicas: bus.bus_replicas,
             encryption,
-            s3,
-            blob,
+            s3: store.s3,
+            blob: store.blob,
             ca_bundle,
             settings_key,
             grpc_tls,
         })
+    }
+}
+
+/// The destination keys, checked: which destinations, each one's
+/// settings, and how the stored copies are named and rotated.
+struct StorageKeys {
+    storage: Vec<StorageKind>,
+    local_dir: PathBuf,
+    path_prefix: String,
+    rotation: Rotation,
+    s3: Option<S3Settings>,
+    blob: Option<BlobSettings>,
+}
+
+/// The bus and run-log keys, checked (the services' wiring).
+struct BusKeys {
+    nats_url: Secret,
+    database_url: Option<Secret>,
+    database_schema: String,
+    bus_prefix: String,
+    payload_key: Option<Secret>,
+    payload_ttl: Duration,
+    ack_wait: Duration,
+    upload_retry_budget: Duration,
+    max_deliver: i64,
+    bus_replicas: usize,
+}
+
+impl Checker {
+    /// `storage_provider`, then only the chosen destinations' keys.
+    fn storage_keys(&mut self, raw: &RawConfig) -> StorageKeys {
+        let storage = self
+            .parse(raw, "storage_provider", parse_storage)
+            .unwrap_or_else(|| vec![StorageKind::Local]);
+        let s3 = if storage.contains(&StorageKind::S3) {
+            self.s3(raw)
+        } else {
+            None
+        };
+        let blob = if storage.contains(&StorageKind::Blob) {
+            self.blob(raw)
+        } else {
+            None
+        };
+        StorageKeys {
+            local_dir: raw
+                .get("local_dir")
+                .map(|v| PathBuf::from(&v.value))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_DIR)),
+            path_prefix: self
+                .parse(raw, "path_prefix", parse_prefix)
+                .unwrap_or_default(),
+            rotation: self
+                .parse(raw, "rotation", parse_rotation)
+                .unwrap_or(Rotation::Overwrite),
+            storage,
+            s3,
+            blob,
+        }
+    }
+
+    /// `inventory_url` (with libpq's TLS keys for PostgreSQL) and the view.
+    fn inventory_keys(&mut self, raw: &RawConfig) -> (InventoryLocation, String) {
+        let inventory = self
+            .parse(raw, "inventory_url", InventoryLocation::parse)
+            .unwrap_or(InventoryLocation::BundledSample);
+        if let InventoryLocation::Postgres(url) = &inventory {
+            self.postgres_tls(raw, "inventory_url", url.expose());
+        }
+        let view = self
+            .parse(raw, "inventory_view", |v| {
+                parse_sql_name(v).map(|()| v.to_owned())
+            })
+            .unwrap_or_else(|| DEFAULT_INVENTORY_VIEW.into());
+        (inventory, view)
+    }
+
+    /// NATS, the payload store, redelivery and the run log's database.
+    fn bus_keys(&mut self, raw: &RawConfig) -> BusKeys {
+        let database_url = self.parse(raw, "database_url", parse_database_url);
+        if let Some(url) = &database_url {
+            self.postgres_tls(raw, "database_url", url.expose());
+        }
+        let seconds =
+            |low, high| move |v: &str| parse_bounded(v, low, high).map(Duration::from_secs);
+        BusKeys {
+            nats_url: Secret::new(
+                raw.get("nats_url")
+                    .map(|v| v.value.clone())
+                    .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            ),
+            database_url,
+            database_schema: self
+                .parse(raw, "database_schema", parse_schema_name)
+                .unwrap_or_else(|| DEFAULT_DATABASE_SCHEMA.into()),
+            bus_prefix: self
+                .parse(raw, "bus_prefix", parse_bus_prefix)
+                .unwrap_or_else(|| DEFAULT_BUS_PREFIX.into()),
+            payload_key: self.parse(raw, "payload_key", parse_payload_key).flatten(),
+            payload_ttl: self
+                .parse(raw, "payload_ttl_hours", |v| {
+                    parse_bounded(v, 1, 24 * 30).map(|h| Duration::from_secs(h * 3600))
+                })
+                .unwrap_or(Duration::from_secs(24 * 3600)),
+            ack_wait: self
+                .parse(raw, "ack_wait_seconds", seconds(1, 3600))
+                .unwrap_or(Duration::from_secs(60)),
+            upload_retry_budget: self
+                .parse(raw, "upload_retry_budget_seconds", seconds(0, 86_400))
+                .unwrap_or(Duration::from_secs(1200)),
+            max_deliver: self
+                .parse(raw, "max_deliver", |v| {
+                    parse_bounded(v, 1, 100).map(|n| n as i64)
+                })
+                .unwrap_or(5),
+            bus_replicas: self
+                .parse(raw, "bus_replicas", parse_bus_replicas)
+                .unwrap_or(1),
+        }
     }
 }
 
