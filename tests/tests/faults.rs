@@ -1259,6 +1259,12 @@ async fn prune_survives_the_uploader_killed_during(test: &str, stall_suffix: &st
         "the verified copy is stored"
     );
     rig.assert_no_plaintext_in_temp();
+    drop(refs);
+    let (_, metrics) = services[2].http_get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("breakglass_runs_finished_total{status=\"succeeded\"} 1"),
+        "the restarted uploader counts the run it finished:\n{metrics}"
+    );
     bus.close().await;
     rig.iso.cleanup_bus().await;
     crashed
@@ -1310,7 +1316,7 @@ async fn a_full_local_disk_fails_that_destination_only_and_keeps_its_prior_copy(
     );
     let local_copy = disk.0.join("breakglass-backup.xlsx");
     let bus = rig.bus().await;
-    let services = rig.start_all();
+    let mut services = rig.start_all();
     let refs: Vec<&ServiceProcess> = services.iter().collect();
     let prior_id = format!("prior-{}", rig.iso.prefix);
     bus.trigger(&trigger(&prior_id)).await.unwrap();
@@ -1389,11 +1395,26 @@ async fn a_full_local_disk_fails_that_destination_only_and_keeps_its_prior_copy(
         services[2].log_text()
     );
     rig.assert_no_plaintext_in_temp();
+    drop(refs);
+    let (_, metrics) = services[2].http_get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("breakglass_runs_finished_total{status=\"partially_failed\"} 1"),
+        "the partial failure is counted:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("breakglass_upload_retries")
+                && l.contains("local:")
+                && !l.ends_with(" 0")),
+        "the local destination's retries are counted:\n{metrics}"
+    );
 
     // Room again: the next run stores in both.
     std::fs::remove_file(&filler).unwrap();
     let again = format!("diskfull-again-{}", rig.iso.prefix);
     bus.trigger(&trigger(&again)).await.unwrap();
+    let refs: Vec<&ServiceProcess> = services.iter().collect();
     let done = finished(&bus, &again, Duration::from_secs(120), &refs).await;
     assert_eq!(done.status, v1::RunStatus::Succeeded as i32, "{done:?}");
     assert_ne!(sha(&local_copy), prior);
@@ -1447,6 +1468,14 @@ async fn a_renderer_stopped_past_ack_wait_does_not_stall_or_duplicate_the_run() 
         "the copy is the verified one"
     );
     rig.assert_no_plaintext_in_temp();
+    let mut second = second;
+    let (_, metrics) = second.http_get("/metrics").await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.contains("stage=\"renderer\"")
+            && l.contains("outcome=\"ok\"")
+            && l.ends_with(" 1")),
+        "the replica that took over counts its render:\n{metrics}"
+    );
 
     let again = format!("renderstop-again-{}", rig.iso.prefix);
     bus.trigger(&trigger(&again)).await.unwrap();
