@@ -74,38 +74,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         temp_dir: temp.path().to_path_buf(),
         max_rows_per_sheet: EXCEL_MAX_DATA_ROWS,
     };
-    let workbook = render_and_seal(sorted, options, &settings.encryption, &progress).await?;
-    let mut sealed_file = workbook.sealed.file;
-    let stored_file = breakglass_render::encrypt::reopenable_path(&mut sealed_file, temp.path())
-        .context("reading the workbook back")?;
-    let projects: Vec<ProjectRows> = workbook
-        .report
-        .projects
-        .iter()
-        .map(|p| ProjectRows {
-            project: p.project.clone(),
-            sheets: p.sheets.clone(),
-            rows: p.rows,
-        })
-        .collect();
-    let upload = Upload {
-        file: &stored_file,
-        size: workbook.sealed.size,
-        sha256: &workbook.sealed.sha256,
-        run_id: run_id.as_str(),
-        created_at: collected_at,
-        extension: workbook.sealed.sealed.extension,
-        encryption: workbook.sealed.sealed.encryption,
-        key_id: &workbook.sealed.sealed.key_id,
-        projects: &projects,
-    };
-    let destinations = breakglass_storage::destinations(&settings);
-    let delivery = deliver::store_all(
-        &destinations,
-        &upload,
-        RetryBudget::new(settings.upload_retry_budget),
-    )
-    .await;
+    let mut workbook = render_and_seal(sorted, options, &settings.encryption, &progress).await?;
+    let delivery =
+        store_everywhere(&settings, &mut workbook, &run_id, collected_at, temp.path()).await?;
     progress.done();
     if let Some(display) = display {
         let _ = display.await;
@@ -139,6 +110,48 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Stores the sealed workbook in every configured destination through
+/// the one delivery function the uploader uses too.
+async fn store_everywhere(
+    settings: &Settings,
+    workbook: &mut RenderedWorkbook,
+    run_id: &RunId,
+    collected_at: chrono::DateTime<chrono::Utc>,
+    temp: &std::path::Path,
+) -> anyhow::Result<deliver::Delivery> {
+    // The sealed file is unnamed; this path opens it while it is open.
+    let stored_file = breakglass_render::encrypt::reopenable_path(&mut workbook.sealed.file, temp)
+        .context("reading the workbook back")?;
+    let projects: Vec<ProjectRows> = workbook
+        .report
+        .projects
+        .iter()
+        .map(|p| ProjectRows {
+            project: p.project.clone(),
+            sheets: p.sheets.clone(),
+            rows: p.rows,
+        })
+        .collect();
+    let upload = Upload {
+        file: &stored_file,
+        size: workbook.sealed.size,
+        sha256: &workbook.sealed.sha256,
+        run_id: run_id.as_str(),
+        created_at: collected_at,
+        extension: workbook.sealed.sealed.extension,
+        encryption: workbook.sealed.sealed.encryption,
+        key_id: &workbook.sealed.sealed.key_id,
+        projects: &projects,
+    };
+    let destinations = breakglass_storage::destinations(settings);
+    Ok(deliver::store_all(
+        &destinations,
+        &upload,
+        RetryBudget::new(settings.upload_retry_budget),
+    )
+    .await)
 }
 
 /// A new private working folder; first removes those a killed run-once
