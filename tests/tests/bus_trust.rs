@@ -838,3 +838,77 @@ async fn run_finished_is_readable_without_the_key_but_only_believed_with_it() {
     core.close().await;
     iso.cleanup_bus().await;
 }
+
+/// A payload is read back exactly when it matches its reference, chunk by
+/// chunk, and refused otherwise: a reference promising fewer bytes than
+/// the object holds stops the download as soon as it is exceeded (a
+/// bogus object cannot fill the reader's disk), a wrong hash is refused,
+/// and a name that is not there fails plainly.
+#[tokio::test]
+async fn a_payload_is_fetched_exactly_or_refused_as_soon_as_it_overruns_its_reference() {
+    let iso = breakglass_e2e::Isolation::new("payloadfetch");
+    let bus = iso.connect_bus().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Five and a half 128 KiB chunks of non-repeating bytes.
+    let body: Vec<u8> = (0..(128 * 1024 * 11 / 2))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let source = dir.path().join("payload.age");
+    std::fs::write(&source, &body).unwrap();
+    let reference = bus
+        .store_payload("fetch-test.1.workbook.age", &source)
+        .await
+        .unwrap();
+    assert_eq!(reference.size, body.len() as u64);
+
+    let exact = dir.path().join("exact");
+    bus.fetch_payload(&reference, &exact).await.unwrap();
+    assert!(
+        std::fs::read(&exact).unwrap() == body,
+        "the bytes read back are the bytes stored"
+    );
+
+    let short = v1::PayloadRef {
+        size: 100_000,
+        ..reference.clone()
+    };
+    let overrun = dir.path().join("overrun");
+    let err = bus
+        .fetch_payload(&short, &overrun)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than the expected 100000 bytes"), "{err}");
+    let written = std::fs::metadata(&overrun).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        written <= 100_000,
+        "stopped before writing past the reference: {written}"
+    );
+
+    let forged = v1::PayloadRef {
+        sha256: "0".repeat(64),
+        ..reference.clone()
+    };
+    let err = bus
+        .fetch_payload(&forged, &dir.path().join("forged"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("integrity check failed"), "{err}");
+
+    let missing = v1::PayloadRef {
+        name: "no-such.1.workbook.age".into(),
+        ..reference
+    };
+    let err = bus
+        .fetch_payload(&missing, &dir.path().join("missing"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no-such.1.workbook.age") && err.contains("cannot fetch"),
+        "{err}"
+    );
+    bus.close().await;
+    iso.cleanup_bus().await;
+}

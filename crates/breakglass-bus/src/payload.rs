@@ -13,6 +13,7 @@ use async_nats::jetstream::object_store::{self, ObjectStore};
 use breakglass_core::{DeviceRow, Secret, SortedItem};
 use breakglass_proto::v1;
 use prost::Message;
+use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::str::FromStr;
@@ -172,9 +173,11 @@ impl Bus {
     /// chunk subject), so at most one 128 KiB chunk is in memory whatever
     /// the payload's size. (The object store's own `get` reads through a
     /// push consumer that the server fills as fast as it can: a reader
-    /// slower than NATS held the whole payload in its buffer.) A replica
-    /// that has not caught up answers "not found" for a chunk it lacks yet:
-    /// asked again, briefly.
+    /// slower than NATS held the whole payload in its buffer.) Size and
+    /// SHA-256 are taken as the bytes arrive, and a payload longer than its
+    /// reference is refused at once. A replica that has not caught up
+    /// answers "not found" for a chunk it lacks yet: asked again, briefly.
+    /// Links are refused (payloads are never links).
     pub async fn fetch_payload(
         &self,
         reference: &v1::PayloadRef,
@@ -192,6 +195,17 @@ impl Bus {
         if info.deleted {
             return Err(fail("cannot fetch: the payload was deleted".into()));
         }
+        if info.options.as_ref().is_some_and(|o| o.link.is_some()) {
+            return Err(fail(
+                "cannot fetch: the name is a link, and payloads are never links".into(),
+            ));
+        }
+        if info.nuid.is_empty() || !info.nuid.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(fail(format!(
+                "cannot fetch: the object's chunk id {:?} is not a NATS nuid",
+                info.nuid
+            )));
+        }
         let bucket = self.subjects().payload_bucket();
         let stream = self
             .jetstream()
@@ -202,11 +216,23 @@ impl Bus {
         let mut file = tokio::fs::File::from_std(
             private_create(dest).map_err(|err| fail(format!("cannot create temp file: {err}")))?,
         );
+        // Size and hash as the bytes arrive: a payload longer than its
+        // reference is refused before it fills the disk.
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
         let mut next_sequence = 1;
         for _ in 0..info.chunks {
             let chunk = next_chunk(&stream, &chunk_subject, next_sequence)
                 .await
                 .map_err(|err| fail(format!("download interrupted: {err}")))?;
+            size += chunk.payload.len() as u64;
+            if size > reference.size {
+                return Err(fail(format!(
+                    "integrity check failed: more than the expected {} bytes",
+                    reference.size
+                )));
+            }
+            hasher.update(&chunk.payload);
             file.write_all(&chunk.payload)
                 .await
                 .map_err(|err| fail(format!("download interrupted: {err}")))?;
@@ -214,7 +240,7 @@ impl Bus {
         }
         file.flush().await.map_err(|err| fail(err.to_string()))?;
         drop(file);
-        let (size, sha256) = hash_file(dest).map_err(|err| fail(err.to_string()))?;
+        let sha256 = hex::encode(hasher.finalize());
         if size != reference.size || sha256 != reference.sha256 {
             return Err(fail(format!(
                 "integrity check failed: expected {} bytes with SHA-256 {}, got {size} bytes with SHA-256 {sha256}",

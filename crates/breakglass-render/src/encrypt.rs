@@ -46,6 +46,9 @@ pub enum SealError {
     /// The settings cannot be used (no passphrase, a bad recipient).
     #[error("encryption is misconfigured: {0}")]
     Config(String),
+    /// The stored file could not be read back for its size and hash.
+    #[error("reading the stored workbook back failed: {0}")]
+    ReadBack(String),
 }
 
 /// Encrypts `plain` into `out` as the settings say. `out` is created new,
@@ -126,7 +129,8 @@ pub fn seal_and_hash(
     temp_dir: &Path,
 ) -> Result<SealedWorkbook, SealError> {
     let (sealed, mut file) = seal_file(plain, encryption, temp_dir)?;
-    let (size, sha256) = hash_open_file(&mut file).map_err(|err| SealError::Io(err.to_string()))?;
+    let (size, sha256) =
+        hash_open_file(&mut file).map_err(|err| SealError::ReadBack(err.to_string()))?;
     Ok(SealedWorkbook {
         sealed,
         file,
