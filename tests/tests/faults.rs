@@ -1274,7 +1274,8 @@ async fn prune_survives_the_uploader_killed_during(test: &str, stall_suffix: &st
 async fn prune_with_the_uploader_killed_mid_upload_keeps_the_prior_copy_until_the_new_one_is_verified()
  {
     let crashed = prune_survives_the_uploader_killed_during("prunemid", ".xlsx").await;
-    assert_eq!(crashed.len(), 2, "no half-written object: {crashed:?}");
+    // The held PUT reached nothing: only the prior copy and its sidecar.
+    assert_eq!(crashed.len(), 2, "{crashed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1451,9 +1452,17 @@ async fn a_renderer_stopped_past_ack_wait_does_not_stall_or_duplicate_the_run() 
     let done = finished(&bus, &run_id, Duration::from_secs(120), &all).await;
     assert_new_copy(&rig, &done, &prior);
     drop(all);
+    let mut second = second;
+    second
+        .wait_for_log("message received", Duration::from_secs(5))
+        .await
+        .expect(
+            "the other replica got the redelivered snapshot (delivery 1 went to the stopped one)",
+        );
     services[1].signal("CONT");
-    // The continued renderer gets to the end of its stale delivery.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The continued renderer gets to the end of its stale delivery: it
+    // renders and publishes again, and the bus drops the duplicate.
+    wait_for_nth(&services[1], "workbook stored", 2, Duration::from_secs(60)).await;
     assert!(services[1].is_running(), "{}", services[1].log_text());
     for kind in [".workbook.ready", ".run.finished"] {
         assert_eq!(
@@ -1468,7 +1477,6 @@ async fn a_renderer_stopped_past_ack_wait_does_not_stall_or_duplicate_the_run() 
         "the copy is the verified one"
     );
     rig.assert_no_plaintext_in_temp();
-    let mut second = second;
     let (_, metrics) = second.http_get("/metrics").await.unwrap();
     assert!(
         metrics.lines().any(|l| l.contains("stage=\"renderer\"")
