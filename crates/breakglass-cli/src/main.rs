@@ -17,6 +17,12 @@
 //! closes standard output early (`| head`) ends the command quietly with
 //! exit code 141 (see `output`).
 
+/// mimalloc: collecting, sorting and rendering make millions of small
+/// allocations; glibc's malloc and free were a fifth of the main thread's
+/// time at 1M rows (issue #13, docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[macro_use]
 mod output;
 

@@ -1,5 +1,11 @@
 //! `collector`: binds the collect stage to the bus. See the crate docs.
 
+/// mimalloc: collecting, sorting and rendering make millions of small
+/// allocations; glibc's malloc and free were a fifth of the main thread's
+/// time at 1M rows (issue #13, docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use breakglass_collector::Collector;
 use std::process::ExitCode;
 

@@ -2,6 +2,12 @@
 //! `database_url` is set, and serves the run history over gRPC when
 //! `--grpc` is given. See the crate docs.
 
+/// mimalloc: collecting, sorting and rendering make millions of small
+/// allocations; glibc's malloc and free were a fifth of the main thread's
+/// time at 1M rows (issue #13, docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use breakglass_proto::v1::config_service_server::ConfigServiceServer;
 use breakglass_proto::v1::run_history_server::RunHistoryServer;

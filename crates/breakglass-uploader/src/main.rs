@@ -4,6 +4,12 @@
 // prune); its type is deeper than the default query limit allows.
 #![recursion_limit = "256"]
 
+/// mimalloc: collecting, sorting and rendering make millions of small
+/// allocations; glibc's malloc and free were a fifth of the main thread's
+/// time at 1M rows (issue #13, docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use breakglass_proto::v1::destination_test_server::DestinationTestServer;
 use breakglass_uploader::Uploader;
 use breakglass_uploader::grpc::DestinationTestService;
