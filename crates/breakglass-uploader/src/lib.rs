@@ -169,11 +169,17 @@ impl Stage for Uploader {
         let destinations = breakglass_storage::destinations(&settings);
         let budget = RetryBudget::new(settings.upload_retry_budget);
         let delivery = deliver::store_all(&destinations, &upload, budget).await;
-        let mut transient = Vec::new();
         let results: Vec<v1::DestinationResult> = delivery
             .outcomes
             .iter()
-            .map(|outcome| record_outcome(outcome, attempt, &mut transient))
+            .map(|outcome| record_outcome(outcome, attempt))
+            .collect();
+        let transient: Vec<String> = delivery
+            .outcomes
+            .iter()
+            .filter_map(|outcome| outcome.result.as_ref().err())
+            .filter(|err| err.is_transient())
+            .map(ToString::to_string)
             .collect();
         // The working files go before the run is reported: whoever acts on
         // run.finished (a test, an operator stopping the pod) finds nothing
@@ -246,13 +252,9 @@ async fn fetch_workbook(
 }
 
 /// Logs, meters and traces one destination's outcome and turns it into the
-/// run result's line; a transient failure's cause goes into `transient`
-/// (the message is tried again unless this was the last delivery).
-fn record_outcome(
-    outcome: &deliver::Outcome,
-    attempt: Attempt,
-    transient: &mut Vec<String>,
-) -> v1::DestinationResult {
+/// run result's line (a transient failure is marked as retried by the
+/// next delivery unless this was the last).
+fn record_outcome(outcome: &deliver::Outcome, attempt: Attempt) -> v1::DestinationResult {
     let metrics = breakglass_telemetry::metrics::metrics();
     let described = &outcome.destination;
     let label = DestinationLabel {
@@ -292,23 +294,20 @@ fn record_outcome(
             }
         }
         Err(err) => {
-            if err.is_transient() {
-                transient.push(err.to_string());
-                if !attempt.is_last() {
-                    metrics.upload_retries.get_or_create(&label).inc();
-                    // A `retry` span inside this upload's span marks, in the
-                    // trace, that the message will come again for another try.
-                    let retry = tracing::warn_span!(
-                        parent: &outcome.span,
-                        "retry",
-                        destination = %described,
-                        attempt = attempt.number,
-                        next_attempt = attempt.number + 1,
-                    );
-                    retry.in_scope(|| {
-                        tracing::warn!(destination = %described, error = %err, waited_ms, "upload failed transiently; retrying with the next delivery");
-                    });
-                }
+            if err.is_transient() && !attempt.is_last() {
+                metrics.upload_retries.get_or_create(&label).inc();
+                // A `retry` span inside this upload's span marks, in the
+                // trace, that the message will come again for another try.
+                let retry = tracing::warn_span!(
+                    parent: &outcome.span,
+                    "retry",
+                    destination = %described,
+                    attempt = attempt.number,
+                    next_attempt = attempt.number + 1,
+                );
+                retry.in_scope(|| {
+                    tracing::warn!(destination = %described, error = %err, waited_ms, "upload failed transiently; retrying with the next delivery");
+                });
             }
             tracing::error!(destination = %described, error = %err, waited_ms, "upload failed; the previous copy is untouched");
             v1::DestinationResult {
