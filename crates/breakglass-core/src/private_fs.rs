@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// Creates a new file readable only by this user; fails if it exists.
@@ -76,6 +76,53 @@ pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((size, hex::encode(hasher.finalize())))
 }
 
+/// A new private file that hashes what is written to it, so a download
+/// or a decryption is written and hashed in one pass.
+pub struct HashingFile {
+    file: std::io::BufWriter<File>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl HashingFile {
+    /// Creates `path` new ([`create_new`]: readable only by this user).
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            file: std::io::BufWriter::with_capacity(1 << 16, create_new(path)?),
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Flushes and syncs; returns size and lowercase hex SHA-256.
+    pub fn finish(self) -> std::io::Result<(u64, String)> {
+        let file = self.file.into_inner().map_err(|err| err.into_error())?;
+        file.sync_all()?;
+        Ok((self.size, hex::encode(self.hasher.finalize())))
+    }
+
+    /// Flushes without syncing, for a scratch file that is read once and
+    /// removed (forcing it to disk would only cost time); returns size and
+    /// lowercase hex SHA-256.
+    pub fn finish_unsynced(self) -> std::io::Result<(u64, String)> {
+        self.file.into_inner().map_err(|err| err.into_error())?;
+        Ok((self.size, hex::encode(self.hasher.finalize())))
+    }
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.file.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        self.size += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 fn restrict(options: &mut OpenOptions) {
     #[cfg(unix)]
     {
@@ -105,6 +152,13 @@ mod tests {
             );
         }
         let (size, sha) = hash_file(&path).unwrap();
+        let mut hashing = HashingFile::create(&dir.path().join("g")).unwrap();
+        hashing.write_all(b"abc").unwrap();
+        assert_eq!(hashing.finish().unwrap(), (size, sha.clone()));
+        assert!(
+            HashingFile::create(&path).is_err(),
+            "create_new must not replace"
+        );
         assert_eq!(size, 3);
         assert_eq!(
             sha,

@@ -11,9 +11,7 @@ use crate::manifest::{self, Manifest};
 use crate::naming::{AGE_EXTENSION, FIXED_NAME, NAME_PREFIX, is_rotated_name};
 use crate::{AnyDestination, Backend, StorageError};
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 /// One object under the prefix, as the listing shows it.
@@ -41,39 +39,7 @@ pub struct Downloaded {
     pub metadata: HashMap<String, String>,
 }
 
-/// A new private file that hashes what is written to it.
-pub(crate) struct HashingFile {
-    file: std::io::BufWriter<std::fs::File>,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl HashingFile {
-    /// Creates `path` new, readable only by this user.
-    pub(crate) fn create(path: &Path) -> std::io::Result<Self> {
-        Ok(Self {
-            file: std::io::BufWriter::with_capacity(
-                1 << 16,
-                breakglass_core::private_fs::create_new(path)?,
-            ),
-            hasher: Sha256::new(),
-            size: 0,
-        })
-    }
-
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.hasher.update(bytes);
-        self.size += bytes.len() as u64;
-        self.file.write_all(bytes)
-    }
-
-    /// Flushes and syncs; returns size and SHA-256.
-    pub(crate) fn finish(self) -> std::io::Result<(u64, String)> {
-        let file = self.file.into_inner().map_err(|err| err.into_error())?;
-        file.sync_all()?;
-        Ok((self.size, hex::encode(self.hasher.finalize())))
-    }
-}
+pub(crate) use breakglass_core::private_fs::HashingFile;
 
 /// True for the names of stored workbooks (any rotation), not sidecars.
 pub fn is_backup_name(name: &str) -> bool {

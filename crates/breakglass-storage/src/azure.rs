@@ -712,7 +712,7 @@ impl AzureContainer {
         let mut body = result.body;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|err| self.remote_error("Get Blob", &err))?;
-            sink.write(&chunk)
+            std::io::Write::write_all(&mut sink, &chunk)
                 .map_err(|err| io("writing the download", err))?;
         }
         let (size, sha256) = sink

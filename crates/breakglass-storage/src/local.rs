@@ -348,7 +348,7 @@ impl LocalFolder {
             if n == 0 {
                 break;
             }
-            sink.write(&buffer[..n])
+            sink.write_all(&buffer[..n])
                 .map_err(|err| self.fail("writing the copy", err))?;
         }
         let (size, sha256) = sink

@@ -549,7 +549,7 @@ impl S3Bucket {
             reason: format!("the download broke off: {}", this.scrub(&err.to_string())),
             transient: true,
         })? {
-            sink.write(&chunk).map_err(|err| StorageError::Io {
+            std::io::Write::write_all(&mut sink, &chunk).map_err(|err| StorageError::Io {
                 destination: this.describe(),
                 action: "writing the download",
                 reason: err.to_string(),
