@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
-use breakglass_bus::payload::PayloadKey;
+use breakglass_bus::payload::{PAYLOAD_CHUNK_SIZE, PayloadKey};
 use breakglass_bus::{Age, Bus, EventKind, envelope};
 use breakglass_e2e::{
     Isolation, ServiceProcess, database_url, nats_url, read_stream, write_config,
@@ -849,10 +849,8 @@ async fn a_payload_is_fetched_exactly_or_refused_as_soon_as_it_overruns_its_refe
     let iso = breakglass_e2e::Isolation::new("payloadfetch");
     let bus = iso.connect_bus().await;
     let dir = tempfile::tempdir().unwrap();
-    // Five and a half 128 KiB chunks of non-repeating bytes.
-    let body: Vec<u8> = (0..(128 * 1024 * 11 / 2))
-        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    // Five and a half chunks of non-repeating bytes.
+    let body = pseudo_random(PAYLOAD_CHUNK_SIZE * 11 / 2);
     let source = dir.path().join("payload.age");
     std::fs::write(&source, &body).unwrap();
     let reference = bus
@@ -909,6 +907,133 @@ async fn a_payload_is_fetched_exactly_or_refused_as_soon_as_it_overruns_its_refe
         err.contains("no-such.1.workbook.age") && err.contains("cannot fetch"),
         "{err}"
     );
+    bus.close().await;
+    iso.cleanup_bus().await;
+}
+
+/// Non-repeating bytes (no two chunks alike).
+fn pseudo_random(len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// A payload is stored while it is written (the snapshot and the workbook
+/// never touch the disk on their way into the object store), and only
+/// whole: a writer that fails or panics midway leaves no object under the
+/// name, whatever chunks it sent, and says why. Read back while it is
+/// fetched, the consumer gets the exact bytes; when the stored object does
+/// not match its reference, the consumer's read fails (it never sees a
+/// clean end it could mistake for the whole payload) and the fetch's
+/// integrity error is what the caller gets.
+#[tokio::test]
+async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_verified() {
+    use std::io::{Read, Write};
+    let iso = breakglass_e2e::Isolation::new("payloadstream");
+    let bus = iso.connect_bus().await;
+    let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();
+    let body = pseudo_random(PAYLOAD_CHUNK_SIZE * 5 + 12_345);
+
+    let written = body.clone();
+    let (reference, returned) = bus
+        .store_payload_with("stream-test.1.snapshot.age", &key, move |out| {
+            for piece in written.chunks(10_000) {
+                out.write_all(piece)?;
+            }
+            Ok(42)
+        })
+        .await
+        .unwrap();
+    assert_eq!(returned, 42, "the writer's value comes back");
+    assert!(
+        reference.size > body.len() as u64,
+        "stored encrypted: {} bytes for {} of plaintext",
+        reference.size,
+        body.len()
+    );
+    let reader_key = key.clone();
+    let read = bus
+        .read_payload(&reference, move |payload| {
+            let mut plain = Vec::new();
+            reader_key.decrypt(payload)?.read_to_end(&mut plain)?;
+            Ok::<_, std::io::Error>(plain)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(read == body, "the bytes read back are the bytes written");
+    let store = bus.payload_store().await.unwrap();
+    let stored = store.info("stream-test.1.snapshot.age").await.unwrap();
+    assert_eq!(stored.size, reference.size as usize);
+    assert!(
+        stored.chunks > 1,
+        "stored in chunks as it was written: {}",
+        stored.chunks
+    );
+
+    // A writer failing after three chunks, and one panicking.
+    let failing = body.clone();
+    let err = bus
+        .store_payload_with("stream-test.2.snapshot.age", &key, move |out| {
+            out.write_all(&failing[..PAYLOAD_CHUNK_SIZE * 3])?;
+            Err::<(), _>(std::io::Error::other("the inventory went away"))
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("stream-test.2.snapshot.age") && err.contains("the inventory went away"),
+        "{err}"
+    );
+    let panicking = body.clone();
+    let err = bus
+        .store_payload_with("stream-test.3.snapshot.age", &key, move |out| {
+            out.write_all(&panicking[..PAYLOAD_CHUNK_SIZE * 2])?;
+            if panicking.len() > 1 {
+                panic!("render bug");
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stream-test.3.snapshot.age"), "{err}");
+    for name in ["stream-test.2.snapshot.age", "stream-test.3.snapshot.age"] {
+        assert!(
+            store.info(name).await.is_err(),
+            "{name}: a payload whose writer did not finish must not be stored"
+        );
+    }
+
+    // The stored object against references it does not match.
+    for forged in [
+        v1::PayloadRef {
+            sha256: "0".repeat(64),
+            ..reference.clone()
+        },
+        v1::PayloadRef {
+            size: reference.size - 1,
+            ..reference.clone()
+        },
+    ] {
+        let consumer_saw = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = consumer_saw.clone();
+        let err = bus
+            .read_payload(&forged, move |mut payload| {
+                let mut raw = Vec::new();
+                let outcome = payload.read_to_end(&mut raw).map(|_| raw.len());
+                *seen.lock().unwrap() = Some(outcome.map_err(|err| err.to_string()));
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("integrity check failed"), "{err}");
+        let outcome = consumer_saw.lock().unwrap().take().unwrap();
+        assert!(
+            outcome.is_err(),
+            "the consumer must not read a clean end of an unverified payload: {outcome:?}"
+        );
+    }
     bus.close().await;
     iso.cleanup_bus().await;
 }

@@ -5,9 +5,11 @@
 //!
 //! The renderer runs with `TMPDIR` set to a folder this test owns, renders
 //! a large inventory whose every password is a canary, and is SIGKILLed
-//! while the workbook is being written. Every file under that folder is
-//! then searched: none may hold a canary or be a (partial) plain zip, both
-//! right after the kill and after a restarted renderer finished the run.
+//! while the workbook is being written. Right after the kill its working
+//! folder holds no named file at all (the snapshot and the stored payload
+//! stream through memory; the workbooks are unnamed files), and every file
+//! under the folder is searched, then and after a restarted renderer
+//! finished the run: none may hold a canary or be a (partial) plain zip.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -99,7 +101,9 @@ fn open_files_under(root: &Path) -> Vec<(String, u64)> {
 }
 
 /// Waits until the renderer holds open a growing file in its working
-/// folder besides the snapshot it fetched: the workbook is being rendered.
+/// folder: the workbook is being rendered. (The snapshot is not on disk: it
+/// is rendered as it arrives; an older renderer fetched it into the folder
+/// as `snapshot.age` first, which is not the workbook.)
 async fn wait_until_rendering(root: &Path, renderer: &ServiceProcess) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -170,9 +174,18 @@ async fn crash_mid_render_leaves_no_plaintext(encryption: &str) {
         !renderer.log_text().contains("workbook stored"),
         "the kill came too late to be mid-render"
     );
+    let folders = std::fs::read_dir(&renderer_tmp).unwrap().count();
     assert!(
-        !walk(&renderer_tmp).is_empty(),
-        "the killed renderer left its working files (what this test searches)"
+        folders > 0,
+        "the killed renderer left its working folder (what the restarted one must sweep)"
+    );
+    // The snapshot and the stored payload stream through memory, and both
+    // workbooks (plain and sealed) are unnamed: a killed renderer leaves no
+    // file anyone could open, let alone one holding plaintext.
+    let named = walk(&renderer_tmp);
+    assert!(
+        named.is_empty(),
+        "the killed renderer left named files: {named:?}"
     );
     assert_no_plaintext(&renderer_tmp, "right after the kill");
 

@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod error;
 pub mod payload;
 pub mod permissions;
+mod pipe;
 pub mod settings_kv;
 pub mod subjects;
 pub mod validate;

@@ -2,13 +2,17 @@
 //!
 //! Snapshots and workbooks never ride in a message (DESIGN.md: over 1 MiB
 //! never, and they hold passwords always). A payload is age-encrypted to the
-//! services' X25519 key ([`PayloadKey`]) while it is written to a private
-//! temp file, stored under the run id with the bucket's TTL, and referenced
-//! from the event by name, size and SHA-256 of the stored bytes. The reader
-//! verifies size and hash before decrypting. No plaintext payload ever
-//! reaches NATS or a shared disk location.
+//! services' X25519 key ([`PayloadKey`]) while it is written, straight into
+//! the object store through a bounded pipe ([`Bus::store_payload_with`]:
+//! no temp file), stored under the run id with the bucket's TTL, and
+//! referenced from the event by name, size and SHA-256 of the stored bytes.
+//! The reader decrypts and consumes it while it arrives
+//! ([`Bus::read_payload`]) and sees its end only once size and hash
+//! matched. No plaintext payload ever reaches NATS or a shared disk
+//! location.
 
-use crate::{Bus, BusError};
+pub use crate::pipe::PayloadReader;
+use crate::{Bus, BusError, pipe};
 use async_nats::jetstream::object_store::{self, ObjectStore};
 use breakglass_core::{DeviceRow, Secret, SortedItem};
 use breakglass_proto::v1;
@@ -17,7 +21,6 @@ use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::str::FromStr;
-use tokio::io::AsyncWriteExt;
 
 /// The services' payload key: an age X25519 identity. Payloads are
 /// encrypted to its public half and decrypted with it.
@@ -81,8 +84,14 @@ impl PayloadKey {
 
     /// Opens an encrypted file for reading its plaintext.
     pub fn decrypt_file(&self, src: &Path) -> std::io::Result<impl Read + use<>> {
-        let file = BufReader::with_capacity(1 << 16, std::fs::File::open(src)?);
-        let decryptor = age::Decryptor::new_buffered(file).map_err(std::io::Error::other)?;
+        self.decrypt(std::fs::File::open(src)?)
+    }
+
+    /// Reads the plaintext of an encrypted stream (a file, or a payload
+    /// being fetched: [`Bus::read_payload`]).
+    pub fn decrypt<R: Read>(&self, encrypted: R) -> std::io::Result<impl Read + use<R>> {
+        let buffered = BufReader::with_capacity(1 << 16, encrypted);
+        let decryptor = age::Decryptor::new_buffered(buffered).map_err(std::io::Error::other)?;
         decryptor
             .decrypt(std::iter::once(&self.identity as &dyn age::Identity))
             .map_err(|err| std::io::Error::other(format!("cannot decrypt payload: {err}")))
@@ -155,34 +164,161 @@ impl Bus {
             .await
             .map_err(|err| fail(format!("cannot open: {err}")))?;
         store
-            .put(name, &mut file)
+            .put(chunked(name), &mut file)
             .await
             .map_err(|err| fail(format!("cannot store: {err}")))?;
-        Ok(v1::PayloadRef {
+        Ok(self.payload_ref(name, size, sha256))
+    }
+
+    /// Stores a payload while it is written: `fill` runs on a blocking
+    /// thread and writes plaintext through the age encryptor (to `key`)
+    /// into a bounded pipe ([`crate::pipe`]) that the object store reads
+    /// from, chunk by chunk, taking size and SHA-256 on the way. So the
+    /// encrypting and the storing overlap, nothing is written to disk, and
+    /// memory holds a few chunks whatever the size.
+    ///
+    /// The name holds an object only if `fill` succeeded and the age stream
+    /// was finished: a `fill` that fails or panics fails the store. (Chunks
+    /// already sent then stay unnamed in the bucket until its TTL removes
+    /// them, as with any interrupted put.) `fill`'s own failure is the
+    /// error reported, unless the store failed first.
+    pub async fn store_payload_with<T: Send + 'static>(
+        &self,
+        name: &str,
+        key: &PayloadKey,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<(v1::PayloadRef, T), BusError> {
+        let fail = |reason: String| BusError::Payload {
+            name: name.into(),
+            reason,
+        };
+        let store = self.payload_store().await?;
+        let (tx, rx) = pipe::pipe();
+        let recipient = key.identity.to_public();
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<T> {
+            let mut chunks = pipe::ChunkWriter::new(tx, PAYLOAD_CHUNK_SIZE);
+            let written = (|| {
+                let encryptor = age::Encryptor::with_recipients(std::iter::once(
+                    &recipient as &dyn age::Recipient,
+                ))
+                .map_err(std::io::Error::other)?;
+                let mut encrypting = encryptor.wrap_output(&mut chunks)?;
+                let value = fill(&mut encrypting)?;
+                encrypting.finish()?;
+                Ok(value)
+            })();
+            match written {
+                Ok(value) => chunks.finish().map(|()| value),
+                Err(err) => {
+                    chunks.fail(&err);
+                    Err(err)
+                }
+            }
+        });
+        let mut reader = pipe::StoreReader::new(rx);
+        let stored = store.put(chunked(name), &mut reader).await;
+        // Dropping the reader unblocks a writer still sending after a
+        // failed put.
+        let (size, sha256) = reader.digest();
+        let written = writer
+            .await
+            .map_err(|err| fail(format!("the writing task failed: {err}")))?;
+        match (stored, written) {
+            (Ok(_), Ok(value)) => Ok((self.payload_ref(name, size, sha256), value)),
+            (Err(err), Err(cause)) if cause.kind() == std::io::ErrorKind::BrokenPipe => {
+                Err(fail(format!("cannot store: {err}")))
+            }
+            (_, Err(cause)) => Err(fail(format!("writing failed: {cause}"))),
+            (Err(err), Ok(_)) => Err(fail(format!("cannot store: {err}"))),
+        }
+    }
+
+    fn payload_ref(&self, name: &str, size: u64, sha256: String) -> v1::PayloadRef {
+        v1::PayloadRef {
             bucket: self.subjects().payload_bucket(),
             name: name.into(),
             size,
             sha256,
-        })
+        }
     }
 
     /// Downloads a payload into `dest` (still encrypted) and checks its size
-    /// and SHA-256 against the reference.
-    ///
-    /// Chunk by chunk, one direct get each (`next_by_subj` on the object's
-    /// chunk subject), so at most one 128 KiB chunk is in memory whatever
-    /// the payload's size. (The object store's own `get` reads through a
-    /// push consumer that the server fills as fast as it can: a reader
-    /// slower than NATS held the whole payload in its buffer.) Size and
-    /// SHA-256 are taken as the bytes arrive, and a payload longer than its
-    /// reference is refused at once. A replica that has not caught up
-    /// answers "not found" for a chunk it lacks yet: asked again, briefly.
-    /// Links are refused (payloads are never links).
+    /// and SHA-256 against the reference ([`Bus::read_payload`] into a
+    /// private file).
     pub async fn fetch_payload(
         &self,
         reference: &v1::PayloadRef,
         dest: &Path,
     ) -> Result<(), BusError> {
+        let dest = dest.to_path_buf();
+        self.read_payload(reference, move |mut payload| -> std::io::Result<()> {
+            let mut file = private_create(&dest)?;
+            std::io::copy(&mut payload, &mut file)?;
+            file.sync_all()
+        })
+        .await?
+        .map_err(|err| BusError::Payload {
+            name: reference.name.clone(),
+            reason: format!("cannot write the download: {err}"),
+        })
+    }
+
+    /// Fetches a payload while `consume` reads it on a blocking thread:
+    /// the stored (still encrypted) bytes arrive through a bounded pipe
+    /// ([`crate::pipe`]), so fetching and consuming (decrypting, rendering,
+    /// writing) overlap and memory holds a few chunks whatever the size.
+    ///
+    /// Chunk by chunk, one direct get each (`next_by_subj` on the object's
+    /// chunk subject). (The object store's own `get` reads through a push
+    /// consumer that the server fills as fast as it can: a reader slower
+    /// than NATS held the whole payload in its buffer.) Size and SHA-256
+    /// are taken as the bytes arrive; a payload longer than its reference
+    /// is refused at once. A replica that has not caught up answers "not
+    /// found" for a chunk it lacks yet: asked again, briefly. Links are
+    /// refused (payloads are never links).
+    ///
+    /// The reader handed to `consume` reaches its end only after size and
+    /// hash matched the reference; a failed fetch makes its next read fail.
+    /// A `consume` that reads to the end therefore only ever built on the
+    /// exact payload; whatever it returns, a failed fetch is the error
+    /// reported. (One that returns before the end stops the fetch and saw
+    /// a verified prefix only: that is its business.)
+    pub async fn read_payload<T: Send + 'static>(
+        &self,
+        reference: &v1::PayloadRef,
+        consume: impl FnOnce(PayloadReader) -> T + Send + 'static,
+    ) -> Result<T, BusError> {
+        let fail = |reason: String| BusError::Payload {
+            name: reference.name.clone(),
+            reason,
+        };
+        let (stream, chunk_subject, chunks) = self.locate_payload(reference).await?;
+        let (mut tx, rx) = pipe::pipe();
+        let consumer = tokio::task::spawn_blocking(move || consume(PayloadReader::new(rx)));
+        let fetched = send_chunks(&stream, &chunk_subject, chunks, reference, &mut tx).await;
+        match &fetched {
+            Ok(true) => {
+                tx.send(pipe::Piece::End).await;
+            }
+            Ok(false) => {}
+            Err(reason) => {
+                tx.send(pipe::Piece::Failed(reason.clone())).await;
+            }
+        }
+        drop(tx);
+        let value = consumer
+            .await
+            .map_err(|err| fail(format!("the reading task failed: {err}")))?;
+        fetched.map_err(fail)?;
+        Ok(value)
+    }
+
+    /// Checks that `reference` names a stored, whole (not deleted, not a
+    /// link) object; hands back its stream, chunk subject and chunk count.
+    async fn locate_payload(
+        &self,
+        reference: &v1::PayloadRef,
+    ) -> Result<(async_nats::jetstream::stream::Stream<()>, String, usize), BusError> {
         let fail = |reason: String| BusError::Payload {
             name: reference.name.clone(),
             reason,
@@ -212,43 +348,68 @@ impl Bus {
             .get_stream_no_info(format!("OBJ_{bucket}"))
             .await
             .map_err(|err| fail(format!("cannot fetch: {err}")))?;
-        let chunk_subject = format!("$O.{bucket}.C.{}", info.nuid);
-        let mut file = tokio::fs::File::from_std(
-            private_create(dest).map_err(|err| fail(format!("cannot create temp file: {err}")))?,
-        );
-        // Size and hash as the bytes arrive: a payload longer than its
-        // reference is refused before it fills the disk.
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut next_sequence = 1;
-        for _ in 0..info.chunks {
-            let chunk = next_chunk(&stream, &chunk_subject, next_sequence)
-                .await
-                .map_err(|err| fail(format!("download interrupted: {err}")))?;
-            size += chunk.payload.len() as u64;
-            if size > reference.size {
-                return Err(fail(format!(
-                    "integrity check failed: more than the expected {} bytes",
-                    reference.size
-                )));
-            }
-            hasher.update(&chunk.payload);
-            file.write_all(&chunk.payload)
-                .await
-                .map_err(|err| fail(format!("download interrupted: {err}")))?;
-            next_sequence = chunk.sequence + 1;
-        }
-        file.flush().await.map_err(|err| fail(err.to_string()))?;
-        drop(file);
-        let sha256 = hex::encode(hasher.finalize());
-        if size != reference.size || sha256 != reference.sha256 {
-            return Err(fail(format!(
-                "integrity check failed: expected {} bytes with SHA-256 {}, got {size} bytes with SHA-256 {sha256}",
-                reference.size, reference.sha256
-            )));
-        }
-        Ok(())
+        Ok((stream, format!("$O.{bucket}.C.{}", info.nuid), info.chunks))
     }
+}
+
+/// The size of the chunks payloads are stored in: half of NATS's default
+/// 1 MiB message limit (DESIGN.md: a payload never rides in one message),
+/// four times the object store's default, so a 75 MB workbook is 140
+/// acknowledged publishes rather than 570.
+pub const PAYLOAD_CHUNK_SIZE: usize = 512 * 1024;
+
+/// The object metadata for storing `name` in [`PAYLOAD_CHUNK_SIZE`] chunks.
+fn chunked(name: &str) -> object_store::ObjectMetadata {
+    object_store::ObjectMetadata {
+        name: name.into(),
+        chunk_size: Some(PAYLOAD_CHUNK_SIZE),
+        ..Default::default()
+    }
+}
+
+/// Sends the object's chunks into `tx`, checking size and hash as they
+/// go. `Ok(true)`: all sent and verified; `Ok(false)`: the consumer
+/// stopped reading; `Err`: why the payload is refused or cut.
+async fn send_chunks(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    chunk_subject: &str,
+    chunks: usize,
+    reference: &v1::PayloadRef,
+    tx: &mut pipe::PipeSender,
+) -> Result<bool, String> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut next_sequence = 1;
+    for _ in 0..chunks {
+        let chunk = next_chunk(stream, chunk_subject, next_sequence)
+            .await
+            .map_err(|err| format!("download interrupted: {err}"))?;
+        size += chunk.payload.len() as u64;
+        if size > reference.size {
+            return Err(format!(
+                "integrity check failed: more than the expected {} bytes",
+                reference.size
+            ));
+        }
+        hasher.update(&chunk.payload);
+        next_sequence = chunk.sequence + 1;
+        // Copied into a buffer that goes round the pipe; the message is
+        // freed here, on the thread that received it.
+        let mut buffer = tx.buffer(PAYLOAD_CHUNK_SIZE);
+        buffer.extend_from_slice(&chunk.payload);
+        drop(chunk);
+        if !tx.send(pipe::Piece::Data(buffer)).await {
+            return Ok(false);
+        }
+    }
+    let sha256 = hex::encode(hasher.finalize());
+    if size != reference.size || sha256 != reference.sha256 {
+        return Err(format!(
+            "integrity check failed: expected {} bytes with SHA-256 {}, got {size} bytes with SHA-256 {sha256}",
+            reference.size, reference.sha256
+        ));
+    }
+    Ok(true)
 }
 
 /// Writes an inventory in workbook order as a snapshot stream: for each
@@ -266,7 +427,7 @@ pub fn write_snapshot(
                 projects.push((name.clone(), rows));
                 v1::snapshot_record::Record::Project(v1::ProjectStart { name, rows })
             }
-            SortedItem::Row(row) => v1::snapshot_record::Record::Row(row_to_proto(&row)),
+            SortedItem::Row(row) => v1::snapshot_record::Record::Row(row_to_proto(row)),
         };
         buffer.clear();
         v1::SnapshotRecord {
@@ -356,20 +517,21 @@ impl<R: Read> SnapshotReader<R> {
     }
 }
 
-fn row_to_proto(row: &DeviceRow) -> v1::DeviceRow {
+/// The wire row, taking the row's text without copying it.
+fn row_to_proto(row: DeviceRow) -> v1::DeviceRow {
     v1::DeviceRow {
-        provider: row.provider.clone(),
-        device_name: row.device_name.clone(),
-        protocol: row.protocol.clone(),
-        public_ip: row.public_ip.clone(),
-        private_ip: row.private_ip.clone(),
-        url: row.url.clone(),
-        port: row.port.clone(),
-        access_type: row.access_type.clone(),
-        account: row.account.clone(),
-        password: row.password.expose().to_owned(),
-        pem_file_name: row.pem_file_name.clone(),
-        extra_credential: row.extra_credential.expose().to_owned(),
+        provider: row.provider,
+        device_name: row.device_name,
+        protocol: row.protocol,
+        public_ip: row.public_ip,
+        private_ip: row.private_ip,
+        url: row.url,
+        port: row.port,
+        access_type: row.access_type,
+        account: row.account,
+        password: row.password.into_exposed(),
+        pem_file_name: row.pem_file_name,
+        extra_credential: row.extra_credential.into_exposed(),
     }
 }
 

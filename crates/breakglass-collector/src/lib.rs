@@ -2,9 +2,9 @@
 //! stores an encrypted snapshot for the renderer.
 //!
 //! The stage work (reading, grouping, sorting) is `breakglass-collect`;
-//! this crate only binds it to the bus: decode the trigger, collect, write
-//! the snapshot through the payload key into a private temp file, store it
-//! in the object store, publish `snapshot.ready` sealed (breakglass-bus
+//! this crate only binds it to the bus: decode the trigger, collect, store
+//! the snapshot encrypted to the payload key in the object store while it
+//! is sorted and written (no temp file), publish `snapshot.ready` sealed (breakglass-bus
 //! `envelope`) with `Nats-Msg-Id = snapshot-<run id>` so a redelivered
 //! trigger adds no second snapshot event. A trigger comes from outside:
 //! every field is checked before anything is read (`validate::trigger`).
@@ -17,6 +17,7 @@ use breakglass_bus::{Bus, EventKind, worker};
 use breakglass_collect::{AnySource, RowCounter, Source};
 use breakglass_proto::v1;
 use breakglass_service::ConfigSource;
+use std::io::Write;
 use tracing::Instrument;
 
 /// The collect stage bound to the bus.
@@ -81,29 +82,24 @@ impl Stage for Collector {
             warnings = collected.warning_count(),
             "inventory read"
         );
-        let temp = private_temp_dir()?;
-        let path = temp.path().join("snapshot.age");
-        let key = self.key.clone();
-        // Sorting (merging spilled runs) and encrypting stream together on a
-        // blocking thread; the snapshot never exists in plaintext.
-        let (summary, path) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let sorted = collected.into_sorted_stream()?;
-            let summary = (sorted.rows, sorted.warnings.clone(), sorted.warning_count);
-            let mut projects = Vec::new();
-            key.encrypt_to_file(&path, |out| {
-                projects = write_snapshot(sorted.stream, out)?;
-                Ok(())
-            })?;
-            Ok(((summary, projects), path))
-        })
-        .await
-        .map_err(|err| StageFailure::retry(format!("snapshot task failed: {err}")))?
-        .map_err(|err| StageFailure::retry(format!("writing the snapshot failed: {err}")))?;
-        let ((rows, warnings, warning_count), projects) = summary;
-        let reference = bus
-            .store_payload(&attempt_object_name(&run_id, "snapshot"), &path)
+        // Sorting (merging spilled runs), encoding and encrypting stream
+        // together on a blocking thread straight into the object store: the
+        // snapshot never exists in plaintext, nor on disk.
+        let (reference, ((rows, warnings, warning_count), projects)) = bus
+            .store_payload_with(
+                &attempt_object_name(&run_id, "snapshot"),
+                &self.key,
+                move |out| {
+                    let sorted = collected.into_sorted_stream()?;
+                    let summary = (sorted.rows, sorted.warnings.clone(), sorted.warning_count);
+                    let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+                    let projects = write_snapshot(sorted.stream, &mut out)?;
+                    out.flush()?;
+                    Ok((summary, projects))
+                },
+            )
             .await
-            .map_err(|err| StageFailure::retry(err.to_string()))?;
+            .map_err(|err| StageFailure::retry(format!("storing the snapshot failed: {err}")))?;
         let ready = v1::SnapshotReady {
             snapshot: Some(reference),
             source: described,
@@ -145,14 +141,4 @@ impl Stage for Collector {
             .inc();
         Ok(())
     }
-}
-
-/// A fresh 0700 temp directory, removed when dropped (also on panic).
-fn private_temp_dir() -> Result<tempfile::TempDir, StageFailure> {
-    tempfile::Builder::new()
-        .prefix("breakglass-collector-")
-        .tempdir()
-        .map_err(|err| {
-            StageFailure::retry(format!("cannot create a private temp directory: {err}"))
-        })
 }

@@ -25,6 +25,12 @@ impl Secret {
         &self.0
     }
 
+    /// Hands the plaintext over to a value that must own it (a message
+    /// being encoded), without a copy; this wrapper is left empty.
+    pub fn into_exposed(mut self) -> String {
+        std::mem::take(&mut self.0)
+    }
+
     /// True when no secret is set.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

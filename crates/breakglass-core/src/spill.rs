@@ -72,7 +72,7 @@ impl Run {
         })
     }
 
-    fn next(&mut self) -> std::io::Result<Option<(u32, DeviceRow)>> {
+    fn next(&mut self) -> std::io::Result<Option<(u32, Box<DeviceRow>)>> {
         let mut word = [0u8; 4];
         match self.reader.read_exact(&mut word) {
             Ok(()) => {}
@@ -83,11 +83,19 @@ impl Run {
         let mut cells: [String; 12] = Default::default();
         for cell in &mut cells {
             self.reader.read_exact(&mut word)?;
-            let mut bytes = vec![0u8; u32::from_le_bytes(word) as usize];
-            self.reader.read_exact(&mut bytes)?;
+            let length = u32::from_le_bytes(word) as usize;
+            // Read into spare capacity: no zeroing of a buffer about to be
+            // overwritten.
+            let mut bytes = Vec::with_capacity(length);
+            (&mut self.reader)
+                .take(length as u64)
+                .read_to_end(&mut bytes)?;
+            if bytes.len() != length {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             *cell = String::from_utf8(bytes).map_err(std::io::Error::other)?;
         }
-        Ok(Some((project, DeviceRow::from_cells(cells))))
+        Ok(Some((project, Box::new(DeviceRow::from_cells(cells)))))
     }
 }
 
@@ -112,10 +120,12 @@ pub(crate) fn sort_buffer(buffer: &mut [(u32, DeviceRow)], names: &[String]) {
     });
 }
 
+/// The next row of one sorted run. The row is boxed so that the heap moves
+/// a few words per sift rather than the whole row.
 struct Head {
     rank: u32,
     project: u32,
-    row: DeviceRow,
+    row: Box<DeviceRow>,
     source: usize,
 }
 
@@ -150,10 +160,10 @@ enum Source {
 }
 
 impl Source {
-    fn next(&mut self) -> std::io::Result<Option<(u32, DeviceRow)>> {
+    fn next(&mut self) -> std::io::Result<Option<(u32, Box<DeviceRow>)>> {
         match self {
             Self::Disk(run) => run.next(),
-            Self::Memory(rows) => Ok(rows.next()),
+            Self::Memory(rows) => Ok(rows.next().map(|(project, row)| (project, Box::new(row)))),
         }
     }
 }
@@ -166,7 +176,7 @@ pub struct SortedStream {
     sources: Vec<Source>,
     heap: BinaryHeap<Head>,
     current: Option<u32>,
-    pending: Option<DeviceRow>,
+    pending: Option<Box<DeviceRow>>,
     started: bool,
     failed: bool,
 }
@@ -238,7 +248,7 @@ impl SortedStream {
             }
         }
         if let Some(row) = self.pending.take() {
-            return Some(Ok(SortedItem::Row(row)));
+            return Some(Ok(SortedItem::Row(*row)));
         }
         let head = self.heap.pop()?;
         if let Err(err) = self.fill(head.source) {
@@ -253,6 +263,6 @@ impl SortedStream {
                 rows: self.counts[index],
             }));
         }
-        Some(Ok(SortedItem::Row(head.row)))
+        Some(Ok(SortedItem::Row(*head.row)))
     }
 }

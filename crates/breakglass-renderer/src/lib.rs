@@ -1,32 +1,33 @@
 //! The renderer service: on `breakglass.snapshot.ready`, turns the stored
 //! snapshot into the workbook and stores it, encrypted, for the uploader.
 //!
-//! The workbook itself is `breakglass-render`; this crate fetches and
-//! decrypts the snapshot record by record (never whole in memory), feeds the
-//! builder in a blocking task, hashes the finished file (the destinations
-//! verify against that hash), encrypts it into the object store and
-//! publishes `workbook.ready` (`Nats-Msg-Id = workbook-<run id>`). Both
+//! The workbook itself is `breakglass-render`; this crate fetches the
+//! snapshot and renders it while it arrives (decrypted record by record,
+//! never whole in memory, in a blocking task), hashes the finished file
+//! (the destinations verify against that hash), stores it encrypted in the
+//! object store while it is encrypted, and publishes `workbook.ready`
+//! (`Nats-Msg-Id = workbook-<run id>`). A render counts only if the fetch
+//! then proved the snapshot the exact payload the event names. Both
 //! events travel sealed (breakglass-bus `envelope`): a `snapshot.ready`
 //! that does not open, is stale, or breaks a field rule is dead-lettered
 //! before anything is fetched. All of it happens in one private, locked
 //! working folder ([`breakglass_render::workdir`]) that is removed
 //! afterwards, on success, failure and panic alike, and by the next
-//! renderer to start if this one is killed. The plain workbook (and, with
-//! `encryption: none`, the stored file) only ever lives in unnamed files
-//! there: the named files are the age-encrypted snapshot and payload, and
-//! the sealed workbook.
+//! renderer to start if this one is killed. The snapshot and the stored
+//! payload pass through bounded pipes and never touch the disk; the plain
+//! workbook and the sealed one only ever live in unnamed files there.
 
 use async_nats::jetstream;
 use breakglass_bus::payload::attempt_object_name;
 use breakglass_bus::payload::{
-    PayloadKey, SnapshotItem, SnapshotReader, warning_from_proto, warning_to_proto,
+    PayloadKey, PayloadReader, SnapshotItem, SnapshotReader, warning_from_proto, warning_to_proto,
 };
 use breakglass_bus::worker::{Attempt, Stage, StageFailure};
 use breakglass_bus::{Bus, EventKind, validate, worker};
 use breakglass_config::Encryption;
 use breakglass_core::{RowWarning, RunId};
 use breakglass_proto::v1;
-use breakglass_render::encrypt::{Sealed, SealedWorkbook};
+use breakglass_render::encrypt::SealedWorkbook;
 use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions, RenderReport, WorkbookBuilder};
 use breakglass_service::ConfigSource;
 use std::path::Path;
@@ -96,11 +97,6 @@ impl Stage for Renderer {
         let temp = breakglass_render::workdir::WorkDir::create(WORK_DIR_PREFIX).map_err(|err| {
             StageFailure::retry(format!("cannot create a private temp directory: {err}"))
         })?;
-        let snapshot_path = temp.path().join("snapshot.age");
-        bus.fetch_payload(&reference, &snapshot_path)
-            .await
-            .map_err(|err| StageFailure::retry(err.to_string()))?;
-
         let encryption = self.config.load_for_run()?.encryption;
         if encryption == Encryption::None {
             tracing::warn!("the workbook is stored unencrypted (encryption: none)");
@@ -118,40 +114,54 @@ impl Stage for Renderer {
         let warnings: Vec<RowWarning> = ready.warnings.iter().map(warning_from_proto).collect();
         let warning_count = ready.warning_count;
         let span = tracing::info_span!("render workbook", rows = ready.rows);
-        let rendered = tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            render_encrypted(
-                &key,
-                &work_dir,
-                options,
-                &warnings,
-                warning_count,
-                &encryption,
-            )
-        })
-        .await
-        .map_err(|err| StageFailure::retry(format!("render task failed: {err}")))??;
-
-        let workbook_ref = bus
-            .store_payload(
+        // The snapshot is rendered while it arrives; the render counts only
+        // if the fetch then proved it the exact payload the event names
+        // (a failed fetch is the error, whatever the render made of it).
+        let rendered = bus
+            .read_payload(&reference, move |snapshot| {
+                let _entered = span.enter();
+                render_sealed(
+                    &key,
+                    snapshot,
+                    &work_dir,
+                    options,
+                    &warnings,
+                    warning_count,
+                    &encryption,
+                )
+            })
+            .await
+            .map_err(|err| StageFailure::retry(err.to_string()))??;
+        let Rendered {
+            report,
+            sealed:
+                SealedWorkbook {
+                    sealed,
+                    file: mut stored,
+                    size,
+                    sha256,
+                },
+        } = rendered;
+        let (workbook_ref, ()) = bus
+            .store_payload_with(
                 &attempt_object_name(&run_id, "workbook"),
-                &rendered.encrypted,
+                &self.key,
+                move |out| std::io::copy(&mut stored, out).map(|_| ()),
             )
             .await
             .map_err(|err| StageFailure::retry(err.to_string()))?;
-        let report = rendered.report;
         let mut warnings = ready.warnings.clone();
         warnings.extend(report.warnings.iter().map(warning_to_proto));
         let mut warning_count = ready.warning_count + report.warning_count;
-        if rendered.sealed.encryption == "none" {
+        if sealed.encryption == "none" {
             warnings.insert(0, unencrypted_warning());
             warning_count += 1;
         }
         warnings.truncate(breakglass_core::inventory::MAX_LISTED_WARNINGS);
         let event = v1::WorkbookReady {
             workbook: Some(workbook_ref),
-            workbook_size: rendered.size,
-            workbook_sha256: rendered.sha256,
+            workbook_size: size,
+            workbook_sha256: sha256,
             projects: report
                 .projects
                 .iter()
@@ -164,9 +174,9 @@ impl Stage for Renderer {
             warnings,
             warning_count,
             rendered_at_unix_ms: worker::chrono_now_ms(),
-            encryption: rendered.sealed.encryption.into(),
-            extension: rendered.sealed.extension.into(),
-            key_id: rendered.sealed.key_id.clone(),
+            encryption: sealed.encryption.into(),
+            extension: sealed.extension.into(),
+            key_id: sealed.key_id.clone(),
             snapshot: Some(ready),
         };
         bus.publish_event(EventKind::WorkbookReady, &run_id, &event)
@@ -203,12 +213,10 @@ fn read_snapshot_ready(
     Ok((opened.event, run_id))
 }
 
+/// The rendered workbook, protected as the settings say, with its report.
 struct Rendered {
     report: RenderReport,
-    encrypted: std::path::PathBuf,
-    size: u64,
-    sha256: String,
-    sealed: Sealed,
+    sealed: SealedWorkbook,
 }
 
 /// The warning every run with `encryption: none` carries.
@@ -221,10 +229,11 @@ fn unencrypted_warning() -> v1::Warning {
     }
 }
 
-/// Decrypts the snapshot, writes the workbook, hashes it and encrypts it.
-/// Blocking: runs on a blocking thread.
-fn render_encrypted(
+/// Decrypts the snapshot as it arrives, writes the workbook, and protects
+/// and hashes it. Blocking: runs on a blocking thread.
+fn render_sealed(
     key: &PayloadKey,
+    snapshot: PayloadReader,
     dir: &Path,
     options: RenderOptions,
     warnings: &[RowWarning],
@@ -232,7 +241,7 @@ fn render_encrypted(
     encryption: &Encryption,
 ) -> Result<Rendered, StageFailure> {
     let snapshot = key
-        .decrypt_file(&dir.join("snapshot.age"))
+        .decrypt(snapshot)
         .map_err(|err| StageFailure::permanent(format!("snapshot: {err}")))?;
     let mut reader = SnapshotReader::new(snapshot);
     let mut builder =
@@ -253,12 +262,7 @@ fn render_encrypted(
         .map_err(|err| StageFailure::retry(err.to_string()))?;
     // The file the destinations will hold: the workbook protected as the
     // settings say. Its size and hash are what every upload is verified by.
-    let SealedWorkbook {
-        sealed,
-        file: mut stored,
-        size,
-        sha256,
-    } = breakglass_render::encrypt::seal_and_hash(plain, encryption, dir).map_err(
+    let sealed = breakglass_render::encrypt::seal_and_hash(plain, encryption, dir).map_err(
         |err| match err {
             breakglass_render::encrypt::SealError::Config(_) => {
                 StageFailure::permanent(err.to_string())
@@ -266,16 +270,5 @@ fn render_encrypted(
             _ => StageFailure::retry(err.to_string()),
         },
     )?;
-    let encrypted = dir.join("workbook.age");
-    key.encrypt_to_file(&encrypted, |out| {
-        std::io::copy(&mut stored, out).map(|_| ())
-    })
-    .map_err(|err| StageFailure::retry(format!("encrypting the payload failed: {err}")))?;
-    Ok(Rendered {
-        report,
-        encrypted,
-        size,
-        sha256,
-        sealed,
-    })
+    Ok(Rendered { report, sealed })
 }

@@ -1,8 +1,9 @@
 //! The uploader service: on `breakglass.workbook.ready`, stores the workbook
 //! in every configured destination and reports the run.
 //!
-//! It fetches the encrypted workbook, decrypts it into a private temp file,
-//! checks it against the SHA-256 the renderer recorded, then hands it to
+//! It fetches the encrypted workbook and decrypts it into a private temp
+//! file as it arrives (hashing on the way), checks it against the SHA-256
+//! the renderer recorded, then hands it to
 //! [`breakglass_storage::deliver::store_all`]: every destination
 //! independently, transient failures retried within
 //! `upload_retry_budget_seconds` (the bus worker's in-progress acks keep
@@ -19,7 +20,7 @@
 pub mod grpc;
 
 use async_nats::jetstream;
-use breakglass_bus::payload::{PayloadKey, hash_file};
+use breakglass_bus::payload::PayloadKey;
 use breakglass_bus::worker::{Attempt, Stage, StageFailure};
 use breakglass_bus::{Bus, EventKind, validate, worker};
 use breakglass_core::RunId;
@@ -221,23 +222,26 @@ async fn fetch_workbook(
         .workbook
         .as_ref()
         .ok_or_else(|| StageFailure::permanent("workbook.ready carries no workbook reference"))?;
-    let encrypted = folder.join("workbook.age");
-    bus.fetch_payload(reference, &encrypted)
-        .await
-        .map_err(|err| StageFailure::retry(err.to_string()))?;
+    // Fetched, decrypted, written and hashed in one pass; the file counts
+    // only if the fetch proved the payload exact and the hash matches the
+    // renderer's record.
     let plain = folder.join("workbook.xlsx");
     let key = key.clone();
-    let (src, dst) = (encrypted, plain.clone());
-    let (size, sha256) = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
-        let mut reader = key.decrypt_file(&src)?;
-        let mut out = breakglass_core::private_fs::create_new(&dst)?;
-        std::io::copy(&mut reader, &mut out)?;
-        out.sync_all()?;
-        hash_file(&dst)
-    })
-    .await
-    .map_err(|err| StageFailure::retry(format!("decrypt task failed: {err}")))?
-    .map_err(|err| StageFailure::permanent(format!("workbook payload: {err}")))?;
+    let dst = plain.clone();
+    let (size, sha256) = bus
+        .read_payload(
+            reference,
+            move |payload| -> std::io::Result<(u64, String)> {
+                let mut reader = key.decrypt(payload)?;
+                let mut hashing = breakglass_core::private_fs::HashingFile::create(&dst)?;
+                std::io::copy(&mut reader, &mut hashing)?;
+                // A scratch copy: the destinations sync their own.
+                hashing.finish_unsynced()
+            },
+        )
+        .await
+        .map_err(|err| StageFailure::retry(err.to_string()))?
+        .map_err(|err| StageFailure::permanent(format!("workbook payload: {err}")))?;
     if size != ready.workbook_size || sha256 != ready.workbook_sha256 {
         return Err(StageFailure::permanent(format!(
             "workbook payload does not match the renderer's record: {size} bytes / {sha256} versus {} bytes / {}",
