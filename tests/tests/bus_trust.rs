@@ -928,7 +928,7 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 /// integrity error is what the caller gets.
 #[tokio::test]
 async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_verified() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let iso = breakglass_e2e::Isolation::new("payloadstream");
     let bus = iso.connect_bus().await;
     let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();

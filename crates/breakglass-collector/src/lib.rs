@@ -93,7 +93,9 @@ impl Stage for Collector {
                     let sorted = collected.into_sorted_stream()?;
                     let summary = (sorted.rows, sorted.warnings.clone(), sorted.warning_count);
                     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
-                    let projects = write_snapshot(sorted.stream, &mut out)?;
+                    // Merged on a thread of its own while this one encodes
+                    // and encrypts.
+                    let projects = write_snapshot(sorted.stream.merged_ahead()?, &mut out)?;
                     out.flush()?;
                     Ok((summary, projects))
                 },

@@ -35,4 +35,4 @@ pub use device::{COLUMNS, DeviceRow};
 pub use inventory::{Inventory, ProjectRows, RowWarning, SortedInventory, SortedRows};
 pub use run::{RunId, RunIdError};
 pub use secret::Secret;
-pub use spill::{SortedItem, SortedStream};
+pub use spill::{MergedAhead, SortedItem, SortedStream};
