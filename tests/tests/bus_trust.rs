@@ -1034,6 +1034,32 @@ async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_v
             "the consumer must not read a clean end of an unverified payload: {outcome:?}"
         );
     }
+
+    // A forged object that does not even decrypt: the consumer gives up at
+    // its first bytes, and still the verdict is the fetch's (a mismatch
+    // with the sealed reference, retried and flagged as such), not the
+    // consumer's "cannot decrypt", which would pass for a key problem.
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, pseudo_random(PAYLOAD_CHUNK_SIZE * 3)).unwrap();
+    let stored_garbage = bus
+        .store_payload("stream-test.4.snapshot.age", &garbage)
+        .await
+        .unwrap();
+    let claimed = v1::PayloadRef {
+        sha256: reference.sha256.clone(),
+        ..stored_garbage
+    };
+    let reader_key = key.clone();
+    let err = bus
+        .read_payload(&claimed, move |payload| {
+            reader_key.decrypt(payload).map(|_| ())
+        })
+        .await
+        .map(|consumed| format!("{consumed:?}"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("integrity check failed"), "{err}");
     bus.close().await;
     iso.cleanup_bus().await;
 }

@@ -181,7 +181,9 @@ impl Bus {
     /// was finished: a `fill` that fails or panics fails the store. (Chunks
     /// already sent then stay unnamed in the bucket until its TTL removes
     /// them, as with any interrupted put.) `fill`'s own failure is the
-    /// error reported, unless the store failed first.
+    /// error reported when the store stopped because of it; otherwise the
+    /// store's. A panic is reported as such, without its message (it could
+    /// quote the data being written).
     pub async fn store_payload_with<T: Send + 'static>(
         &self,
         name: &str,
@@ -222,10 +224,12 @@ impl Bus {
         let (size, sha256) = reader.digest();
         let written = writer
             .await
-            .map_err(|err| fail(format!("the writing task failed: {err}")))?;
+            .map_err(|err| fail(task_failed("writing", &err)))?;
         match (stored, written) {
             (Ok(_), Ok(value)) => Ok((self.payload_ref(name, size, sha256), value)),
-            (Err(err), Err(cause)) if cause.kind() == std::io::ErrorKind::BrokenPipe => {
+            // The put stopped reading the pipe on its own: its error is the
+            // cause, the writer's (a closed pipe) only the consequence.
+            (Err(err), _) if err.kind() != object_store::PutErrorKind::ReadChunks => {
                 Err(fail(format!("cannot store: {err}")))
             }
             (_, Err(cause)) => Err(fail(format!("writing failed: {cause}"))),
@@ -279,10 +283,12 @@ impl Bus {
     ///
     /// The reader handed to `consume` reaches its end only after size and
     /// hash matched the reference; a failed fetch makes its next read fail.
-    /// A `consume` that reads to the end therefore only ever built on the
-    /// exact payload; whatever it returns, a failed fetch is the error
-    /// reported. (One that returns before the end stops the fetch and saw
-    /// a verified prefix only: that is its business.)
+    /// The fetch always runs to the end, even when `consume` stops early
+    /// (a forged object typically fails to decrypt at its first chunk), and
+    /// whatever `consume` returns, a payload that does not match its
+    /// reference is the error reported: the reference in the sealed event
+    /// is the only check that counts, since anyone holding the public key
+    /// can make age chunks that decrypt.
     pub async fn read_payload<T: Send + 'static>(
         &self,
         reference: &v1::PayloadRef,
@@ -296,19 +302,15 @@ impl Bus {
         let (mut tx, rx) = pipe::pipe();
         let consumer = tokio::task::spawn_blocking(move || consume(PayloadReader::new(rx)));
         let fetched = send_chunks(&stream, &chunk_subject, chunks, reference, &mut tx).await;
+        // Unheard when the consumer stopped already.
         match &fetched {
-            Ok(true) => {
-                tx.send(pipe::Piece::End).await;
-            }
-            Ok(false) => {}
-            Err(reason) => {
-                tx.send(pipe::Piece::Failed(reason.clone())).await;
-            }
-        }
+            Ok(()) => tx.send(pipe::Piece::End).await,
+            Err(reason) => tx.send(pipe::Piece::Failed(reason.clone())).await,
+        };
         drop(tx);
         let value = consumer
             .await
-            .map_err(|err| fail(format!("the reading task failed: {err}")))?;
+            .map_err(|err| fail(task_failed("reading", &err)))?;
         fetched.map_err(fail)?;
         Ok(value)
     }
@@ -367,16 +369,28 @@ fn chunked(name: &str) -> object_store::ObjectMetadata {
     }
 }
 
+/// Why a blocking task did not return: a panic is named as such, without
+/// its message (which could quote the data it was handling).
+fn task_failed(what: &str, err: &tokio::task::JoinError) -> String {
+    if err.is_panic() {
+        format!("the {what} task panicked")
+    } else {
+        format!("the {what} task was cancelled")
+    }
+}
+
 /// Sends the object's chunks into `tx`, checking size and hash as they
-/// go. `Ok(true)`: all sent and verified; `Ok(false)`: the consumer
-/// stopped reading; `Err`: why the payload is refused or cut.
+/// go, to the end even after the consumer stopped reading (its verdict
+/// must not stand in for the payload's). `Err`: why the payload is refused
+/// or cut.
 async fn send_chunks(
     stream: &async_nats::jetstream::stream::Stream<()>,
     chunk_subject: &str,
     chunks: usize,
     reference: &v1::PayloadRef,
     tx: &mut pipe::PipeSender,
-) -> Result<bool, String> {
+) -> Result<(), String> {
+    let mut consumer_reading = true;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut next_sequence = 1;
@@ -393,13 +407,13 @@ async fn send_chunks(
         }
         hasher.update(&chunk.payload);
         next_sequence = chunk.sequence + 1;
-        // Copied into a buffer that goes round the pipe; the message is
-        // freed here, on the thread that received it.
-        let mut buffer = tx.buffer(PAYLOAD_CHUNK_SIZE);
-        buffer.extend_from_slice(&chunk.payload);
-        drop(chunk);
-        if !tx.send(pipe::Piece::Data(buffer)).await {
-            return Ok(false);
+        if consumer_reading {
+            // Copied into a buffer that goes round the pipe; the message is
+            // freed here, on the thread that received it.
+            let mut buffer = tx.buffer(PAYLOAD_CHUNK_SIZE);
+            buffer.extend_from_slice(&chunk.payload);
+            drop(chunk);
+            consumer_reading = tx.send(pipe::Piece::Data(buffer)).await;
         }
     }
     let sha256 = hex::encode(hasher.finalize());
@@ -409,7 +423,7 @@ async fn send_chunks(
             reference.size, reference.sha256
         ));
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Writes an inventory in workbook order as a snapshot stream: for each

@@ -36,9 +36,9 @@ pub(crate) enum Piece {
 
 /// A new pipe of [`DEPTH`] chunks. Its buffers go round: the receiving
 /// end hands each emptied buffer back for the sending end to fill again,
-/// so a payload of any size is carried in a handful of allocations (and
-/// no buffer is freed on another thread than the one that made it, which
-/// the allocator would hold on to for a while).
+/// so a payload of any size is carried in a handful of allocations, and
+/// buffers are not freed, chunk after chunk, on another thread than the
+/// one that made them (which the allocator held on to for a while).
 pub(crate) fn pipe() -> (PipeSender, PipeReceiver) {
     let (tx, rx) = mpsc::channel(DEPTH);
     let (spare_tx, spare_rx) = mpsc::unbounded_channel();
