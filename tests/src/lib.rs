@@ -1328,18 +1328,32 @@ pub struct PrivateNats {
     port: u16,
     monitor: u16,
     dir: tempfile::TempDir,
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl PrivateNats {
     /// Starts it and waits until JetStream answers.
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Like [`PrivateNats::start`], with `config` (nats-server's config
+    /// syntax, e.g. `max_payload: 200KB`) as its config file.
+    pub fn start_with_config(config: &str) -> Self {
         let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = (!config.is_empty()).then(|| {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, config).expect("config file");
+            path
+        });
         let mut nats = Self {
             url: format!("nats://127.0.0.1:{port}"),
             port,
             monitor: free_port(),
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
+            config,
             child: None,
         };
         nats.restart();
@@ -1363,7 +1377,11 @@ impl PrivateNats {
             .append(true)
             .open(self.dir.path().join("nats.log"))
             .expect("log file");
-        let child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-m", &self.monitor.to_string()])
             .arg("-sd")

@@ -1063,3 +1063,43 @@ async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_v
     bus.close().await;
     iso.cleanup_bus().await;
 }
+
+/// A NATS shared with other applications may run with a message limit
+/// below the default 1 MiB: payloads are then stored in smaller chunks (half
+/// the limit), not refused by the server.
+#[tokio::test]
+async fn payloads_fit_a_server_with_a_lower_message_limit() {
+    use std::io::Read;
+    let nats = breakglass_e2e::PrivateNats::start_with_config("max_payload: 200KB\n");
+    let iso = breakglass_e2e::Isolation::new("smallmsg");
+    let bus = iso.connect_bus_at(&nats.url, 5, 1).await;
+    let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();
+    let body = pseudo_random(1_500_000);
+    let written = body.clone();
+    let (reference, ()) = bus
+        .store_payload_with("small-msg.1.workbook.age", &key, move |out| {
+            out.write_all(&written)
+        })
+        .await
+        .unwrap();
+    let store = bus.payload_store().await.unwrap();
+    let info = store.info("small-msg.1.workbook.age").await.unwrap();
+    assert!(
+        info.chunks >= 15,
+        "chunks of at most 100 KB: {} for {} bytes",
+        info.chunks,
+        info.size
+    );
+    let reader_key = key.clone();
+    let read = bus
+        .read_payload(&reference, move |payload| {
+            let mut plain = Vec::new();
+            reader_key.decrypt(payload)?.read_to_end(&mut plain)?;
+            Ok::<_, std::io::Error>(plain)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(read == body, "the bytes read back are the bytes written");
+    bus.close().await;
+}

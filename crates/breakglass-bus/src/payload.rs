@@ -164,7 +164,7 @@ impl Bus {
             .await
             .map_err(|err| fail(format!("cannot open: {err}")))?;
         store
-            .put(chunked(name), &mut file)
+            .put(self.chunked(name), &mut file)
             .await
             .map_err(|err| fail(format!("cannot store: {err}")))?;
         Ok(self.payload_ref(name, size, sha256))
@@ -196,9 +196,11 @@ impl Bus {
         };
         let store = self.payload_store().await?;
         let (tx, rx) = pipe::pipe();
+        let metadata = self.chunked(name);
+        let chunk_size = metadata.chunk_size.unwrap_or(PAYLOAD_CHUNK_SIZE);
         let recipient = key.identity.to_public();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<T> {
-            let mut chunks = pipe::ChunkWriter::new(tx, PAYLOAD_CHUNK_SIZE);
+            let mut chunks = pipe::ChunkWriter::new(tx, chunk_size);
             let written = (|| {
                 let encryptor = age::Encryptor::with_recipients(std::iter::once(
                     &recipient as &dyn age::Recipient,
@@ -218,7 +220,7 @@ impl Bus {
             }
         });
         let mut reader = pipe::StoreReader::new(rx);
-        let stored = store.put(chunked(name), &mut reader).await;
+        let stored = store.put(metadata, &mut reader).await;
         // Dropping the reader unblocks a writer still sending after a
         // failed put.
         let (size, sha256) = reader.digest();
@@ -234,6 +236,19 @@ impl Bus {
             }
             (_, Err(cause)) => Err(fail(format!("writing failed: {cause}"))),
             (Err(err), Ok(_)) => Err(fail(format!("cannot store: {err}"))),
+        }
+    }
+
+    /// The object metadata for storing `name` in chunks of
+    /// [`PAYLOAD_CHUNK_SIZE`], or of half the server's message limit when
+    /// that is smaller (a NATS shared with other applications may run with
+    /// a lower `max_payload` than the default 1 MiB; half leaves room for
+    /// the headers).
+    fn chunked(&self, name: &str) -> object_store::ObjectMetadata {
+        object_store::ObjectMetadata {
+            name: name.into(),
+            chunk_size: Some(chunk_size_for(self.client().max_payload())),
+            ..Default::default()
         }
     }
 
@@ -357,16 +372,13 @@ impl Bus {
 /// The size of the chunks payloads are stored in: half of NATS's default
 /// 1 MiB message limit (DESIGN.md: a payload never rides in one message),
 /// four times the object store's default, so a 75 MB workbook is 140
-/// acknowledged publishes rather than 570.
+/// acknowledged publishes rather than 570. Smaller on a server whose limit
+/// is lower (half of it).
 pub const PAYLOAD_CHUNK_SIZE: usize = 512 * 1024;
 
-/// The object metadata for storing `name` in [`PAYLOAD_CHUNK_SIZE`] chunks.
-fn chunked(name: &str) -> object_store::ObjectMetadata {
-    object_store::ObjectMetadata {
-        name: name.into(),
-        chunk_size: Some(PAYLOAD_CHUNK_SIZE),
-        ..Default::default()
-    }
+/// The chunk size for a server whose message limit is `max_payload`.
+fn chunk_size_for(max_payload: usize) -> usize {
+    PAYLOAD_CHUNK_SIZE.min(max_payload / 2).max(1)
 }
 
 /// Why a blocking task did not return: a panic is named as such, without
