@@ -918,6 +918,20 @@ fn pseudo_random(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The plaintext of a stored payload, read while it is fetched.
+async fn read_back(bus: &Bus, key: &PayloadKey, reference: &v1::PayloadRef) -> Vec<u8> {
+    let key = key.clone();
+    bus.read_payload(reference, move |payload| {
+        use std::io::Read;
+        let mut plain = Vec::new();
+        key.decrypt(payload)?.read_to_end(&mut plain)?;
+        Ok::<_, std::io::Error>(plain)
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// A payload is stored while it is written (the snapshot and the workbook
 /// never touch the disk on their way into the object store), and only
 /// whole: a writer that fails or panics midway leaves no object under the
@@ -951,17 +965,10 @@ async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_v
         reference.size,
         body.len()
     );
-    let reader_key = key.clone();
-    let read = bus
-        .read_payload(&reference, move |payload| {
-            let mut plain = Vec::new();
-            reader_key.decrypt(payload)?.read_to_end(&mut plain)?;
-            Ok::<_, std::io::Error>(plain)
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(read == body, "the bytes read back are the bytes written");
+    assert!(
+        read_back(&bus, &key, &reference).await == body,
+        "the bytes read back are the bytes written"
+    );
     let store = bus.payload_store().await.unwrap();
     let stored = store.info("stream-test.1.snapshot.age").await.unwrap();
     assert_eq!(stored.size, reference.size as usize);
@@ -1069,7 +1076,6 @@ async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_v
 /// the limit), not refused by the server.
 #[tokio::test]
 async fn payloads_fit_a_server_with_a_lower_message_limit() {
-    use std::io::Read;
     let nats = breakglass_e2e::PrivateNats::start_with_config("max_payload: 200KB\n");
     let iso = breakglass_e2e::Isolation::new("smallmsg");
     let bus = iso.connect_bus_at(&nats.url, 5, 1).await;
@@ -1090,16 +1096,9 @@ async fn payloads_fit_a_server_with_a_lower_message_limit() {
         info.chunks,
         info.size
     );
-    let reader_key = key.clone();
-    let read = bus
-        .read_payload(&reference, move |payload| {
-            let mut plain = Vec::new();
-            reader_key.decrypt(payload)?.read_to_end(&mut plain)?;
-            Ok::<_, std::io::Error>(plain)
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(read == body, "the bytes read back are the bytes written");
+    assert!(
+        read_back(&bus, &key, &reference).await == body,
+        "the bytes read back are the bytes written"
+    );
     bus.close().await;
 }

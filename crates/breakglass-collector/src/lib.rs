@@ -4,10 +4,11 @@
 //! The stage work (reading, grouping, sorting) is `breakglass-collect`;
 //! this crate only binds it to the bus: decode the trigger, collect, store
 //! the snapshot encrypted to the payload key in the object store while it
-//! is sorted and written (no temp file), publish `snapshot.ready` sealed (breakglass-bus
-//! `envelope`) with `Nats-Msg-Id = snapshot-<run id>` so a redelivered
-//! trigger adds no second snapshot event. A trigger comes from outside:
-//! every field is checked before anything is read (`validate::trigger`).
+//! is sorted and written (no temp file), publish `snapshot.ready` sealed
+//! (breakglass-bus `envelope`) with `Nats-Msg-Id = snapshot-<run id>` so a
+//! redelivered trigger adds no second snapshot event. A trigger comes from
+//! outside: every field is checked before anything is read
+//! (`validate::trigger`).
 
 use async_nats::jetstream;
 use breakglass_bus::payload::attempt_object_name;
