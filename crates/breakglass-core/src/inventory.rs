@@ -39,15 +39,34 @@ pub struct ProjectRows {
     pub rows: Vec<DeviceRow>,
 }
 
+/// Takes the sorted runs of an [`Inventory`] as it reads, instead of its
+/// temp files: the collector stores each run as a payload, so the merge
+/// happens downstream (in the renderer) rather than after the last row.
+pub trait RunSink: Send {
+    /// Takes one run: `rows`, already in workbook order, each with its
+    /// project's index in `names`. Returns `false` to decline it (the
+    /// inventory then spills it to a temp file and merges it at the end);
+    /// an `Err` stops the reading. May take the rows out of `rows` (best
+    /// by draining it: its capacity then serves the next run).
+    fn take(&mut self, rows: &mut Vec<(u32, DeviceRow)>, names: &[String])
+    -> std::io::Result<bool>;
+}
+
 /// Rows grouped by project, with the warnings found on the way. Past
 /// [`crate::spill::DEFAULT_SPILL_ROWS`] rows, sorted runs go to unnamed temp
-/// files, so memory stays bounded whatever the inventory's size.
+/// files (or to a [`RunSink`]), so memory stays bounded whatever the
+/// inventory's size.
 pub struct Inventory {
     names: Vec<String>,
     index: HashMap<String, u32>,
+    /// Rows per project, in all.
     counts: Vec<u64>,
+    /// Rows per project still here (buffer and temp files), not handed to
+    /// the sink.
+    kept: Vec<u64>,
     buffer: Vec<(u32, DeviceRow)>,
     runs: Vec<Run>,
+    sink: Option<Box<dyn RunSink>>,
     spill_rows: usize,
     spill_key: Option<age::x25519::Identity>,
     warnings: Vec<RowWarning>,
@@ -83,14 +102,22 @@ impl Inventory {
             names: Vec::new(),
             index: HashMap::new(),
             counts: Vec::new(),
+            kept: Vec::new(),
             buffer: Vec::new(),
             runs: Vec::new(),
+            sink: None,
             spill_rows: rows.max(1),
             spill_key: None,
             warnings: Vec::new(),
             warning_count: 0,
             rows: 0,
         }
+    }
+
+    /// Hands every full sort buffer to `sink` first (see [`RunSink`]).
+    pub fn with_run_sink(mut self, sink: Box<dyn RunSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Adds one row to its project. An empty project or device name is
@@ -123,14 +150,29 @@ impl Inventory {
                 let index = self.names.len() as u32;
                 self.names.push(project.to_owned());
                 self.counts.push(0);
+                self.kept.push(0);
                 self.index.insert(project.to_owned(), index);
                 index
             }
         };
         self.counts[index as usize] += 1;
+        self.kept[index as usize] += 1;
         self.buffer.push((index, row));
         if self.buffer.len() >= self.spill_rows {
             crate::spill::sort_buffer(&mut self.buffer, &self.names);
+            if let Some(sink) = self.sink.as_mut() {
+                let mut handed = vec![0u64; self.names.len()];
+                for (project, _) in &self.buffer {
+                    handed[*project as usize] += 1;
+                }
+                if sink.take(&mut self.buffer, &self.names)? {
+                    for (kept, handed) in self.kept.iter_mut().zip(handed) {
+                        *kept -= handed;
+                    }
+                    self.buffer.clear();
+                    return Ok(());
+                }
+            }
             let key = self
                 .spill_key
                 .get_or_insert_with(age::x25519::Identity::generate);
@@ -169,15 +211,29 @@ impl Inventory {
         self.names.len()
     }
 
+    /// Every project with its number of rows, in tab order.
+    pub fn project_totals(&self) -> Vec<(String, u64)> {
+        let mut totals: Vec<(String, u64)> = self
+            .names
+            .iter()
+            .cloned()
+            .zip(self.counts.iter().copied())
+            .collect();
+        totals.sort_unstable_by(|a, b| crate::order::project_order(&a.0, &b.0));
+        totals
+    }
+
     /// Consumes the inventory into a stream in workbook order (projects in
-    /// tab order, rows in sheet order), with the counts and warnings.
+    /// tab order, rows in sheet order), with the counts and warnings. With
+    /// a [`RunSink`], the stream holds only the rows the sink did not take
+    /// (and each project start counts those).
     pub fn into_sorted_stream(self) -> std::io::Result<SortedRows> {
         Ok(SortedRows {
             rows: self.rows,
             projects: self.names.len() as u64,
             warnings: self.warnings,
             warning_count: self.warning_count,
-            stream: SortedStream::new(self.names, self.counts, self.runs, self.buffer),
+            stream: SortedStream::new(self.names, self.kept, self.runs, self.buffer),
         })
     }
 
@@ -317,6 +373,137 @@ mod tests {
             ["a", "b", "c"]
         );
         assert_eq!(a.rows, 200);
+    }
+
+    /// Keeps the runs it takes in memory, as items, up to `limit` runs.
+    struct KeepRuns {
+        runs: std::sync::Arc<std::sync::Mutex<Vec<Vec<SortedItem>>>>,
+        limit: usize,
+    }
+
+    impl RunSink for KeepRuns {
+        fn take(
+            &mut self,
+            rows: &mut Vec<(u32, DeviceRow)>,
+            names: &[String],
+        ) -> std::io::Result<bool> {
+            let mut runs = self.runs.lock().unwrap();
+            if runs.len() >= self.limit {
+                return Ok(false);
+            }
+            runs.push(crate::sorted_run_items(rows, names).collect());
+            Ok(true)
+        }
+    }
+
+    /// A run of items read back as a merge source, checking each project
+    /// start's count.
+    struct ItemRun {
+        items: std::vec::IntoIter<SortedItem>,
+        index: HashMap<String, u32>,
+        current: u32,
+        left: u64,
+    }
+
+    impl crate::RunRead for ItemRun {
+        fn next_row(&mut self) -> std::io::Result<Option<(u32, Box<DeviceRow>)>> {
+            loop {
+                match self.items.next() {
+                    None => {
+                        assert_eq!(self.left, 0, "a run holds what its starts count");
+                        return Ok(None);
+                    }
+                    Some(SortedItem::Project { name, rows }) => {
+                        assert_eq!(self.left, 0, "a run holds what its starts count");
+                        (self.current, self.left) = (self.index[&name], rows);
+                    }
+                    Some(SortedItem::Row(row)) => {
+                        self.left -= 1;
+                        return Ok(Some((self.current, Box::new(row))));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs handed to a sink (up to its limit; past it the inventory spills
+    /// as before) and the rest of the inventory, merged, are the inventory
+    /// in workbook order, with the same project starts and counts.
+    #[test]
+    fn runs_taken_by_a_sink_merge_with_the_rest_into_the_same_order() {
+        for limit in [0, 5, usize::MAX] {
+            let runs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut sunk = Inventory::with_spill_rows(7).with_run_sink(Box::new(KeepRuns {
+                runs: runs.clone(),
+                limit,
+            }));
+            let mut whole = Inventory::with_spill_rows(usize::MAX);
+            for i in 0..200u32 {
+                let project = ["b", "a", "c", "A-10", "A-9"][(i % 5) as usize];
+                let row = DeviceRow {
+                    device_name: format!("{}-{}", ["web", "WEB", "db"][(i % 3) as usize], i % 11),
+                    account: format!("acct{i}"),
+                    ..DeviceRow::default()
+                };
+                sunk.push(project, row.clone()).unwrap();
+                whole.push(project, row).unwrap();
+            }
+            let totals = sunk.project_totals();
+            let rest: Vec<SortedItem> = sunk
+                .into_sorted_stream()
+                .unwrap()
+                .stream
+                .map(Result::unwrap)
+                .collect();
+            let mut taken = std::mem::take(&mut *runs.lock().unwrap());
+            assert_eq!(
+                taken.len(),
+                limit.min(200 / 7),
+                "runs taken with limit {limit}"
+            );
+            taken.push(rest);
+            let index: HashMap<String, u32> = totals
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| (name.clone(), i as u32))
+                .collect();
+            let sources: Vec<Box<dyn crate::RunRead>> = taken
+                .into_iter()
+                .map(|items| {
+                    Box::new(ItemRun {
+                        items: items.into_iter(),
+                        index: index.clone(),
+                        current: 0,
+                        left: 0,
+                    }) as Box<dyn crate::RunRead>
+                })
+                .collect();
+            let flat = |items: Vec<SortedItem>| -> Vec<String> {
+                items
+                    .into_iter()
+                    .map(|item| match item {
+                        SortedItem::Project { name, rows } => format!("project {name} {rows}"),
+                        SortedItem::Row(row) => format!("{} {}", row.device_name, row.account),
+                    })
+                    .collect()
+            };
+            let merged = crate::SortedStream::merge(
+                totals.iter().map(|(name, _)| name.clone()).collect(),
+                totals.iter().map(|(_, rows)| *rows).collect(),
+                sources,
+            );
+            let merged = flat(merged.map(Result::unwrap).collect());
+            let expected = flat(
+                whole
+                    .into_sorted_stream()
+                    .unwrap()
+                    .stream
+                    .map(Result::unwrap)
+                    .collect(),
+            );
+            assert_eq!(merged.len(), 205);
+            assert!(merged == expected, "limit {limit}: {merged:?}");
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod secret;
 pub mod spill;
 
 pub use device::{COLUMNS, DeviceRow};
-pub use inventory::{Inventory, ProjectRows, RowWarning, SortedInventory, SortedRows};
+pub use inventory::{Inventory, ProjectRows, RowWarning, RunSink, SortedInventory, SortedRows};
 pub use run::{RunId, RunIdError};
 pub use secret::Secret;
-pub use spill::{MergedAhead, SortedItem, SortedStream};
+pub use spill::{MergedAhead, RunRead, SortedItem, SortedStream, sorted_run_items};

@@ -1,8 +1,12 @@
 //! Sorting an inventory bigger than memory: rows are buffered, and every
 //! [`DEFAULT_SPILL_ROWS`] rows the buffer is sorted and written, age-encrypted
 //! to a key held only in memory, to an unnamed temp file (unlinked at once,
-//! so no other process can open it, and gone when closed). At the end the sorted runs are merged, streaming, into
-//! workbook order. Memory stays at about one buffer, whatever the size.
+//! so no other process can open it, and gone when closed), unless a
+//! [`crate::RunSink`] takes it (the collector stores it as a snapshot run).
+//! At the end the sorted runs are merged, streaming, into workbook order;
+//! [`SortedStream::merge`] merges runs read elsewhere (the renderer's
+//! fetched snapshot runs) the same way. Memory stays at about one buffer,
+//! whatever the size.
 
 use crate::device::DeviceRow;
 use crate::order::{device_order, project_order};
@@ -99,6 +103,42 @@ impl Run {
     }
 }
 
+/// A sorted run (as a [`crate::RunSink`] takes it: rows in workbook order,
+/// each with its project's index in `names`) as the items of a sorted
+/// stream: each project's start, counting its rows in this run, then its
+/// rows. The rows are moved out of `rows`, which keeps its capacity for
+/// the next run.
+pub fn sorted_run_items<'a>(
+    rows: &'a mut Vec<(u32, DeviceRow)>,
+    names: &[String],
+) -> impl Iterator<Item = SortedItem> + Send + use<'a> {
+    let mut starts = std::collections::VecDeque::new();
+    let mut last: Option<u32> = None;
+    for (project, _) in rows.iter() {
+        if last != Some(*project) {
+            last = Some(*project);
+            starts.push_back((names[*project as usize].clone(), 0u64));
+        }
+        if let Some((_, count)) = starts.back_mut() {
+            *count += 1;
+        }
+    }
+    let mut current: Option<u32> = None;
+    rows.drain(..).flat_map(move |(project, row)| {
+        let start = if current == Some(project) {
+            None
+        } else {
+            current = Some(project);
+            starts
+                .pop_front()
+                .map(|(name, rows)| SortedItem::Project { name, rows })
+        };
+        start
+            .into_iter()
+            .chain(std::iter::once(SortedItem::Row(row)))
+    })
+}
+
 /// Ranks of project indices in tab order.
 pub(crate) fn project_ranks(names: &[String]) -> Vec<u32> {
     let mut order: Vec<usize> = (0..names.len()).collect();
@@ -154,9 +194,18 @@ impl Ord for Head {
     }
 }
 
+/// A sorted run read from elsewhere than this process's temp files (the
+/// renderer's fetched snapshot runs), for [`SortedStream::merge`].
+pub trait RunRead: Send {
+    /// The run's next row with its project's index among the merge's
+    /// names, or `None` at its end. Rows come in workbook order.
+    fn next_row(&mut self) -> std::io::Result<Option<(u32, Box<DeviceRow>)>>;
+}
+
 enum Source {
     Disk(Box<Run>),
     Memory(std::vec::IntoIter<(u32, DeviceRow)>),
+    Read(Box<dyn RunRead>),
 }
 
 impl Source {
@@ -164,6 +213,7 @@ impl Source {
         match self {
             Self::Disk(run) => run.next(),
             Self::Memory(rows) => Ok(rows.next().map(|(project, row)| (project, Box::new(row)))),
+            Self::Read(run) => run.next_row(),
         }
     }
 }
@@ -189,12 +239,25 @@ impl SortedStream {
         mut buffer: Vec<(u32, DeviceRow)>,
     ) -> Self {
         sort_buffer(&mut buffer, &names);
-        let ranks = project_ranks(&names);
         let mut sources: Vec<Source> = runs
             .into_iter()
             .map(|run| Source::Disk(Box::new(run)))
             .collect();
         sources.push(Source::Memory(buffer.into_iter()));
+        Self::of_sources(names, counts, sources)
+    }
+
+    /// Merges sorted runs read elsewhere into workbook order, as the
+    /// collector's own runs are: `names` are the projects the runs' indices
+    /// point into, `counts` their rows across all runs (what each project
+    /// start announces). A project with no row in any run is not started.
+    pub fn merge(names: Vec<String>, counts: Vec<u64>, runs: Vec<Box<dyn RunRead>>) -> Self {
+        let sources = runs.into_iter().map(Source::Read).collect();
+        Self::of_sources(names, counts, sources)
+    }
+
+    fn of_sources(names: Vec<String>, counts: Vec<u64>, sources: Vec<Source>) -> Self {
+        let ranks = project_ranks(&names);
         Self {
             names,
             counts,
