@@ -58,23 +58,30 @@ impl Source for CsvSource {
         }
     }
 
-    async fn collect(&self, counter: &RowCounter) -> Result<Inventory, CollectError> {
+    async fn collect_into(
+        &self,
+        inventory: Inventory,
+        counter: &RowCounter,
+    ) -> Result<Inventory, CollectError> {
         let source = self.clone();
         let counter = counter.clone();
         // csv is a blocking reader; keep it off the async workers.
         tokio::task::spawn_blocking(move || {
             let name = source.name();
             match &source.origin {
-                Origin::Bundled => read_csv(BUNDLED_SAMPLE.as_bytes(), &name, &counter),
+                Origin::Bundled => {
+                    read_csv_into(BUNDLED_SAMPLE.as_bytes(), &name, &counter, inventory)
+                }
                 Origin::File(path) => {
                     let file = std::fs::File::open(path).map_err(|err| CollectError::Io {
                         path: name.clone(),
                         reason: err.to_string(),
                     })?;
-                    read_csv(
+                    read_csv_into(
                         std::io::BufReader::with_capacity(1 << 16, file),
                         &name,
                         &counter,
+                        inventory,
                     )
                 }
             }
@@ -93,12 +100,21 @@ pub fn read_csv(
     name: &str,
     counter: &RowCounter,
 ) -> Result<Inventory, CollectError> {
+    read_csv_into(reader, name, counter, Inventory::new())
+}
+
+/// Reads CSV text into `inventory`, as [`read_csv`] does.
+pub fn read_csv_into(
+    reader: impl Read,
+    name: &str,
+    counter: &RowCounter,
+    mut inventory: Inventory,
+) -> Result<Inventory, CollectError> {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(reader);
     let mut record = csv::ByteRecord::new();
-    let mut inventory = Inventory::new();
     let read_error = |err: csv::Error| match err.kind() {
         csv::ErrorKind::Io(io) => CollectError::Io {
             path: name.into(),

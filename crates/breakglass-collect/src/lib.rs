@@ -73,6 +73,16 @@ pub trait Source {
     fn collect(
         &self,
         counter: &RowCounter,
+    ) -> impl std::future::Future<Output = Result<Inventory, CollectError>> + Send {
+        self.collect_into(Inventory::new(), counter)
+    }
+
+    /// Reads every row into `inventory` (one set up with a
+    /// [`breakglass_core::RunSink`], say), as [`Source::collect`] does.
+    fn collect_into(
+        &self,
+        inventory: Inventory,
+        counter: &RowCounter,
     ) -> impl std::future::Future<Output = Result<Inventory, CollectError>> + Send;
 }
 
@@ -119,10 +129,14 @@ impl Source for AnySource {
         }
     }
 
-    async fn collect(&self, counter: &RowCounter) -> Result<Inventory, CollectError> {
+    async fn collect_into(
+        &self,
+        inventory: Inventory,
+        counter: &RowCounter,
+    ) -> Result<Inventory, CollectError> {
         match self {
-            Self::Csv(source) => source.collect(counter).await,
-            Self::Sql(source) => source.collect(counter).await,
+            Self::Csv(source) => source.collect_into(inventory, counter).await,
+            Self::Sql(source) => source.collect_into(inventory, counter).await,
         }
     }
 }

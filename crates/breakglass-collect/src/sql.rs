@@ -153,7 +153,11 @@ impl Source for SqlSource {
         }
     }
 
-    async fn collect(&self, counter: &RowCounter) -> Result<Inventory, CollectError> {
+    async fn collect_into(
+        &self,
+        mut inventory: Inventory,
+        counter: &RowCounter,
+    ) -> Result<Inventory, CollectError> {
         match self.engine {
             Engine::Postgres => {
                 let target =
@@ -176,7 +180,6 @@ impl Source for SqlSource {
                 })?
                 .map_err(|err| self.fail(format!("cannot connect: {}", target.explain(&err))))?;
                 // Connected: a weakened connection is said on every run.
-                let mut inventory = Inventory::new();
                 if let Some(warning) = target.warning() {
                     tracing::warn!(field = "inventory_url", "{warning}");
                     inventory.warn(RowWarning {
@@ -214,7 +217,7 @@ impl Source for SqlSource {
                 })?
                 .map_err(|err| self.fail(format!("cannot open: {err}")))?;
                 let rows = sqlx::query(sqlx::AssertSqlSafe(self.select())).fetch(&mut conn);
-                let inventory = self.read_rows(Inventory::new(), rows, counter).await?;
+                let inventory = self.read_rows(inventory, rows, counter).await?;
                 let _ = conn.close().await;
                 Ok(inventory)
             }
