@@ -1071,6 +1071,114 @@ async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_v
     iso.cleanup_bus().await;
 }
 
+/// A snapshot's runs are fetched all at once, each into its own reader,
+/// so the renderer can merge them while they arrive: read a few bytes at a
+/// time from each in turn (as a merge does), every reader gets exactly its
+/// run. Runs are stored in chunks of `RUN_CHUNK_SIZE` (the renderer holds
+/// a few chunks of every run). One run that does not match its reference
+/// fails the whole read with that run's integrity error, by name, though
+/// the consumer gave up at that run's first bytes (a forged run does not
+/// decrypt) and every other run was whole: no render is ever made of the
+/// other runs alone.
+#[tokio::test]
+async fn a_snapshots_runs_are_read_at_once_and_one_forged_run_fails_the_whole_read() {
+    use breakglass_bus::payload::RUN_CHUNK_SIZE;
+    use std::io::Read;
+    let iso = breakglass_e2e::Isolation::new("payloadruns");
+    let bus = iso.connect_bus().await;
+    let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();
+    let bodies: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let mut body = pseudo_random(RUN_CHUNK_SIZE * (2 + i) + 777 * i);
+            body.rotate_left(101 * i);
+            body
+        })
+        .collect();
+    let mut references = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let written = body.clone();
+        let name = format!("runs-test.{i}.snapshot.age");
+        let (reference, ()) = bus
+            .store_snapshot_run_with(&name, &key, move |out| out.write_all(&written))
+            .await
+            .unwrap();
+        let stored = bus
+            .payload_store()
+            .await
+            .unwrap()
+            .info(&name)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.chunks,
+            (reference.size as usize).div_ceil(RUN_CHUNK_SIZE),
+            "stored in chunks of RUN_CHUNK_SIZE"
+        );
+        references.push(reference);
+    }
+
+    let reader_key = key.clone();
+    let read = bus
+        .read_payloads(&references, move |readers| {
+            let mut runs: Vec<_> = readers
+                .into_iter()
+                .map(|reader| reader_key.decrypt(reader).map(|r| (r, Vec::new(), false)))
+                .collect::<std::io::Result<_>>()?;
+            // Round robin, 4 KiB at a time: no run can be read whole
+            // before the others start.
+            while runs.iter().any(|(_, _, ended)| !ended) {
+                for (reader, bytes, ended) in runs.iter_mut().filter(|run| !run.2) {
+                    let mut piece = [0u8; 4096];
+                    let n = reader.read(&mut piece)?;
+                    bytes.extend_from_slice(&piece[..n]);
+                    *ended = n == 0;
+                }
+            }
+            Ok::<_, std::io::Error>(
+                runs.into_iter()
+                    .map(|(_, bytes, _)| bytes)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(read == bodies, "every reader got exactly its run");
+
+    // Run 1 replaced by an object that is not what its reference names.
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, pseudo_random(RUN_CHUNK_SIZE * 2)).unwrap();
+    let stored_garbage = bus
+        .store_payload("runs-test.forged.snapshot.age", &garbage)
+        .await
+        .unwrap();
+    let mut forged = references.clone();
+    forged[1] = v1::PayloadRef {
+        sha256: references[1].sha256.clone(),
+        ..stored_garbage
+    };
+    let reader_key = key.clone();
+    let err = bus
+        .read_payloads(&forged, move |readers| {
+            for reader in readers {
+                let mut plain = Vec::new();
+                reader_key.decrypt(reader)?.read_to_end(&mut plain)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map(|consumed| format!("{consumed:?}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("runs-test.forged.snapshot.age") && err.contains("integrity check failed"),
+        "{err}"
+    );
+    bus.close().await;
+    iso.cleanup_bus().await;
+}
+
 /// A NATS shared with other applications may run with a message limit
 /// below the default 1 MiB: payloads are then stored in smaller chunks (half
 /// the limit), not refused by the server.

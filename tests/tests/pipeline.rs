@@ -294,9 +294,19 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
     );
     let bus = connect(&iso).await;
 
+    // Snapshot runs of 3 rows: the collector stores them from PostgreSQL's
+    // async reader (block_in_place), and the renderer merges them.
     let mut services: Vec<ServiceProcess> = ["scheduler", "collector", "renderer", "uploader"]
         .iter()
-        .map(|name| ServiceProcess::start(name, &config, dir.path()).unwrap())
+        .map(|name| {
+            ServiceProcess::start_with_env(
+                name,
+                &config,
+                dir.path(),
+                &[("BREAKGLASS_SNAPSHOT_RUN_ROWS", Path::new("3"))],
+            )
+            .unwrap()
+        })
         .collect();
 
     let run_id = format!("e2e-{}", iso.prefix);
@@ -324,6 +334,11 @@ async fn a_trigger_runs_the_whole_pipeline_across_processes() {
         "{finished:?}\n{logs}"
     );
     assert_eq!(finished.rows, ROWS.len() as u64);
+    assert!(
+        services[1].log_text().contains(r#""runs":3"#),
+        "8 rows in runs of 3: {}",
+        services[1].log_text()
+    );
     assert_eq!(finished.destinations.len(), 1);
     let stored = Path::new(&finished.destinations[0].location);
     assert!(stored.ends_with("breakglass-backup.xlsx"), "{stored:?}");
@@ -974,4 +989,127 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+/// Every cell of every tab but the Summary (which names the run and its
+/// time), tab by tab in workbook order.
+fn data_tabs(path: &Path) -> Vec<(String, Vec<Vec<String>>)> {
+    let mut workbook: Xlsx<_> = open_workbook(path).expect("the workbook opens");
+    workbook
+        .sheet_names()
+        .into_iter()
+        .filter(|name| name != "Summary")
+        .map(|name| {
+            let rows = sheet(&mut workbook, &name);
+            (name, rows)
+        })
+        .collect()
+}
+
+/// A snapshot stored in many runs (the collector stores one each time its
+/// sort buffer fills, as it reads) renders, merged by the renderer, the
+/// very workbook `run-once` writes from the same inventory: same tabs,
+/// same rows in the same order, ties (equal device names) kept in
+/// inventory order. Past the most runs a snapshot may have, the collector
+/// merges the rest itself into the last run, so the event never names
+/// more than `MAX_SNAPSHOT_RUNS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_in_many_runs_renders_the_workbook_run_once_writes() {
+    use breakglass_bus::validate::MAX_SNAPSHOT_RUNS;
+    let iso = Isolation::new("runs");
+    let dir = tempfile::tempdir().unwrap();
+    let rows_per_run = 7;
+    // More rows than MAX_SNAPSHOT_RUNS runs of 7 hold: the last run is a
+    // merge of several spilled ones.
+    let rows = rows_per_run * (MAX_SNAPSHOT_RUNS + 10);
+    let mut csv = breakglass_collect::CSV_HEADER.join(",") + "\n";
+    for i in 0..rows {
+        let project = ["b", "a", "Payments", "A-10", "A-9"][i % 5];
+        let device = format!("{}-{}", ["web", "WEB", "db"][i % 3], (i * 7919) % 40);
+        csv += &format!(
+            "{project},aws,{device},ssh,10.0.0.{},,,22,ssh,acct{i},pw-{i},,\n",
+            i % 250
+        );
+    }
+    let inventory = dir.path().join("inventory.csv");
+    std::fs::write(&inventory, csv).unwrap();
+    let key = breakglass_bus::payload::PayloadKey::generate();
+    let inventory_url = inventory.display().to_string();
+    let config = service_config(
+        dir.path(),
+        &iso,
+        key.expose(),
+        &[("inventory_url", inventory_url.as_str())],
+    );
+    let bus = connect(&iso).await;
+    let run_rows = rows_per_run.to_string();
+    let _services: Vec<ServiceProcess> = vec![
+        ServiceProcess::start_with_env(
+            "collector",
+            &config,
+            dir.path(),
+            &[("BREAKGLASS_SNAPSHOT_RUN_ROWS", Path::new(&run_rows))],
+        )
+        .unwrap(),
+        ServiceProcess::start("renderer", &config, dir.path()).unwrap(),
+        ServiceProcess::start("uploader", &config, dir.path()).unwrap(),
+    ];
+    let run_id = format!("runs-{}", iso.prefix);
+    bus.trigger(&trigger(&run_id)).await.unwrap();
+    let finished = bus
+        .wait_for_run(&run_id, Duration::from_secs(120))
+        .await
+        .unwrap()
+        .expect("the run finished");
+    assert_eq!(
+        finished.status,
+        v1::RunStatus::Succeeded as i32,
+        "{finished:?}"
+    );
+    assert_eq!(finished.rows, rows as u64);
+
+    // The collector stored the snapshot as the most runs it may, all of
+    // this run.
+    let store = bus.payload_store().await.unwrap();
+    let mut names = store.list().await.unwrap();
+    let mut snapshot_runs = 0;
+    use futures::StreamExt;
+    while let Some(info) = names.next().await {
+        let info = info.unwrap();
+        if info.name.starts_with(&format!("{run_id}.")) && info.name.ends_with(".snapshot.age") {
+            snapshot_runs += 1;
+        }
+    }
+    assert_eq!(snapshot_runs, MAX_SNAPSHOT_RUNS);
+
+    let run_once_dir = dir.path().join("run-once");
+    std::fs::create_dir(&run_once_dir).unwrap();
+    let run_once_config = write_config(
+        &run_once_dir,
+        &[
+            ("local_dir", run_once_dir.join("out").to_str().unwrap()),
+            ("encryption", "none"),
+        ],
+    );
+    let output = std::process::Command::new(breakglass_e2e::bin("breakglass"))
+        .args(["run-once", "--config"])
+        .arg(&run_once_config)
+        .arg("--inventory")
+        .arg(&inventory)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let expected = data_tabs(&run_once_dir.join("out/breakglass-backup.xlsx"));
+    let got = data_tabs(Path::new(&finished.destinations[0].location));
+    assert_eq!(expected.len(), 5, "one tab per project");
+    assert_eq!(
+        expected.iter().map(|(_, r)| r.len() - 1).sum::<usize>(),
+        rows
+    );
+    assert!(
+        got == expected,
+        "the pipeline's tabs differ from run-once's"
+    );
+    bus.close().await;
+    iso.cleanup_bus().await;
 }

@@ -190,43 +190,108 @@ impl Bus {
         key: &PayloadKey,
         fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T> + Send + 'static,
     ) -> Result<(v1::PayloadRef, T), BusError> {
+        self.store_in_chunks_with(name, key, PAYLOAD_CHUNK_SIZE, fill)
+            .await
+    }
+
+    /// Stores one run of a snapshot (`SnapshotReady.runs`) while it is
+    /// written, as [`Bus::store_payload_with`] does, in chunks of
+    /// [`RUN_CHUNK_SIZE`]: the renderer reads all of a snapshot's runs at
+    /// once, so its memory is a few of these chunks per run.
+    pub async fn store_snapshot_run_with<T: Send + 'static>(
+        &self,
+        name: &str,
+        key: &PayloadKey,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<(v1::PayloadRef, T), BusError> {
+        self.store_in_chunks_with(name, key, RUN_CHUNK_SIZE, fill)
+            .await
+    }
+
+    /// Stores one run of a snapshot as [`Bus::store_snapshot_run_with`]
+    /// does, with `fill` on the calling thread: for a caller that is on a
+    /// blocking thread already (the collector's reader, handing over a run
+    /// while it reads), so the rows it frees are freed on the thread that
+    /// made them. `runtime` runs the object store's `put` meanwhile. Blocks;
+    /// from an async worker, call it inside `tokio::task::block_in_place`.
+    pub fn store_snapshot_run_blocking<T>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        name: &str,
+        key: &PayloadKey,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
+    ) -> Result<(v1::PayloadRef, T), BusError> {
+        self.store_in_chunks_blocking(runtime, name, key, RUN_CHUNK_SIZE, fill)
+    }
+
+    /// [`Bus::store_in_chunks_blocking`] on a blocking thread.
+    async fn store_in_chunks_with<T: Send + 'static>(
+        &self,
+        name: &str,
+        key: &PayloadKey,
+        chunk_size: usize,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<(v1::PayloadRef, T), BusError> {
+        let (bus, key, owned_name) = (self.clone(), key.clone(), name.to_owned());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            bus.store_in_chunks_blocking(&runtime, &owned_name, &key, chunk_size, fill)
+        })
+        .await
+        .map_err(|err| BusError::Payload {
+            name: name.into(),
+            reason: task_failed("writing", &err),
+        })?
+    }
+
+    /// Runs `fill` here, through the age encryptor into a pipe, while the
+    /// object store's `put` reads the pipe on `runtime`, hashing the
+    /// chunks; settles which error counts when either side fails.
+    fn store_in_chunks_blocking<T>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        name: &str,
+        key: &PayloadKey,
+        chunk_size: usize,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
+    ) -> Result<(v1::PayloadRef, T), BusError> {
         let fail = |reason: String| BusError::Payload {
             name: name.into(),
             reason,
         };
-        let store = self.payload_store().await?;
+        let store = runtime.block_on(self.payload_store())?;
         let (tx, rx) = pipe::pipe();
-        let metadata = self.chunked(name);
-        let chunk_size = metadata.chunk_size.unwrap_or(PAYLOAD_CHUNK_SIZE);
-        let recipient = key.identity.to_public();
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<T> {
-            let mut chunks = pipe::ChunkWriter::new(tx, chunk_size);
-            let written = (|| {
-                let encryptor = age::Encryptor::with_recipients(std::iter::once(
-                    &recipient as &dyn age::Recipient,
-                ))
-                .map_err(std::io::Error::other)?;
-                let mut encrypting = encryptor.wrap_output(&mut chunks)?;
-                let value = fill(&mut encrypting)?;
-                encrypting.finish()?;
-                Ok(value)
-            })();
-            match written {
-                Ok(value) => chunks.finish().map(|()| value),
-                Err(err) => {
-                    chunks.fail(&err);
-                    Err(err)
-                }
-            }
+        let mut metadata = self.chunked(name);
+        let chunk_size = metadata.chunk_size.unwrap_or(chunk_size).min(chunk_size);
+        metadata.chunk_size = Some(chunk_size);
+        let put = runtime.spawn(async move {
+            let mut reader = pipe::StoreReader::new(rx);
+            let stored = store.put(metadata, &mut reader).await;
+            // Dropping the reader (in digest) unblocks a writer still
+            // sending after a failed put.
+            (stored, reader.digest())
         });
-        let mut reader = pipe::StoreReader::new(rx);
-        let stored = store.put(metadata, &mut reader).await;
-        // Dropping the reader unblocks a writer still sending after a
-        // failed put.
-        let (size, sha256) = reader.digest();
-        let written = writer
-            .await
-            .map_err(|err| fail(task_failed("writing", &err)))?;
+        let recipient = key.identity.to_public();
+        let mut chunks = pipe::ChunkWriter::new(tx, chunk_size);
+        let written = (|| {
+            let encryptor =
+                age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                    .map_err(std::io::Error::other)?;
+            let mut encrypting = encryptor.wrap_output(&mut chunks)?;
+            let value = fill(&mut encrypting)?;
+            encrypting.finish()?;
+            Ok(value)
+        })();
+        let written = match written {
+            Ok(value) => chunks.finish().map(|()| value),
+            Err(err) => {
+                chunks.fail(&err);
+                Err(err)
+            }
+        };
+        let (stored, (size, sha256)) = runtime
+            .block_on(put)
+            .map_err(|err| fail(task_failed("storing", &err)))?;
         match (stored, written) {
             (Ok(_), Ok(value)) => Ok((self.payload_ref(name, size, sha256), value)),
             // The put stopped reading the pipe on its own: its error is the
@@ -309,24 +374,76 @@ impl Bus {
         reference: &v1::PayloadRef,
         consume: impl FnOnce(PayloadReader) -> T + Send + 'static,
     ) -> Result<T, BusError> {
-        let fail = |reason: String| BusError::Payload {
-            name: reference.name.clone(),
-            reason,
-        };
-        let (stream, chunk_subject, chunks) = self.locate_payload(reference).await?;
-        let (mut tx, rx) = pipe::pipe();
-        let consumer = tokio::task::spawn_blocking(move || consume(PayloadReader::new(rx)));
-        let fetched = send_chunks(&stream, &chunk_subject, chunks, reference, &mut tx).await;
-        // Unheard when the consumer stopped already.
-        match &fetched {
-            Ok(()) => tx.send(pipe::Piece::End).await,
-            Err(reason) => tx.send(pipe::Piece::Failed(reason.clone())).await,
-        };
-        drop(tx);
-        let value = consumer
-            .await
-            .map_err(|err| fail(task_failed("reading", &err)))?;
-        fetched.map_err(fail)?;
+        self.read_payloads(std::slice::from_ref(reference), move |mut readers| {
+            // One reference, one reader (read_payloads' promise).
+            consume(readers.remove(0))
+        })
+        .await
+    }
+
+    /// Fetches several payloads at once while `consume` reads them, one
+    /// reader per reference in the same order, on one blocking thread (the
+    /// renderer merging a snapshot's runs). Each fetch is what
+    /// [`Bus::read_payload`] does: each reader ends only after its payload
+    /// matched its reference, each fetch runs to its end, and the first
+    /// reference (in order) whose payload failed is the error reported,
+    /// whatever `consume` returned. With more than one reference each pipe
+    /// holds one chunk, so memory grows with their number, not their size.
+    pub async fn read_payloads<T: Send + 'static>(
+        &self,
+        references: &[v1::PayloadRef],
+        consume: impl FnOnce(Vec<PayloadReader>) -> T + Send + 'static,
+    ) -> Result<T, BusError> {
+        let mut located = Vec::with_capacity(references.len());
+        for reference in references {
+            located.push(self.locate_payload(reference).await?);
+        }
+        // Many runs at once: one chunk waiting per run (a chunk is about a
+        // thousand rows, far longer to render than to fetch).
+        let depth = if references.len() > 1 { 1 } else { pipe::DEPTH };
+        let mut readers = Vec::with_capacity(references.len());
+        let mut fetches = tokio::task::JoinSet::new();
+        for (index, ((stream, chunk_subject, chunks), reference)) in
+            located.into_iter().zip(references).enumerate()
+        {
+            let (mut tx, rx) = pipe::pipe_of_depth(depth);
+            readers.push(PayloadReader::new(rx));
+            let reference = reference.clone();
+            fetches.spawn(async move {
+                let fetched =
+                    send_chunks(&stream, &chunk_subject, chunks, &reference, &mut tx).await;
+                // Sent as soon as this payload is done (the consumer may be
+                // waiting on its end to go on with the others); unheard
+                // when the consumer stopped already.
+                match &fetched {
+                    Ok(()) => tx.send(pipe::Piece::End).await,
+                    Err(reason) => tx.send(pipe::Piece::Failed(reason.clone())).await,
+                };
+                (index, fetched.map_err(|reason| (reference.name, reason)))
+            });
+        }
+        let consumer = tokio::task::spawn_blocking(move || consume(readers));
+        let mut failures = Vec::new();
+        while let Some(done) = fetches.join_next().await {
+            match done {
+                Ok((_, Ok(()))) => {}
+                Ok((index, Err(failure))) => failures.push((index, failure)),
+                Err(err) => {
+                    failures.push((usize::MAX, (String::new(), task_failed("fetching", &err))))
+                }
+            }
+        }
+        let value = consumer.await.map_err(|err| BusError::Payload {
+            name: references
+                .first()
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            reason: task_failed("reading", &err),
+        })?;
+        failures.sort_by_key(|(index, _)| *index);
+        if let Some((_, (name, reason))) = failures.into_iter().next() {
+            return Err(BusError::Payload { name, reason });
+        }
         Ok(value)
     }
 
@@ -376,6 +493,11 @@ impl Bus {
 /// is lower (half of it).
 pub const PAYLOAD_CHUNK_SIZE: usize = 512 * 1024;
 
+/// The size of the chunks a snapshot's runs are stored in
+/// ([`Bus::store_snapshot_run_with`]): the renderer holds a few chunks of
+/// every run at once while it merges them.
+pub const RUN_CHUNK_SIZE: usize = 128 * 1024;
+
 /// The chunk size for a server whose message limit is `max_payload`.
 fn chunk_size_for(max_payload: usize) -> usize {
     PAYLOAD_CHUNK_SIZE.min(max_payload / 2).max(1)
@@ -422,7 +544,7 @@ async fn send_chunks(
         if consumer_reading {
             // Copied into a buffer that goes round the pipe; the message is
             // freed here, on the thread that received it.
-            let mut buffer = tx.buffer(PAYLOAD_CHUNK_SIZE);
+            let mut buffer = tx.buffer(chunk.payload.len());
             buffer.extend_from_slice(&chunk.payload);
             drop(chunk);
             consumer_reading = tx.send(pipe::Piece::Data(buffer)).await;

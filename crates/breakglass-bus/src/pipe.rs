@@ -40,7 +40,13 @@ pub(crate) enum Piece {
 /// buffers are not freed, chunk after chunk, on another thread than the
 /// one that made them (which the allocator held on to for a while).
 pub(crate) fn pipe() -> (PipeSender, PipeReceiver) {
-    let (tx, rx) = mpsc::channel(DEPTH);
+    pipe_of_depth(DEPTH)
+}
+
+/// A new pipe of `depth` chunks in flight (at least one), for readers that
+/// hold many pipes at once (the renderer merging snapshot runs).
+pub(crate) fn pipe_of_depth(depth: usize) -> (PipeSender, PipeReceiver) {
+    let (tx, rx) = mpsc::channel(depth.max(1));
     let (spare_tx, spare_rx) = mpsc::unbounded_channel();
     (
         PipeSender {

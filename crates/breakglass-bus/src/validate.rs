@@ -33,6 +33,10 @@ pub const MAX_PROJECTS: usize = 1 << 20;
 pub const MAX_PAYLOAD_BYTES: u64 = 64 << 30;
 /// The longest object name in a payload reference.
 pub const MAX_OBJECT_NAME: usize = 200;
+/// The most runs a snapshot may come in. The renderer holds a few chunks
+/// of every run at once, so this bounds its memory; the collector merges
+/// its rows past this many runs itself (one last, bigger run).
+pub const MAX_SNAPSHOT_RUNS: usize = 32;
 
 /// One field broke one rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -356,9 +360,19 @@ pub fn snapshot_ready(
         return Err(FieldError::new("trigger", "", "is missing"));
     };
     let run = trigger("trigger.", trigger_event, now_ms)?;
-    payload_ref("snapshot", ready.snapshot.as_ref(), bucket, &run)?;
+    snapshot_runs(&ready.runs, bucket, &run)?;
     plain_text("source", &ready.source, MAX_TEXT)?;
     counts("projects", &ready.projects, Some(ready.rows))?;
+    let mut names = std::collections::HashSet::with_capacity(ready.projects.len());
+    for (index, project) in ready.projects.iter().enumerate() {
+        if !names.insert(project.project.as_str()) {
+            return Err(FieldError::new(
+                &format!("projects[{index}].project"),
+                &project.project,
+                "is listed twice (the runs' rows are counted by project name)",
+            ));
+        }
+    }
     warnings("warnings", &ready.warnings, ready.warning_count)?;
     timestamp(
         "collected_at_unix_ms",
@@ -367,6 +381,41 @@ pub fn snapshot_ready(
         Some(trigger_event.requested_at_unix_ms),
     )?;
     Ok(run)
+}
+
+/// The runs of a snapshot: 1 to [`MAX_SNAPSHOT_RUNS`] references, each a
+/// payload of this run, no name twice (a run counted twice would double
+/// its rows), at most [`MAX_PAYLOAD_BYTES`] in all.
+fn snapshot_runs(runs: &[v1::PayloadRef], bucket: &str, run: &RunId) -> Result<(), FieldError> {
+    if runs.is_empty() || runs.len() > MAX_SNAPSHOT_RUNS {
+        return Err(FieldError::new(
+            "runs",
+            format!("{} references", runs.len()),
+            format!("must hold 1 to {MAX_SNAPSHOT_RUNS} payload references"),
+        ));
+    }
+    let mut names = std::collections::HashSet::with_capacity(runs.len());
+    let mut total = 0u64;
+    for (index, reference) in runs.iter().enumerate() {
+        let field = format!("runs[{index}]");
+        payload_ref(&field, Some(reference), bucket, run)?;
+        if !names.insert(reference.name.as_str()) {
+            return Err(FieldError::new(
+                &format!("{field}.name"),
+                &reference.name,
+                "names a run already listed",
+            ));
+        }
+        total = total.saturating_add(reference.size);
+    }
+    if total > MAX_PAYLOAD_BYTES {
+        return Err(FieldError::new(
+            "runs",
+            format!("{total} bytes"),
+            format!("must hold at most {MAX_PAYLOAD_BYTES} bytes in all"),
+        ));
+    }
+    Ok(())
 }
 
 /// A `workbook.ready` event.
@@ -498,7 +547,11 @@ mod tests {
     fn good_snapshot() -> v1::SnapshotReady {
         v1::SnapshotReady {
             trigger: Some(good_trigger()),
-            snapshot: Some(reference("run-1")),
+            runs: vec![reference("run-1"), {
+                let mut second = reference("run-1");
+                second.name = "run-1.4567cdef.snapshot.age".into();
+                second
+            }],
             source: "postgres://user:****@db/x".into(),
             rows: 3,
             projects: vec![
@@ -665,26 +718,45 @@ mod tests {
         s.collected_at_unix_ms = 32_503_680_000_000; // year 3000
         cases.push((s, "collected_at_unix_ms"));
         let mut s = good_snapshot();
-        s.snapshot.as_mut().unwrap().bucket = "other_payloads".into();
-        cases.push((s, "snapshot.bucket"));
+        s.runs[0].bucket = "other_payloads".into();
+        cases.push((s, "runs[0].bucket"));
         let mut s = good_snapshot();
-        s.snapshot.as_mut().unwrap().name = "other-run.x.snapshot.age".into();
-        cases.push((s, "snapshot.name"));
+        s.runs[1].name = "other-run.x.snapshot.age".into();
+        cases.push((s, "runs[1].name"));
         let mut s = good_snapshot();
-        s.snapshot.as_mut().unwrap().name = "run-1.../../x".into();
-        cases.push((s, "snapshot.name"));
+        s.runs[0].name = "run-1.../../x".into();
+        cases.push((s, "runs[0].name"));
         let mut s = good_snapshot();
-        s.snapshot.as_mut().unwrap().size = 0;
-        cases.push((s, "snapshot.size"));
+        s.runs[1].name = s.runs[0].name.clone();
+        cases.push((s, "runs[1].name"));
         let mut s = good_snapshot();
-        s.snapshot.as_mut().unwrap().size = MAX_PAYLOAD_BYTES + 1;
-        cases.push((s, "snapshot.size"));
+        s.runs[0].size = 0;
+        cases.push((s, "runs[0].size"));
         let mut s = good_snapshot();
-        s.snapshot.as_mut().unwrap().sha256 = "A".repeat(64);
-        cases.push((s, "snapshot.sha256"));
+        s.runs[0].size = MAX_PAYLOAD_BYTES + 1;
+        cases.push((s, "runs[0].size"));
         let mut s = good_snapshot();
-        s.snapshot = None;
-        cases.push((s, "snapshot"));
+        s.runs[0].size = MAX_PAYLOAD_BYTES;
+        s.runs[1].size = 1;
+        cases.push((s, "runs"));
+        let mut s = good_snapshot();
+        s.runs[1].sha256 = "A".repeat(64);
+        cases.push((s, "runs[1].sha256"));
+        let mut s = good_snapshot();
+        s.runs.clear();
+        cases.push((s, "runs"));
+        let mut s = good_snapshot();
+        let extra = s.runs[0].clone();
+        s.runs = (0..=MAX_SNAPSHOT_RUNS)
+            .map(|i| v1::PayloadRef {
+                name: format!("run-1.{i}.snapshot.age"),
+                ..extra.clone()
+            })
+            .collect();
+        cases.push((s, "runs"));
+        let mut s = good_snapshot();
+        s.projects[1].project = "a".into();
+        cases.push((s, "projects[1].project"));
         let mut s = good_snapshot();
         s.source = "x\r\ny".into();
         cases.push((s, "source"));

@@ -2,35 +2,108 @@
 //! stores an encrypted snapshot for the renderer.
 //!
 //! The stage work (reading, grouping, sorting) is `breakglass-collect`;
-//! this crate only binds it to the bus: decode the trigger, collect, store
-//! the snapshot encrypted to the payload key in the object store while it
-//! is sorted and written (no temp file), publish `snapshot.ready` sealed
-//! (breakglass-bus `envelope`) with `Nats-Msg-Id = snapshot-<run id>` so a
-//! redelivered trigger adds no second snapshot event. A trigger comes from
-//! outside: every field is checked before anything is read
-//! (`validate::trigger`).
+//! this crate only binds it to the bus: decode the trigger, collect, and
+//! store the snapshot encrypted to the payload key in the object store, in
+//! sorted runs (no temp file): each time the inventory's sort buffer fills
+//! while it is read, the run is encoded and stored at once ([`RunStore`]);
+//! what no run took is the last run. Then publish `snapshot.ready`, listing
+//! the runs, sealed (breakglass-bus `envelope`) with
+//! `Nats-Msg-Id = snapshot-<run id>` so a redelivered trigger adds no
+//! second snapshot event; the renderer merges the runs (docs/ARCHITECTURE.md,
+//! decision 37). A trigger comes from outside: every field is checked
+//! before anything is read (`validate::trigger`).
 
 use async_nats::jetstream;
 use breakglass_bus::payload::attempt_object_name;
 use breakglass_bus::payload::{PayloadKey, warning_to_proto, write_snapshot};
+use breakglass_bus::validate::MAX_SNAPSHOT_RUNS;
 use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode, read_trigger};
 use breakglass_bus::{Bus, EventKind, worker};
 use breakglass_collect::{AnySource, RowCounter, Source};
+use breakglass_core::spill::DEFAULT_SPILL_ROWS;
+use breakglass_core::{DeviceRow, Inventory, RunId, RunSink, sorted_run_items};
 use breakglass_proto::v1;
 use breakglass_service::ConfigSource;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 /// The collect stage bound to the bus.
 pub struct Collector {
     config: ConfigSource,
     key: PayloadKey,
+    run_rows: usize,
 }
 
 impl Collector {
-    /// A collector reading the inventory the settings name, read again for every run.
+    /// A collector reading the inventory the settings name, read again for
+    /// every run, in snapshot runs of [`DEFAULT_SPILL_ROWS`] rows.
     pub fn new(config: ConfigSource, key: PayloadKey) -> Self {
-        Self { config, key }
+        Self {
+            config,
+            key,
+            run_rows: DEFAULT_SPILL_ROWS,
+        }
+    }
+
+    /// The same collector storing a snapshot run every `rows` rows (at
+    /// least one): fewer rows, less memory here and more runs for the
+    /// renderer to merge (at most [`MAX_SNAPSHOT_RUNS`]; past that the
+    /// collector merges the rest itself).
+    pub fn with_run_rows(mut self, rows: usize) -> Self {
+        self.run_rows = rows.max(1);
+        self
+    }
+}
+
+/// Stores each sorted run the inventory hands over as a snapshot run
+/// payload, until the snapshot has all but one of the runs it may have;
+/// then declines, and the inventory spills to its temp files instead.
+struct RunStore {
+    bus: Bus,
+    key: PayloadKey,
+    run_id: RunId,
+    runtime: tokio::runtime::Handle,
+    stored: Arc<Mutex<Vec<v1::PayloadRef>>>,
+}
+
+impl RunSink for RunStore {
+    fn take(
+        &mut self,
+        rows: &mut Vec<(u32, DeviceRow)>,
+        names: &[String],
+    ) -> std::io::Result<bool> {
+        let mut stored = self
+            .stored
+            .lock()
+            .map_err(|_| std::io::Error::other("a snapshot run store panicked"))?;
+        // The last run is the collector's own (what no run took). And
+        // block_in_place needs a multi-threaded runtime (the service's);
+        // on any other the runs stay in temp files, merged here.
+        if stored.len() + 1 >= MAX_SNAPSHOT_RUNS
+            || self.runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return Ok(false);
+        }
+        // Drained, so the inventory's buffer keeps its capacity for the
+        // next run (a new buffer each run cost 13 MiB more at the peak).
+        let items = sorted_run_items(rows, names);
+        let name = attempt_object_name(&self.run_id, "snapshot");
+        // Called by the inventory on the reading thread: a blocking thread
+        // (CSV) or an async worker (SQL), which block_in_place hands its
+        // other tasks off first. The run is encoded here, so its rows are
+        // freed on the thread that made them.
+        let (reference, ()) = tokio::task::block_in_place(|| {
+            self.bus
+                .store_snapshot_run_blocking(&self.runtime, &name, &self.key, move |out| {
+                    let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+                    write_snapshot(items.map(Ok), &mut out)?;
+                    out.flush()
+                })
+        })
+        .map_err(std::io::Error::other)?;
+        stored.push(reference);
+        Ok(true)
     }
 }
 
@@ -67,7 +140,18 @@ impl Stage for Collector {
         let settings = self.config.load_for_run()?;
         let source = AnySource::for_settings(&settings);
         let described = source.describe();
-        let collected = async { source.collect(&RowCounter::new()).await }
+        // Each full sort buffer is stored as a run while the inventory is
+        // read; the renderer merges the runs while it renders.
+        let stored_runs = Arc::new(Mutex::new(Vec::new()));
+        let inventory =
+            Inventory::with_spill_rows(self.run_rows).with_run_sink(Box::new(RunStore {
+                bus: bus.clone(),
+                key: self.key.clone(),
+                run_id: run_id.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                stored: stored_runs.clone(),
+            }));
+        let collected = async { source.collect_into(inventory, &RowCounter::new()).await }
             .instrument(tracing::info_span!("inventory query", source = %described))
             .await
             .map_err(|err| {
@@ -83,11 +167,13 @@ impl Stage for Collector {
             warnings = collected.warning_count(),
             "inventory read"
         );
-        // Sorting (merging spilled runs), encoding and encrypting stream
-        // together on a blocking thread straight into the object store: the
-        // snapshot never exists in plaintext, nor on disk.
-        let (reference, ((rows, warnings, warning_count), projects)) = bus
-            .store_payload_with(
+        let projects = collected.project_totals();
+        // The rows no run took (the last buffer, and any past the most runs
+        // a snapshot may have, merged here) are the last run: sorted,
+        // encoded and encrypted on a blocking thread straight into the
+        // object store. No run ever exists in plaintext, nor on disk.
+        let (last_run, (rows, warnings, warning_count)) = bus
+            .store_snapshot_run_with(
                 &attempt_object_name(&run_id, "snapshot"),
                 &self.key,
                 move |out| {
@@ -96,15 +182,21 @@ impl Stage for Collector {
                     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
                     // Merged on a thread of its own while this one encodes
                     // and encrypts.
-                    let projects = write_snapshot(sorted.stream.merged_ahead()?, &mut out)?;
+                    write_snapshot(sorted.stream.merged_ahead()?, &mut out)?;
                     out.flush()?;
-                    Ok((summary, projects))
+                    Ok(summary)
                 },
             )
             .await
             .map_err(|err| StageFailure::retry(format!("storing the snapshot failed: {err}")))?;
+        let mut runs = std::mem::take(
+            &mut *stored_runs
+                .lock()
+                .map_err(|_| StageFailure::retry("a snapshot run store panicked"))?,
+        );
+        runs.push(last_run);
         let ready = v1::SnapshotReady {
-            snapshot: Some(reference),
+            runs,
             source: described,
             rows,
             projects: projects
@@ -123,7 +215,7 @@ impl Stage for Collector {
         bus.publish_event(EventKind::SnapshotReady, &run_id, &ready)
             .await
             .map_err(|err| StageFailure::retry(err.to_string()))?;
-        tracing::info!(rows = ready.rows, "snapshot stored");
+        tracing::info!(rows = ready.rows, runs = ready.runs.len(), "snapshot stored");
         let metrics = breakglass_telemetry::metrics::metrics();
         metrics.last_run_rows.set(ready.rows as i64);
         let reason = ready

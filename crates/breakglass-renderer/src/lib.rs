@@ -2,12 +2,13 @@
 //! snapshot into the workbook and stores it, encrypted, for the uploader.
 //!
 //! The workbook itself is `breakglass-render`; this crate fetches the
-//! snapshot and renders it while it arrives (decrypted record by record,
-//! never whole in memory, in a blocking task), hashes the finished file
+//! snapshot's runs all at once and renders them while they arrive,
+//! merged into workbook order (decrypted record by record, never whole in
+//! memory, in a blocking task), hashes the finished file
 //! (the destinations verify against that hash), stores it encrypted in the
 //! object store while it is encrypted, and publishes `workbook.ready`
 //! (`Nats-Msg-Id = workbook-<run id>`). A render counts only if the fetch
-//! then proved the snapshot the exact payload the event names. Both
+//! then proved every run the exact payload the event names. Both
 //! events travel sealed (breakglass-bus `envelope`): a `snapshot.ready`
 //! that does not open, is stale, or breaks a field rule is dead-lettered
 //! before anything is fetched. All of it happens in one private, locked
@@ -25,12 +26,16 @@ use breakglass_bus::payload::{
 use breakglass_bus::worker::{Attempt, Stage, StageFailure};
 use breakglass_bus::{Bus, EventKind, validate, worker};
 use breakglass_config::Encryption;
+use breakglass_core::{DeviceRow, RunRead, SortedItem, SortedStream};
 use breakglass_core::{RowWarning, RunId};
 use breakglass_proto::v1;
 use breakglass_render::encrypt::SealedWorkbook;
 use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions, RenderReport, WorkbookBuilder};
 use breakglass_service::ConfigSource;
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The prefix of the renderer's working folders in the temp dir.
 pub const WORK_DIR_PREFIX: &str = "breakglass-renderer-";
@@ -91,9 +96,6 @@ impl Stage for Renderer {
             projects = ready.projects.len(),
             "rendering started"
         );
-        let reference = ready.snapshot.clone().ok_or_else(|| {
-            StageFailure::permanent("snapshot.ready carries no snapshot reference")
-        })?;
         let temp = breakglass_render::workdir::WorkDir::create(WORK_DIR_PREFIX).map_err(|err| {
             StageFailure::retry(format!("cannot create a private temp directory: {err}"))
         })?;
@@ -113,13 +115,21 @@ impl Stage for Renderer {
         };
         let warnings: Vec<RowWarning> = ready.warnings.iter().map(warning_from_proto).collect();
         let warning_count = ready.warning_count;
-        let span = tracing::info_span!("render workbook", rows = ready.rows);
-        // The snapshot is rendered while it arrives; the render counts only
-        // if the fetch then proved it the exact payload the event names
-        // (a failed fetch is the error, whatever the render made of it).
+        let projects = ready.projects.clone();
+        let rows = ready.rows;
+        let span = tracing::info_span!("render workbook", rows, runs = ready.runs.len());
+        // The snapshot's runs are merged and rendered while they arrive;
+        // the render counts only if every fetch then proved its run the
+        // exact payload the event names (a failed fetch is the error,
+        // whatever the render made of it).
         let rendered = bus
-            .read_payload(&reference, move |snapshot| {
+            .read_payloads(&ready.runs, move |runs| {
                 let _entered = span.enter();
+                let snapshot = Snapshot {
+                    runs,
+                    projects: &projects,
+                    rows,
+                };
                 render_sealed(
                     &key,
                     snapshot,
@@ -229,33 +239,139 @@ fn unencrypted_warning() -> v1::Warning {
     }
 }
 
-/// Decrypts the snapshot as it arrives, writes the workbook, and protects
-/// and hashes it. Blocking: runs on a blocking thread.
+/// A snapshot as it arrives: its runs' readers (in the event's order) and
+/// the event's per-project totals.
+struct Snapshot<'a> {
+    runs: Vec<PayloadReader>,
+    projects: &'a [v1::ProjectCount],
+    rows: u64,
+}
+
+/// One run of the snapshot, decrypted and decoded as the merge asks for
+/// its rows. Holds the run to the snapshot stream's shape: every row after
+/// its project's start, as many as the start announces, each project
+/// started once and listed in the event.
+struct FetchedRun<R: Read> {
+    reader: SnapshotReader<R>,
+    projects: Arc<HashMap<String, u32>>,
+    number: usize,
+    started: HashSet<u32>,
+    current: Option<u32>,
+    left: u64,
+}
+
+impl<R: Read + Send> RunRead for FetchedRun<R> {
+    fn next_row(&mut self) -> std::io::Result<Option<(u32, Box<DeviceRow>)>> {
+        let damaged = |what: String| std::io::Error::other(format!("run {}: {what}", self.number));
+        loop {
+            match self.reader.next_item()? {
+                None if self.left == 0 => return Ok(None),
+                None => {
+                    return Err(damaged(format!(
+                        "ends {} rows short of its last project",
+                        self.left
+                    )));
+                }
+                Some(SnapshotItem::Project { name, rows }) => {
+                    if self.left != 0 {
+                        return Err(damaged(format!(
+                            "starts a project {} rows short of the one before",
+                            self.left
+                        )));
+                    }
+                    let Some(&project) = self.projects.get(&name) else {
+                        return Err(damaged("names a project the event does not list".into()));
+                    };
+                    if rows == 0 || !self.started.insert(project) {
+                        return Err(damaged("starts a project twice, or with no rows".into()));
+                    }
+                    (self.current, self.left) = (Some(project), rows);
+                }
+                Some(SnapshotItem::Row(row)) => {
+                    let Some(project) = self.current.filter(|_| self.left > 0) else {
+                        return Err(damaged(
+                            "holds a row its project start does not count".into(),
+                        ));
+                    };
+                    self.left -= 1;
+                    return Ok(Some((project, Box::new(row))));
+                }
+            }
+        }
+    }
+}
+
+/// Decrypts the snapshot's runs as they arrive, merges them into workbook
+/// order, writes the workbook, and protects and
+/// hashes it. Blocking: runs on a blocking thread.
 fn render_sealed(
     key: &PayloadKey,
-    snapshot: PayloadReader,
+    snapshot: Snapshot<'_>,
     dir: &Path,
     options: RenderOptions,
     warnings: &[RowWarning],
     warning_count: u64,
     encryption: &Encryption,
 ) -> Result<Rendered, StageFailure> {
-    let snapshot = key
-        .decrypt(snapshot)
-        .map_err(|err| StageFailure::permanent(format!("snapshot: {err}")))?;
-    let mut reader = SnapshotReader::new(snapshot);
+    let damaged =
+        |err: std::io::Error| StageFailure::permanent(format!("snapshot is damaged: {err}"));
+    let names: Vec<String> = snapshot
+        .projects
+        .iter()
+        .map(|p| p.project.clone())
+        .collect();
+    let counts: Vec<u64> = snapshot.projects.iter().map(|p| p.rows).collect();
+    // Names are unique (validate::snapshot_ready).
+    let index: Arc<HashMap<String, u32>> = Arc::new(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i as u32))
+            .collect(),
+    );
+    let mut runs: Vec<Box<dyn RunRead>> = Vec::with_capacity(snapshot.runs.len());
+    for (number, reader) in snapshot.runs.into_iter().enumerate() {
+        let decrypted = key
+            .decrypt(reader)
+            .map_err(|err| StageFailure::permanent(format!("snapshot run {number}: {err}")))?;
+        runs.push(Box::new(FetchedRun {
+            reader: SnapshotReader::new(decrypted),
+            projects: index.clone(),
+            number,
+            started: HashSet::new(),
+            current: None,
+            left: 0,
+        }));
+    }
+    // Merged here, as `run-once` merges its spilled runs: the workbook's
+    // deflating runs on a thread of its own, and rows are freed on the
+    // thread that decoded them.
+    let merged = SortedStream::merge(names, counts, runs);
     let mut builder =
         WorkbookBuilder::new(options).map_err(|err| StageFailure::retry(err.to_string()))?;
     builder.add_collect_warnings(warnings, warning_count);
-    while let Some(item) = reader
-        .next_item()
-        .map_err(|err| StageFailure::permanent(format!("snapshot is damaged: {err}")))?
-    {
-        let result = match item {
-            SnapshotItem::Project { name, rows } => builder.begin_project(&name, rows),
-            SnapshotItem::Row(row) => builder.write_row(&row),
+    let (mut started, mut rows) = (0usize, 0u64);
+    for item in merged {
+        let result = match item.map_err(damaged)? {
+            SortedItem::Project { name, rows } => {
+                started += 1;
+                builder.begin_project(&name, rows)
+            }
+            SortedItem::Row(row) => {
+                rows += 1;
+                builder.write_row(&row)
+            }
         };
         result.map_err(|err| StageFailure::permanent(err.to_string()))?;
+    }
+    // Every listed project got its rows (a project no run holds is never
+    // started), and no more rows came than the event counts.
+    if started != snapshot.projects.len() || rows != snapshot.rows {
+        return Err(StageFailure::permanent(format!(
+            "snapshot is damaged: its runs hold {rows} rows in {started} projects, the event counts {} in {}",
+            snapshot.rows,
+            snapshot.projects.len()
+        )));
     }
     let (report, plain) = builder
         .finish_unnamed()
@@ -271,4 +387,94 @@ fn render_sealed(
         },
     )?;
     Ok(Rendered { report, sealed })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use breakglass_bus::payload::write_snapshot;
+
+    fn row(device: &str) -> SortedItem {
+        SortedItem::Row(DeviceRow {
+            device_name: device.into(),
+            ..DeviceRow::default()
+        })
+    }
+
+    fn start(name: &str, rows: u64) -> SortedItem {
+        SortedItem::Project {
+            name: name.into(),
+            rows,
+        }
+    }
+
+    /// The rows a run yields, or the error that stopped it.
+    fn read_run(items: Vec<SortedItem>) -> Result<Vec<(u32, String)>, String> {
+        let mut bytes = Vec::new();
+        write_snapshot(items.into_iter().map(Ok), &mut bytes).unwrap();
+        let projects: HashMap<String, u32> = [("a".to_string(), 0), ("b".to_string(), 1)].into();
+        let mut run = FetchedRun {
+            reader: SnapshotReader::new(bytes.as_slice()),
+            projects: Arc::new(projects),
+            number: 3,
+            started: HashSet::new(),
+            current: None,
+            left: 0,
+        };
+        let mut rows = Vec::new();
+        while let Some((project, row)) = run.next_row().map_err(|err| err.to_string())? {
+            rows.push((project, row.device_name));
+        }
+        Ok(rows)
+    }
+
+    /// A run is read as the collector wrote it, and one that breaks the
+    /// snapshot stream's shape is refused, naming the run and the break,
+    /// instead of feeding the merge rows it cannot place.
+    #[test]
+    fn a_run_is_read_only_in_the_shape_the_collector_writes() {
+        assert_eq!(
+            read_run(vec![
+                start("a", 2),
+                row("x"),
+                row("y"),
+                start("b", 1),
+                row("z")
+            ])
+            .unwrap(),
+            [(0, "x".into()), (0, "y".into()), (1, "z".into())]
+        );
+        assert_eq!(read_run(vec![]).unwrap(), []);
+        for (items, rule) in [
+            (
+                vec![row("x")],
+                "holds a row its project start does not count",
+            ),
+            (
+                vec![start("a", 1), row("x"), row("y")],
+                "holds a row its project start does not count",
+            ),
+            (vec![start("a", 2), row("x")], "ends 1 rows short"),
+            (
+                vec![start("a", 2), row("x"), start("b", 1), row("z")],
+                "starts a project 1 rows short",
+            ),
+            (
+                vec![start("c", 1), row("x")],
+                "names a project the event does not list",
+            ),
+            (
+                vec![start("a", 1), row("x"), start("a", 1), row("y")],
+                "starts a project twice",
+            ),
+            (
+                vec![start("a", 0)],
+                "starts a project twice, or with no rows",
+            ),
+        ] {
+            let err = read_run(items).unwrap_err();
+            assert!(err.starts_with("run 3: ") && err.contains(rule), "{err}");
+        }
+    }
 }
