@@ -1175,6 +1175,21 @@ async fn a_snapshots_runs_are_read_at_once_and_one_forged_run_fails_the_whole_re
         err.contains("runs-test.forged.snapshot.age") && err.contains("integrity check failed"),
         "{err}"
     );
+    // Nor does a consumer that panics on the forged bytes hide why.
+    let reader_key = key.clone();
+    let err = bus
+        .read_payloads(&forged, move |readers| {
+            for reader in readers {
+                reader_key.decrypt(reader).expect("a run that decrypts");
+            }
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("runs-test.forged.snapshot.age") && err.contains("integrity check failed"),
+        "{err}"
+    );
     bus.close().await;
     iso.cleanup_bus().await;
 }

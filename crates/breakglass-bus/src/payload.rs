@@ -387,7 +387,7 @@ impl Bus {
     /// [`Bus::read_payload`] does: each reader ends only after its payload
     /// matched its reference, each fetch runs to its end, and the first
     /// reference (in order) whose payload failed is the error reported,
-    /// whatever `consume` returned. With more than one reference each pipe
+    /// whatever `consume` returned, even if it panicked. With more than one reference each pipe
     /// holds one chunk, so memory grows with their number, not their size.
     pub async fn read_payloads<T: Send + 'static>(
         &self,
@@ -428,23 +428,31 @@ impl Bus {
             match done {
                 Ok((_, Ok(()))) => {}
                 Ok((index, Err(failure))) => failures.push((index, failure)),
-                Err(err) => {
-                    failures.push((usize::MAX, (String::new(), task_failed("fetching", &err))))
-                }
+                // send_chunks does not panic; should a fetch task still
+                // fail, no payload of this set counts as verified.
+                Err(err) => failures.push((
+                    usize::MAX,
+                    (
+                        format!("one of {} payloads", references.len()),
+                        task_failed("fetching", &err),
+                    ),
+                )),
             }
         }
-        let value = consumer.await.map_err(|err| BusError::Payload {
+        let consumed = consumer.await;
+        // A payload that did not match its reference is the error, even
+        // over a consumer that panicked on its bytes.
+        failures.sort_by_key(|(index, _)| *index);
+        if let Some((_, (name, reason))) = failures.into_iter().next() {
+            return Err(BusError::Payload { name, reason });
+        }
+        consumed.map_err(|err| BusError::Payload {
             name: references
                 .first()
                 .map(|r| r.name.clone())
                 .unwrap_or_default(),
             reason: task_failed("reading", &err),
-        })?;
-        failures.sort_by_key(|(index, _)| *index);
-        if let Some((_, (name, reason))) = failures.into_iter().next() {
-            return Err(BusError::Payload { name, reason });
-        }
-        Ok(value)
+        })
     }
 
     /// Checks that `reference` names a stored, whole (not deleted, not a

@@ -215,7 +215,11 @@ impl Stage for Collector {
         bus.publish_event(EventKind::SnapshotReady, &run_id, &ready)
             .await
             .map_err(|err| StageFailure::retry(err.to_string()))?;
-        tracing::info!(rows = ready.rows, runs = ready.runs.len(), "snapshot stored");
+        tracing::info!(
+            rows = ready.rows,
+            runs = ready.runs.len(),
+            "snapshot stored"
+        );
         let metrics = breakglass_telemetry::metrics::metrics();
         metrics.last_run_rows.set(ready.rows as i64);
         let reason = ready

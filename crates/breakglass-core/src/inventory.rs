@@ -44,8 +44,10 @@ pub struct ProjectRows {
 /// happens downstream (in the renderer) rather than after the last row.
 pub trait RunSink: Send {
     /// Takes one run: `rows`, already in workbook order, each with its
-    /// project's index in `names`. Returns `false` to decline it (the
-    /// inventory then spills it to a temp file and merges it at the end);
+    /// project's index in `names`. Returns `false` to decline it and every
+    /// later run (the inventory then spills them to temp files, in runs of
+    /// at least [`crate::spill::DEFAULT_SPILL_ROWS`] rows, and merges them
+    /// at the end);
     /// an `Err` stops the reading. May take the rows out of `rows` (best
     /// by draining it: its capacity then serves the next run).
     fn take(&mut self, rows: &mut Vec<(u32, DeviceRow)>, names: &[String])
@@ -68,6 +70,8 @@ pub struct Inventory {
     runs: Vec<Run>,
     sink: Option<Box<dyn RunSink>>,
     spill_rows: usize,
+    /// The least run size once a sink declined.
+    fallback_spill_rows: usize,
     spill_key: Option<age::x25519::Identity>,
     warnings: Vec<RowWarning>,
     warning_count: u64,
@@ -107,6 +111,7 @@ impl Inventory {
             runs: Vec::new(),
             sink: None,
             spill_rows: rows.max(1),
+            fallback_spill_rows: crate::spill::DEFAULT_SPILL_ROWS,
             spill_key: None,
             warnings: Vec::new(),
             warning_count: 0,
@@ -161,17 +166,21 @@ impl Inventory {
         if self.buffer.len() >= self.spill_rows {
             crate::spill::sort_buffer(&mut self.buffer, &self.names);
             if let Some(sink) = self.sink.as_mut() {
-                let mut handed = vec![0u64; self.names.len()];
                 for (project, _) in &self.buffer {
-                    handed[*project as usize] += 1;
+                    self.kept[*project as usize] -= 1;
                 }
                 if sink.take(&mut self.buffer, &self.names)? {
-                    for (kept, handed) in self.kept.iter_mut().zip(handed) {
-                        *kept -= handed;
-                    }
                     self.buffer.clear();
                     return Ok(());
                 }
+                for (project, _) in &self.buffer {
+                    self.kept[*project as usize] += 1;
+                }
+                // Declined for good: the rest goes to temp files, in runs
+                // no smaller than the default (a small run size chosen for
+                // the sink must not make thousands of files).
+                self.sink = None;
+                self.spill_rows = self.spill_rows.max(self.fallback_spill_rows);
             }
             let key = self
                 .spill_key
@@ -437,6 +446,9 @@ mod tests {
                 runs: runs.clone(),
                 limit,
             }));
+            // Small enough that the rows past the sink's limit spill to
+            // several temp files, merged by into_sorted_stream.
+            sunk.fallback_spill_rows = 11;
             let mut whole = Inventory::with_spill_rows(usize::MAX);
             for i in 0..200u32 {
                 let project = ["b", "a", "c", "A-10", "A-9"][(i % 5) as usize];
@@ -447,6 +459,13 @@ mod tests {
                 };
                 sunk.push(project, row.clone()).unwrap();
                 whole.push(project, row).unwrap();
+            }
+            if limit < 200 / 7 {
+                assert!(sunk.runs.len() > 2, "spilled after the sink declined");
+                assert!(
+                    sunk.sink.is_none(),
+                    "a sink that declined is not asked again"
+                );
             }
             let totals = sunk.project_totals();
             let rest: Vec<SortedItem> = sunk

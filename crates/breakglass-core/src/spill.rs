@@ -139,8 +139,9 @@ pub fn sorted_run_items<'a>(
     })
 }
 
-/// Ranks of project indices in tab order.
-pub(crate) fn project_ranks(names: &[String]) -> Vec<u32> {
+/// Ranks of project indices in tab order: `ranks[i]` is where project
+/// `names[i]` comes among the tabs.
+pub fn project_ranks(names: &[String]) -> Vec<u32> {
     let mut order: Vec<usize> = (0..names.len()).collect();
     order.sort_unstable_by(|a, b| project_order(&names[*a], &names[*b]));
     let mut ranks = vec![0u32; names.len()];

@@ -32,7 +32,7 @@ use breakglass_proto::v1;
 use breakglass_render::encrypt::SealedWorkbook;
 use breakglass_render::{EXCEL_MAX_DATA_ROWS, RenderOptions, RenderReport, WorkbookBuilder};
 use breakglass_service::ConfigSource;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -116,8 +116,11 @@ impl Stage for Renderer {
         let warnings: Vec<RowWarning> = ready.warnings.iter().map(warning_from_proto).collect();
         let warning_count = ready.warning_count;
         let projects = ready.projects.clone();
-        let rows = ready.rows;
-        let span = tracing::info_span!("render workbook", rows, runs = ready.runs.len());
+        let span = tracing::info_span!(
+            "render workbook",
+            rows = ready.rows,
+            runs = ready.runs.len()
+        );
         // The snapshot's runs are merged and rendered while they arrive;
         // the render counts only if every fetch then proved its run the
         // exact payload the event names (a failed fetch is the error,
@@ -128,7 +131,6 @@ impl Stage for Renderer {
                 let snapshot = Snapshot {
                     runs,
                     projects: &projects,
-                    rows,
                 };
                 render_sealed(
                     &key,
@@ -244,18 +246,21 @@ fn unencrypted_warning() -> v1::Warning {
 struct Snapshot<'a> {
     runs: Vec<PayloadReader>,
     projects: &'a [v1::ProjectCount],
-    rows: u64,
 }
 
 /// One run of the snapshot, decrypted and decoded as the merge asks for
 /// its rows. Holds the run to the snapshot stream's shape: every row after
-/// its project's start, as many as the start announces, each project
-/// started once and listed in the event.
+/// its project's start, as many as the start announces, projects listed in
+/// the event and in tab order (so the merge starts each project once: a
+/// project started twice would take a second tab, and its rows could then
+/// stand in for another project's).
 struct FetchedRun<R: Read> {
     reader: SnapshotReader<R>,
+    /// Each listed project's index, by name.
     projects: Arc<HashMap<String, u32>>,
+    /// Each listed project's rank in tab order, by index.
+    ranks: Arc<Vec<u32>>,
     number: usize,
-    started: HashSet<u32>,
     current: Option<u32>,
     left: u64,
 }
@@ -282,8 +287,17 @@ impl<R: Read + Send> RunRead for FetchedRun<R> {
                     let Some(&project) = self.projects.get(&name) else {
                         return Err(damaged("names a project the event does not list".into()));
                     };
-                    if rows == 0 || !self.started.insert(project) {
-                        return Err(damaged("starts a project twice, or with no rows".into()));
+                    if rows == 0 {
+                        return Err(damaged("starts a project with no rows".into()));
+                    }
+                    let ranks = &self.ranks;
+                    if self
+                        .current
+                        .is_some_and(|before| ranks[before as usize] >= ranks[project as usize])
+                    {
+                        return Err(damaged(
+                            "starts its projects out of tab order, or one twice".into(),
+                        ));
                     }
                     (self.current, self.left) = (Some(project), rows);
                 }
@@ -301,6 +315,41 @@ impl<R: Read + Send> RunRead for FetchedRun<R> {
     }
 }
 
+/// Merges the runs into workbook order and writes them: each listed
+/// project gets exactly its count (the builder refuses more or fewer rows
+/// than a project start announces), and every listed project is written (a
+/// project that no run holds is never started by the merge). Merged here,
+/// as `run-once` merges its spilled runs: the workbook's deflating runs on
+/// a thread of its own, and rows are freed on the thread that decoded them.
+fn write_merged(
+    runs: Vec<Box<dyn RunRead>>,
+    projects: &[v1::ProjectCount],
+    builder: &mut WorkbookBuilder,
+) -> Result<(), StageFailure> {
+    let names: Vec<String> = projects.iter().map(|p| p.project.clone()).collect();
+    let counts: Vec<u64> = projects.iter().map(|p| p.rows).collect();
+    let mut started = 0usize;
+    for item in SortedStream::merge(names, counts, runs) {
+        let item =
+            item.map_err(|err| StageFailure::permanent(format!("snapshot is damaged: {err}")))?;
+        let result = match item {
+            SortedItem::Project { name, rows } => {
+                started += 1;
+                builder.begin_project(&name, rows)
+            }
+            SortedItem::Row(row) => builder.write_row(&row),
+        };
+        result.map_err(|err| StageFailure::permanent(err.to_string()))?;
+    }
+    if started != projects.len() {
+        return Err(StageFailure::permanent(format!(
+            "snapshot is damaged: its runs hold {started} of the {} projects the event lists",
+            projects.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Decrypts the snapshot's runs as they arrive, merges them into workbook
 /// order, writes the workbook, and protects and
 /// hashes it. Blocking: runs on a blocking thread.
@@ -313,14 +362,11 @@ fn render_sealed(
     warning_count: u64,
     encryption: &Encryption,
 ) -> Result<Rendered, StageFailure> {
-    let damaged =
-        |err: std::io::Error| StageFailure::permanent(format!("snapshot is damaged: {err}"));
     let names: Vec<String> = snapshot
         .projects
         .iter()
         .map(|p| p.project.clone())
         .collect();
-    let counts: Vec<u64> = snapshot.projects.iter().map(|p| p.rows).collect();
     // Names are unique (validate::snapshot_ready).
     let index: Arc<HashMap<String, u32>> = Arc::new(
         names
@@ -329,6 +375,7 @@ fn render_sealed(
             .map(|(i, name)| (name.clone(), i as u32))
             .collect(),
     );
+    let ranks = Arc::new(breakglass_core::spill::project_ranks(&names));
     let mut runs: Vec<Box<dyn RunRead>> = Vec::with_capacity(snapshot.runs.len());
     for (number, reader) in snapshot.runs.into_iter().enumerate() {
         let decrypted = key
@@ -337,42 +384,16 @@ fn render_sealed(
         runs.push(Box::new(FetchedRun {
             reader: SnapshotReader::new(decrypted),
             projects: index.clone(),
+            ranks: ranks.clone(),
             number,
-            started: HashSet::new(),
             current: None,
             left: 0,
         }));
     }
-    // Merged here, as `run-once` merges its spilled runs: the workbook's
-    // deflating runs on a thread of its own, and rows are freed on the
-    // thread that decoded them.
-    let merged = SortedStream::merge(names, counts, runs);
     let mut builder =
         WorkbookBuilder::new(options).map_err(|err| StageFailure::retry(err.to_string()))?;
     builder.add_collect_warnings(warnings, warning_count);
-    let (mut started, mut rows) = (0usize, 0u64);
-    for item in merged {
-        let result = match item.map_err(damaged)? {
-            SortedItem::Project { name, rows } => {
-                started += 1;
-                builder.begin_project(&name, rows)
-            }
-            SortedItem::Row(row) => {
-                rows += 1;
-                builder.write_row(&row)
-            }
-        };
-        result.map_err(|err| StageFailure::permanent(err.to_string()))?;
-    }
-    // Every listed project got its rows (a project no run holds is never
-    // started), and no more rows came than the event counts.
-    if started != snapshot.projects.len() || rows != snapshot.rows {
-        return Err(StageFailure::permanent(format!(
-            "snapshot is damaged: its runs hold {rows} rows in {started} projects, the event counts {} in {}",
-            snapshot.rows,
-            snapshot.projects.len()
-        )));
-    }
+    write_merged(runs, snapshot.projects, &mut builder)?;
     let (report, plain) = builder
         .finish_unnamed()
         .map_err(|err| StageFailure::retry(err.to_string()))?;
@@ -409,19 +430,25 @@ mod tests {
         }
     }
 
-    /// The rows a run yields, or the error that stopped it.
-    fn read_run(items: Vec<SortedItem>) -> Result<Vec<(u32, String)>, String> {
+    /// A run of `items` as the renderer reads it, among the projects "b"
+    /// and "a" (listed in that order; "a" comes first in tab order).
+    fn fetched_run(items: Vec<SortedItem>, number: usize) -> FetchedRun<std::io::Cursor<Vec<u8>>> {
         let mut bytes = Vec::new();
         write_snapshot(items.into_iter().map(Ok), &mut bytes).unwrap();
-        let projects: HashMap<String, u32> = [("a".to_string(), 0), ("b".to_string(), 1)].into();
-        let mut run = FetchedRun {
-            reader: SnapshotReader::new(bytes.as_slice()),
+        let projects: HashMap<String, u32> = [("b".to_string(), 0), ("a".to_string(), 1)].into();
+        FetchedRun {
+            reader: SnapshotReader::new(std::io::Cursor::new(bytes)),
             projects: Arc::new(projects),
-            number: 3,
-            started: HashSet::new(),
+            ranks: Arc::new(vec![1, 0]),
+            number,
             current: None,
             left: 0,
-        };
+        }
+    }
+
+    /// The rows a run yields, or the error that stopped it.
+    fn read_run(items: Vec<SortedItem>) -> Result<Vec<(u32, String)>, String> {
+        let mut run = fetched_run(items, 3);
         let mut rows = Vec::new();
         while let Some((project, row)) = run.next_row().map_err(|err| err.to_string())? {
             rows.push((project, row.device_name));
@@ -443,7 +470,7 @@ mod tests {
                 row("z")
             ])
             .unwrap(),
-            [(0, "x".into()), (0, "y".into()), (1, "z".into())]
+            [(1, "x".into()), (1, "y".into()), (0, "z".into())]
         );
         assert_eq!(read_run(vec![]).unwrap(), []);
         for (items, rule) in [
@@ -466,15 +493,75 @@ mod tests {
             ),
             (
                 vec![start("a", 1), row("x"), start("a", 1), row("y")],
-                "starts a project twice",
+                "starts its projects out of tab order, or one twice",
             ),
             (
-                vec![start("a", 0)],
-                "starts a project twice, or with no rows",
+                vec![start("b", 1), row("x"), start("a", 1), row("y")],
+                "starts its projects out of tab order",
             ),
+            (vec![start("a", 0)], "starts a project with no rows"),
         ] {
             let err = read_run(items).unwrap_err();
             assert!(err.starts_with("run 3: ") && err.contains(rule), "{err}");
         }
+    }
+
+    /// Runs merge into the event's projects, each with exactly its count;
+    /// runs that together miss a project the event lists, or hold fewer or
+    /// more rows of one than it counts, fail the render as damaged.
+    #[test]
+    fn merged_runs_must_hold_every_listed_project_with_its_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |runs: Vec<Vec<SortedItem>>, counts: &[(&str, u64)]| {
+            let mut builder = WorkbookBuilder::new(RenderOptions {
+                run_id: "run-1".into(),
+                generated_at: chrono::Utc::now(),
+                source: "test".into(),
+                temp_dir: dir.path().to_path_buf(),
+                max_rows_per_sheet: EXCEL_MAX_DATA_ROWS,
+            })
+            .unwrap();
+            let runs: Vec<Box<dyn RunRead>> = runs
+                .into_iter()
+                .enumerate()
+                .map(|(number, items)| Box::new(fetched_run(items, number)) as Box<dyn RunRead>)
+                .collect();
+            let projects: Vec<v1::ProjectCount> = counts
+                .iter()
+                .map(|(name, rows)| v1::ProjectCount {
+                    project: (*name).into(),
+                    sheets: vec![],
+                    rows: *rows,
+                })
+                .collect();
+            write_merged(runs, &projects, &mut builder)
+                .map(|()| builder.finish_unnamed().unwrap().0)
+                .map_err(|err| format!("{err:?}"))
+        };
+        let two_runs = || {
+            vec![
+                vec![start("a", 1), row("a-2"), start("b", 1), row("b-1")],
+                vec![start("a", 1), row("a-10")],
+            ]
+        };
+        let report = write(two_runs(), &[("b", 1), ("a", 2)]).unwrap();
+        assert_eq!(report.rows, 3);
+        assert_eq!(
+            report
+                .projects
+                .iter()
+                .map(|p| (p.project.as_str(), p.rows))
+                .collect::<Vec<_>>(),
+            [("a", 2), ("b", 1)]
+        );
+        let err = write(vec![vec![start("a", 1), row("a-2")]], &[("b", 1), ("a", 1)]).unwrap_err();
+        assert!(
+            err.contains("its runs hold 1 of the 2 projects the event lists"),
+            "{err}"
+        );
+        let err = write(two_runs(), &[("b", 1), ("a", 3)]).unwrap_err();
+        assert!(err.contains("fewer rows than announced"), "{err}");
+        let err = write(two_runs(), &[("b", 1), ("a", 1)]).unwrap_err();
+        assert!(err.contains("more rows than announced"), "{err}");
     }
 }
