@@ -260,6 +260,23 @@ async fn connect(iso: &Isolation) -> Bus {
     iso.connect_bus().await
 }
 
+/// Triggers run `run_id` and waits (two minutes at most) for it to
+/// succeed; its outcome.
+async fn run_to_success(bus: &Bus, run_id: &str) -> v1::RunFinished {
+    bus.trigger(&trigger(run_id)).await.unwrap();
+    let finished = bus
+        .wait_for_run(run_id, Duration::from_secs(120))
+        .await
+        .unwrap()
+        .expect("the run finishes");
+    assert_eq!(
+        finished.status,
+        v1::RunStatus::Succeeded as i32,
+        "{finished:?}"
+    );
+    finished
+}
+
 fn trigger(run_id: &str) -> v1::TriggerRequested {
     v1::TriggerRequested {
         run_id: run_id.into(),
@@ -871,17 +888,7 @@ async fn canary_credentials_appear_nowhere_but_in_the_decrypted_workbook() {
         })
         .collect();
     let run_id = format!("canary-{}", iso.prefix);
-    bus.trigger(&trigger(&run_id)).await.unwrap();
-    let finished = bus
-        .wait_for_run(&run_id, Duration::from_secs(120))
-        .await
-        .unwrap()
-        .expect("the run finishes");
-    assert_eq!(
-        finished.status,
-        v1::RunStatus::Succeeded as i32,
-        "{finished:?}"
-    );
+    let finished = run_to_success(&bus, &run_id).await;
     assert_eq!(
         finished.warning_count, 1,
         "the row without a device name is kept and named: {finished:?}"
@@ -1055,17 +1062,7 @@ async fn a_snapshot_in_many_runs_renders_the_workbook_run_once_writes() {
         ServiceProcess::start("uploader", &config, dir.path()).unwrap(),
     ];
     let run_id = format!("runs-{}", iso.prefix);
-    bus.trigger(&trigger(&run_id)).await.unwrap();
-    let finished = bus
-        .wait_for_run(&run_id, Duration::from_secs(120))
-        .await
-        .unwrap()
-        .expect("the run finished");
-    assert_eq!(
-        finished.status,
-        v1::RunStatus::Succeeded as i32,
-        "{finished:?}"
-    );
+    let finished = run_to_success(&bus, &run_id).await;
     assert_eq!(finished.rows, rows as u64);
 
     // The collector stored the snapshot as the most runs it may, all of
