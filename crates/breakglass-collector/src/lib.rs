@@ -20,13 +20,19 @@ use breakglass_bus::validate::MAX_SNAPSHOT_RUNS;
 use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode, read_trigger};
 use breakglass_bus::{Bus, EventKind, worker};
 use breakglass_collect::{AnySource, RowCounter, Source};
-use breakglass_core::spill::DEFAULT_SPILL_ROWS;
 use breakglass_core::{DeviceRow, Inventory, RunId, RunSink, sorted_run_items};
 use breakglass_proto::v1;
 use breakglass_service::ConfigSource;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
+
+/// Rows per snapshot run unless `BREAKGLASS_SNAPSHOT_RUN_ROWS` says
+/// otherwise: less than the inventory's own 50,000-row sort buffer, which
+/// put the collector at 57–65 MiB at 1M rows against issue #13's 64 MiB;
+/// at 40,000 it peaks near 54 and the renderer, merging 25 runs instead
+/// of 20, near 50 (docs/BENCHMARKS.md).
+pub const DEFAULT_RUN_ROWS: usize = 40_000;
 
 /// The collect stage bound to the bus.
 pub struct Collector {
@@ -37,12 +43,12 @@ pub struct Collector {
 
 impl Collector {
     /// A collector reading the inventory the settings name, read again for
-    /// every run, in snapshot runs of [`DEFAULT_SPILL_ROWS`] rows.
+    /// every run, in snapshot runs of [`DEFAULT_RUN_ROWS`] rows.
     pub fn new(config: ConfigSource, key: PayloadKey) -> Self {
         Self {
             config,
             key,
-            run_rows: DEFAULT_SPILL_ROWS,
+            run_rows: DEFAULT_RUN_ROWS,
         }
     }
 

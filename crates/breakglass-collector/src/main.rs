@@ -32,7 +32,7 @@ async fn run() -> anyhow::Result<()> {
     context.run_until_stopped(async { Ok(work.await?) }).await
 }
 
-/// `BREAKGLASS_SNAPSHOT_RUN_ROWS`: rows per snapshot run (default 50,000),
+/// `BREAKGLASS_SNAPSHOT_RUN_ROWS`: rows per snapshot run (default 40,000),
 /// a tuning knob: fewer rows hold less memory here and give the renderer
 /// more runs to merge.
 fn run_rows_from_env() -> anyhow::Result<Option<usize>> {
