@@ -387,8 +387,9 @@ impl Bus {
     /// [`Bus::read_payload`] does: each reader ends only after its payload
     /// matched its reference, each fetch runs to its end, and the first
     /// reference (in order) whose payload failed is the error reported,
-    /// whatever `consume` returned, even if it panicked. With more than one reference each pipe
-    /// holds one chunk, so memory grows with their number, not their size.
+    /// whatever `consume` returned, even if it panicked. With more than one
+    /// reference each pipe holds one chunk, so memory grows with their
+    /// number, not their size.
     pub async fn read_payloads<T: Send + 'static>(
         &self,
         references: &[v1::PayloadRef],
