@@ -61,6 +61,8 @@ pub trait RunSink: Send {
 pub struct Inventory {
     names: Vec<String>,
     index: HashMap<String, u32>,
+    /// Tab order of `names`, updated as projects are added.
+    ranks: crate::spill::ProjectRanks,
     /// Rows per project, in all.
     counts: Vec<u64>,
     /// Rows per project still here (buffer and temp files), not handed to
@@ -105,6 +107,7 @@ impl Inventory {
         Self {
             names: Vec::new(),
             index: HashMap::new(),
+            ranks: crate::spill::ProjectRanks::default(),
             counts: Vec::new(),
             kept: Vec::new(),
             buffer: Vec::new(),
@@ -164,7 +167,7 @@ impl Inventory {
         self.kept[index as usize] += 1;
         self.buffer.push((index, row));
         if self.buffer.len() >= self.spill_rows {
-            crate::spill::sort_buffer(&mut self.buffer, &self.names);
+            crate::spill::sort_buffer(&mut self.buffer, self.ranks.update(&self.names));
             if let Some(sink) = self.sink.as_mut() {
                 for (project, _) in &self.buffer {
                     self.kept[*project as usize] -= 1;
@@ -242,7 +245,7 @@ impl Inventory {
             projects: self.names.len() as u64,
             warnings: self.warnings,
             warning_count: self.warning_count,
-            stream: SortedStream::new(self.names, self.kept, self.runs, self.buffer),
+            stream: SortedStream::new(self.names, self.kept, self.runs, self.buffer, self.ranks),
         })
     }
 
