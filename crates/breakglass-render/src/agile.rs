@@ -19,23 +19,27 @@
 //!   segment of the package encrypted with AES-256-CBC, IV = SHA-512(salt ‖
 //!   segment index)[..16], the last segment zero-padded to the block size.
 //!
-//! [`encrypt`] reads the plaintext once, segment by segment; [`decrypt`]
-//! writes it back once, segment by segment: neither holds more than a
-//! segment and a write buffer, whatever the workbook's size.
+//! [`encrypt`] reads the plaintext once, in blocks of 256 segments, on a
+//! second thread, so encrypting and storing run on two cores; [`decrypt`]
+//! writes it back once, segment by segment. Neither holds more than a few
+//! blocks and buffers, whatever the workbook's size.
 
 use aes::Aes256;
 use cbc::cipher::block_padding::NoPadding;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha512};
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 
 /// Hash iterations of the password key (what Excel writes).
 const SPIN_COUNT: u32 = 100_000;
 /// Plaintext bytes per independently encrypted segment.
 const SEGMENT: usize = 4096;
-/// Buffer between the encryptor and the compound file's stream.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Plaintext bytes encrypted at a time and handed to the compound file's
+/// stream: a whole number of segments.
+const BLOCK: usize = 256 * SEGMENT;
+/// Encrypted blocks queued between the two threads of [`encrypt`].
+const BLOCKS_IN_FLIGHT: usize = 2;
 
 const BLOCK_VERIFIER_INPUT: [u8; 8] = [0xFE, 0xA7, 0xD2, 0x76, 0x3B, 0x4B, 0x9E, 0x79];
 const BLOCK_VERIFIER_VALUE: [u8; 8] = [0xD7, 0xAA, 0x0F, 0x6D, 0x30, 0x61, 0x34, 0x4E];
@@ -163,8 +167,9 @@ fn transform_info() -> Vec<u8> {
 
 /// Encrypts the `plain_len` bytes read from `plain` into a new compound
 /// file written to `out` (empty, readable and seekable: the compound file
-/// is patched as it grows), which is returned, flushed.
-pub fn encrypt<R: Read, W: Read + Write + Seek>(
+/// is patched as it grows), which is returned, flushed. `plain` is read on
+/// a thread of its own (see the module's notes).
+pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
     mut plain: R,
     plain_len: u64,
     password: &str,
@@ -187,6 +192,7 @@ pub fn encrypt<R: Read, W: Read + Write + Seek>(
         rng.fill_bytes(field);
     }
 
+    let out = crate::coalesce::Coalescing::new(out)?;
     let mut compound = cfb::CompoundFile::create_with_version(cfb::Version::V3, out)?;
     compound.create_storage("/\x06DataSpaces")?;
     compound.create_storage("/\x06DataSpaces/DataSpaceInfo")?;
@@ -208,38 +214,72 @@ pub fn encrypt<R: Read, W: Read + Write + Seek>(
     }
 
     // The package, segment by segment; the HMAC covers the stream as
-    // stored (size field and ciphertext).
+    // stored (size field and ciphertext). A scoped thread reads and
+    // encrypts blocks of segments while this one hashes and stores the
+    // blocks before: AES on one core, HMAC and the compound file on the
+    // other. The password's spin (100,000 hashes) runs on the encrypting
+    // thread after the last block, while the last blocks are stored.
     let mut mac = <HmacSha512 as KeyInit>::new_from_slice(&hmac_key)
         .map_err(|_| io::Error::other("agile: HMAC key length"))?;
-    {
-        let stream = compound.create_new_stream("/EncryptedPackage")?;
-        let mut stream = BufWriter::with_capacity(WRITE_BUFFER, stream);
+    let spun = {
+        let mut stream = compound.create_new_stream("/EncryptedPackage")?;
         let size = plain_len.to_le_bytes();
         stream.write_all(&size)?;
         mac.update(&size);
-        let mut segment = vec![0u8; SEGMENT];
-        let mut remaining = plain_len;
-        let mut index: u32 = 0;
-        while remaining > 0 {
-            let take = remaining.min(SEGMENT as u64) as usize;
-            plain.read_exact(&mut segment[..take])?;
-            let padded = take.next_multiple_of(16);
-            segment[take..padded].fill(0);
-            let iv = derived_iv(&key_salt, &index.to_le_bytes());
-            cbc_encrypt(&mut segment[..padded], &package_key, &iv)?;
-            stream.write_all(&segment[..padded])?;
-            mac.update(&segment[..padded]);
-            remaining -= take as u64;
-            index = index.wrapping_add(1);
-        }
-        segment.fill(0);
-        let mut stream = stream.into_inner().map_err(|err| err.into_error())?;
+        let (key_salt, package_key, verifier_salt) = (&key_salt, &package_key, &verifier_salt);
+        let spun = std::thread::scope(|scope| -> io::Result<[u8; 64]> {
+            let (full, filled) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
+            let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+            let encryptor = std::thread::Builder::new()
+                .name("agile-encrypt".into())
+                .spawn_scoped(scope, move || -> io::Result<[u8; 64]> {
+                    let mut remaining = plain_len;
+                    let mut index: u32 = 0;
+                    while remaining > 0 {
+                        let mut block = spare.try_recv().unwrap_or_default();
+                        let take = remaining.min(BLOCK as u64) as usize;
+                        block.clear();
+                        block.resize(take.next_multiple_of(16), 0);
+                        if let Err(err) = plain.read_exact(&mut block[..take]) {
+                            block.fill(0);
+                            return Err(err);
+                        }
+                        for segment in block.chunks_mut(SEGMENT) {
+                            let iv = derived_iv(key_salt, &index.to_le_bytes());
+                            cbc_encrypt(segment, package_key, &iv)?;
+                            index = index.wrapping_add(1);
+                        }
+                        remaining -= take as u64;
+                        if full.send(block).is_err() {
+                            // The storing side stopped; its error says why.
+                            break;
+                        }
+                    }
+                    drop(full);
+                    Ok(spun_hash(verifier_salt, password))
+                })?;
+            let mut stored = Ok(());
+            while let Ok(block) = filled.recv() {
+                stored = stream.write_all(&block);
+                if stored.is_err() {
+                    break;
+                }
+                mac.update(&block);
+                let _ = give_back.send(block);
+            }
+            drop(filled);
+            let spun = encryptor
+                .join()
+                .map_err(|_| io::Error::other("agile: the encrypting thread panicked"))?;
+            stored?;
+            spun
+        })?;
         stream.flush()?;
-    }
+        spun
+    };
     let mut hmac_value = [0u8; 64];
     hmac_value.copy_from_slice(mac.finalize().into_bytes().as_slice());
 
-    let spun = spun_hash(&verifier_salt, password);
     let mut encrypted_hmac_key = hmac_key;
     cbc_encrypt(
         &mut encrypted_hmac_key,
@@ -309,7 +349,7 @@ pub fn encrypt<R: Read, W: Read + Write + Seek>(
         .create_new_stream("/EncryptionInfo")?
         .write_all(&info)?;
     compound.flush()?;
-    Ok(compound.into_inner())
+    compound.into_inner().into_inner()
 }
 
 /// Why a file could not be decrypted.
@@ -542,7 +582,21 @@ mod tests {
 
     #[test]
     fn round_trips_every_size_class() {
-        for len in [0, 1, 15, 16, 4095, 4096, 4097, 3 * 4096 + 5, 200_000] {
+        for len in [
+            0,
+            1,
+            15,
+            16,
+            4095,
+            4096,
+            4097,
+            3 * 4096 + 5,
+            200_000,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            2 * BLOCK + 4097,
+        ] {
             let plain = sample(len);
             let file = encrypt(
                 &plain[..],
@@ -560,8 +614,9 @@ mod tests {
 
     #[test]
     fn an_independent_reader_opens_it() {
-        // office-crypto: a separate implementation of the same standard.
-        let plain = sample(50_000);
+        // office-crypto: a separate implementation of the same standard,
+        // over more than one block of the encrypting thread.
+        let plain = sample(2 * BLOCK + 50_000);
         let file = encrypt(
             &plain[..],
             plain.len() as u64,
@@ -571,6 +626,51 @@ mod tests {
         .unwrap();
         let back = office_crypto::decrypt_from_bytes(file.into_inner(), "correct horse").unwrap();
         assert_eq!(back, plain);
+    }
+
+    #[test]
+    fn a_plaintext_shorter_than_announced_fails_and_a_failing_store_stops_the_reading() {
+        // The reading thread fails: the error comes back, nothing hangs.
+        let plain = sample(BLOCK + 10);
+        let err = encrypt(&plain[..], 3 * BLOCK as u64, "pw", Cursor::new(Vec::new())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+
+        // The storing side fails after a few writes: its error comes back
+        // and the reading thread stops.
+        #[derive(Debug)]
+        struct FailingStore {
+            inner: Cursor<Vec<u8>>,
+            budget: usize,
+        }
+        impl Read for FailingStore {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.inner.read(buf)
+            }
+        }
+        impl Seek for FailingStore {
+            fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+                self.inner.seek(pos)
+            }
+        }
+        impl Write for FailingStore {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.budget < buf.len() {
+                    return Err(io::Error::other("disk full"));
+                }
+                self.budget -= buf.len();
+                self.inner.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let plain = sample(8 * BLOCK);
+        let store = FailingStore {
+            inner: Cursor::new(Vec::new()),
+            budget: 2 * BLOCK,
+        };
+        let err = encrypt(&plain[..], plain.len() as u64, "pw", store).unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
     }
 
     #[test]

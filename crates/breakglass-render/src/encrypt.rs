@@ -217,9 +217,8 @@ fn seal_into(
                     "encryption is password but no encryption_passphrase is set".into(),
                 )
             })?;
-            let input = BufReader::with_capacity(1 << 16, &mut plain);
-            let file =
-                crate::agile::encrypt(input, len, passphrase.expose(), unnamed()?).map_err(io)?;
+            let file = crate::agile::encrypt(&mut plain, len, passphrase.expose(), unnamed()?)
+                .map_err(io)?;
             Ok((
                 Sealed {
                     encryption: "password",

@@ -18,6 +18,7 @@
 
 pub mod agile;
 pub mod cells;
+mod coalesce;
 pub mod encrypt;
 pub mod sheet_names;
 pub mod workdir;
