@@ -195,12 +195,6 @@ async fn render_and_seal(
 ) -> anyhow::Result<RenderedWorkbook> {
     let dir = options.temp_dir.clone();
     let progress = progress.clone();
-    let (report, plain) = tokio::task::spawn_blocking(move || {
-        breakglass_render::render_stream(sorted, options, || progress.row_written())
-    })
-    .await
-    .context("the render task failed")?
-    .context("writing the workbook failed")?;
     let mut encryption = encryption.clone();
     let mut generated = None;
     if encryption == Encryption::Password(None) {
@@ -208,11 +202,18 @@ async fn render_and_seal(
         generated = Some(passphrase.clone());
         encryption = Encryption::Password(Some(passphrase));
     }
-    let sealed = tokio::task::spawn_blocking(move || {
-        breakglass_render::encrypt::seal_and_hash(plain, &encryption, &dir)
+    // Made ready first: the passphrase's key id is hashed while the
+    // workbook is written.
+    let sealer = breakglass_render::encrypt::Sealer::new(encryption);
+    let (report, plain) = tokio::task::spawn_blocking(move || {
+        breakglass_render::render_stream(sorted, options, || progress.row_written())
     })
     .await
-    .context("the encryption task failed")??;
+    .context("the render task failed")?
+    .context("writing the workbook failed")?;
+    let sealed = tokio::task::spawn_blocking(move || sealer.seal_and_hash(plain, &dir))
+        .await
+        .context("the encryption task failed")??;
     Ok(RenderedWorkbook {
         report,
         sealed,

@@ -217,8 +217,9 @@ pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
     // stored (size field and ciphertext). A scoped thread reads and
     // encrypts blocks of segments while this one hashes and stores the
     // blocks before: AES on one core, HMAC and the compound file on the
-    // other. The password's spin (100,000 hashes) runs on the encrypting
-    // thread after the last block, while the last blocks are stored.
+    // other. The password's spin (100,000 hashes, a fixed 50 ms) runs on
+    // a third thread from the start, so small workbooks do not wait for it
+    // after their last block.
     let mut mac = <HmacSha512 as KeyInit>::new_from_slice(&hmac_key)
         .map_err(|_| io::Error::other("agile: HMAC key length"))?;
     let spun = {
@@ -228,11 +229,14 @@ pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
         mac.update(&size);
         let (key_salt, package_key, verifier_salt) = (&key_salt, &package_key, &verifier_salt);
         let spun = std::thread::scope(|scope| -> io::Result<[u8; 64]> {
+            let spin = std::thread::Builder::new()
+                .name("agile-spin".into())
+                .spawn_scoped(scope, || spun_hash(verifier_salt, password))?;
             let (full, filled) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
             let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
             let encryptor = std::thread::Builder::new()
                 .name("agile-encrypt".into())
-                .spawn_scoped(scope, move || -> io::Result<[u8; 64]> {
+                .spawn_scoped(scope, move || -> io::Result<()> {
                     let mut remaining = plain_len;
                     let mut index: u32 = 0;
                     while remaining > 0 {
@@ -255,8 +259,7 @@ pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
                             break;
                         }
                     }
-                    drop(full);
-                    Ok(spun_hash(verifier_salt, password))
+                    Ok(())
                 })?;
             let mut stored = Ok(());
             while let Ok(block) = filled.recv() {
@@ -268,11 +271,15 @@ pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
                 let _ = give_back.send(block);
             }
             drop(filled);
-            let spun = encryptor
+            let encrypted = encryptor
                 .join()
                 .map_err(|_| io::Error::other("agile: the encrypting thread panicked"))?;
+            let spun = spin
+                .join()
+                .map_err(|_| io::Error::other("agile: the password hashing thread panicked"))?;
             stored?;
-            spun
+            encrypted?;
+            Ok(spun)
         })?;
         stream.flush()?;
         spun

@@ -84,8 +84,18 @@ pub fn seal(plain: &Path, out: &Path, encryption: &Encryption) -> Result<Sealed,
 /// workbook's size (`bytes`) and the sealed file's (`sealed_bytes`); never a
 /// key or passphrase.
 pub fn seal_file(
+    plain: File,
+    encryption: &Encryption,
+    temp_dir: &Path,
+) -> Result<(Sealed, File), SealError> {
+    seal_file_with(plain, encryption, None, temp_dir)
+}
+
+/// [`seal_file`] with the passphrase's key id hashed ahead (see [`Sealer`]).
+fn seal_file_with(
     mut plain: File,
     encryption: &Encryption,
+    key_id_ahead: Option<KeyIdAhead>,
     temp_dir: &Path,
 ) -> Result<(Sealed, File), SealError> {
     let io = |err: std::io::Error| SealError::Io(err.to_string());
@@ -98,7 +108,7 @@ pub fn seal_file(
         sealed_bytes = tracing::field::Empty,
     );
     let _entered = span.enter();
-    let (sealed, mut file) = seal_into(plain, len, encryption, temp_dir)?;
+    let (sealed, mut file) = seal_into(plain, len, encryption, key_id_ahead, temp_dir)?;
     file.rewind().map_err(io)?;
     if let Ok(meta) = file.metadata() {
         span.record("sealed_bytes", meta.len());
@@ -128,15 +138,52 @@ pub fn seal_and_hash(
     encryption: &Encryption,
     temp_dir: &Path,
 ) -> Result<SealedWorkbook, SealError> {
-    let (sealed, mut file) = seal_file(plain, encryption, temp_dir)?;
-    let (size, sha256) =
-        hash_open_file(&mut file).map_err(|err| SealError::ReadBack(err.to_string()))?;
-    Ok(SealedWorkbook {
-        sealed,
-        file,
-        size,
-        sha256,
-    })
+    Sealer::new(encryption.clone()).seal_and_hash(plain, temp_dir)
+}
+
+/// The passphrase's key id being hashed on a thread of its own.
+type KeyIdAhead = std::thread::JoinHandle<String>;
+
+/// [`seal_and_hash`] made ready before the workbook is written: with
+/// `encryption: password`, the passphrase's key id (600,000 PBKDF2 rounds,
+/// a fixed tenth of a second) is hashed meanwhile on a thread of its own,
+/// so it does not add to every run after the workbook is done.
+#[derive(Debug)]
+pub struct Sealer {
+    encryption: Encryption,
+    key_id: Option<KeyIdAhead>,
+}
+
+impl Sealer {
+    /// Starts hashing the key id when `encryption` is a passphrase (a
+    /// thread that cannot be started only means it is hashed later).
+    pub fn new(encryption: Encryption) -> Self {
+        let key_id = match &encryption {
+            Encryption::Password(Some(passphrase)) => {
+                let passphrase = passphrase.clone();
+                std::thread::Builder::new()
+                    .name("key-id".into())
+                    .spawn(move || passphrase_key_id(&passphrase))
+                    .ok()
+            }
+            _ => None,
+        };
+        Self { encryption, key_id }
+    }
+
+    /// Protects `plain` as the settings say ([`seal_file`]), then measures
+    /// and hashes the result ([`hash_open_file`]).
+    pub fn seal_and_hash(self, plain: File, temp_dir: &Path) -> Result<SealedWorkbook, SealError> {
+        let (sealed, mut file) = seal_file_with(plain, &self.encryption, self.key_id, temp_dir)?;
+        let (size, sha256) =
+            hash_open_file(&mut file).map_err(|err| SealError::ReadBack(err.to_string()))?;
+        Ok(SealedWorkbook {
+            sealed,
+            file,
+            size,
+            sha256,
+        })
+    }
 }
 
 /// A path that opens `file` for reading while it is open, though it has no
@@ -194,6 +241,7 @@ fn seal_into(
     mut plain: File,
     len: u64,
     encryption: &Encryption,
+    key_id_ahead: Option<KeyIdAhead>,
     temp_dir: &Path,
 ) -> Result<(Sealed, File), SealError> {
     let io = |err: std::io::Error| SealError::Io(err.to_string());
@@ -217,13 +265,27 @@ fn seal_into(
                     "encryption is password but no encryption_passphrase is set".into(),
                 )
             })?;
-            let file = crate::agile::encrypt(&mut plain, len, passphrase.expose(), unnamed()?)
-                .map_err(io)?;
+            let out = unnamed()?;
+            // The key id's hashing (a fixed cost) runs beside the encryption
+            // when it was not started before the workbook was written.
+            let (file, key_id) = std::thread::scope(|scope| {
+                let here = key_id_ahead
+                    .is_none()
+                    .then(|| scope.spawn(|| passphrase_key_id(passphrase)));
+                let file = crate::agile::encrypt(&mut plain, len, passphrase.expose(), out);
+                let key_id = match (key_id_ahead, here) {
+                    (Some(ahead), _) => ahead.join(),
+                    (None, Some(here)) => here.join(),
+                    (None, None) => Ok(passphrase_key_id(passphrase)),
+                }
+                .map_err(|_| SealError::Io("hashing the passphrase's key id panicked".into()))?;
+                Ok::<_, SealError>((file.map_err(io)?, key_id))
+            })?;
             Ok((
                 Sealed {
                     encryption: "password",
                     extension: ".xlsx",
-                    key_id: passphrase_key_id(passphrase),
+                    key_id,
                 },
                 file,
             ))
@@ -377,6 +439,36 @@ mod tests {
         ] {
             assert_eq!(passphrase_matches(&passphrase, old), None, "{old}");
         }
+    }
+
+    /// A sealer made ready before the workbook names the passphrase it
+    /// seals with (the key id hashed ahead), and the file opens with it.
+    #[test]
+    fn a_sealer_made_ready_ahead_seals_with_its_own_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain_bytes = b"PK\x03\x04 a workbook ".repeat(2_000);
+        let mut plain = tempfile::tempfile_in(dir.path()).unwrap();
+        plain.write_all(&plain_bytes).unwrap();
+        plain.rewind().unwrap();
+        let passphrase = Secret::new("correct horse battery staple");
+        let sealer = Sealer::new(Encryption::Password(Some(passphrase.clone())));
+        let mut sealed = sealer.seal_and_hash(plain, dir.path()).unwrap();
+        assert_eq!(sealed.sealed.encryption, "password");
+        assert_eq!(
+            passphrase_matches(&passphrase, &sealed.sealed.key_id),
+            Some(true)
+        );
+        let other = Secret::new("another passphrase entirely");
+        assert_eq!(
+            passphrase_matches(&other, &sealed.sealed.key_id),
+            Some(false)
+        );
+        let mut bytes = Vec::new();
+        sealed.file.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, sealed.size);
+        let mut back = Vec::new();
+        crate::agile::decrypt(std::io::Cursor::new(bytes), passphrase.expose(), &mut back).unwrap();
+        assert_eq!(back, plain_bytes);
     }
 
     #[test]

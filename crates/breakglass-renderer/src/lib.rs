@@ -390,6 +390,9 @@ fn render_sealed(
             left: 0,
         }));
     }
+    // Made ready first: the passphrase's key id is hashed while the
+    // workbook is written.
+    let sealer = breakglass_render::encrypt::Sealer::new(encryption.clone());
     let mut builder =
         WorkbookBuilder::new(options).map_err(|err| StageFailure::retry(err.to_string()))?;
     builder.add_collect_warnings(warnings, warning_count);
@@ -399,14 +402,12 @@ fn render_sealed(
         .map_err(|err| StageFailure::retry(err.to_string()))?;
     // The file the destinations will hold: the workbook protected as the
     // settings say. Its size and hash are what every upload is verified by.
-    let sealed = breakglass_render::encrypt::seal_and_hash(plain, encryption, dir).map_err(
-        |err| match err {
-            breakglass_render::encrypt::SealError::Config(_) => {
-                StageFailure::permanent(err.to_string())
-            }
-            _ => StageFailure::retry(err.to_string()),
-        },
-    )?;
+    let sealed = sealer.seal_and_hash(plain, dir).map_err(|err| match err {
+        breakglass_render::encrypt::SealError::Config(_) => {
+            StageFailure::permanent(err.to_string())
+        }
+        _ => StageFailure::retry(err.to_string()),
+    })?;
     Ok(Rendered { report, sealed })
 }
 
