@@ -19,7 +19,7 @@
 //!   segment of the package encrypted with AES-256-CBC, IV = SHA-512(salt ‖
 //!   segment index)[..16], the last segment zero-padded to the block size.
 //!
-//! [`encrypt`] reads the plaintext once, in blocks of 256 segments, on a
+//! [`encrypt`] reads the plaintext once, in blocks of 64 segments, on a
 //! second thread, so encrypting and storing run on two cores; [`decrypt`]
 //! writes it back once, segment by segment. Neither holds more than a few
 //! blocks and buffers, whatever the workbook's size.
@@ -36,8 +36,10 @@ const SPIN_COUNT: u32 = 100_000;
 /// Plaintext bytes per independently encrypted segment.
 const SEGMENT: usize = 4096;
 /// Plaintext bytes encrypted at a time and handed to the compound file's
-/// stream: a whole number of segments.
-const BLOCK: usize = 256 * SEGMENT;
+/// stream: a whole number of segments. Small, because the encrypting
+/// thread's heap is its own: the few blocks in flight add to the peak of a
+/// renderer that has just freed its snapshot buffers on another thread.
+const BLOCK: usize = 64 * SEGMENT;
 /// Encrypted blocks queued between the two threads of [`encrypt`].
 const BLOCKS_IN_FLIGHT: usize = 2;
 
