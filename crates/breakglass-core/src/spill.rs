@@ -166,6 +166,7 @@ impl ProjectRanks {
     /// update, in the same order (projects are only ever appended).
     pub(crate) fn update(&mut self, names: &[String]) -> &[u32] {
         let known = self.ranks.len();
+        debug_assert!(names.len() >= known, "projects are only ever appended");
         if names.len() > known {
             let by_name =
                 |a: &u32, b: &u32| project_order(&names[*a as usize], &names[*b as usize]);

@@ -167,27 +167,73 @@ fn transform_info() -> Vec<u8> {
     buf
 }
 
+/// The password's share of the key encryptor: a random verifier salt and
+/// the password hashed with it 100,000 times (§2.3.4.11, about 50 ms).
+/// Deriving it apart from the package lets a caller start it early (see
+/// [`encrypt_with`]). Its Debug shows nothing; it is wiped when dropped.
+pub struct PasswordKey {
+    verifier_salt: [u8; 16],
+    spun: [u8; 64],
+}
+
+impl PasswordKey {
+    /// Draws a new verifier salt and spins `password` with it.
+    pub fn derive(password: &str) -> Self {
+        use rand::RngCore;
+        let mut verifier_salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut verifier_salt);
+        let spun = spun_hash(&verifier_salt, password);
+        Self {
+            verifier_salt,
+            spun,
+        }
+    }
+}
+
+impl std::fmt::Debug for PasswordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordKey(..)")
+    }
+}
+
+impl Drop for PasswordKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.spun.zeroize();
+    }
+}
+
 /// Encrypts the `plain_len` bytes read from `plain` into a new compound
 /// file written to `out` (empty, readable and seekable: the compound file
 /// is patched as it grows), which is returned, flushed. `plain` is read on
 /// a thread of its own (see the module's notes).
 pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
-    mut plain: R,
+    plain: R,
     plain_len: u64,
     password: &str,
     out: W,
 ) -> io::Result<W> {
+    encrypt_with(plain, plain_len, || PasswordKey::derive(password), out)
+}
+
+/// [`encrypt`] with the password's key from `password_key`, which runs on a
+/// thread of its own while the package is encrypted: it may hand over a
+/// key derived before the workbook was written.
+pub fn encrypt_with<R, W, K>(mut plain: R, plain_len: u64, password_key: K, out: W) -> io::Result<W>
+where
+    R: Read + Send,
+    W: Read + Write + Seek,
+    K: FnOnce() -> PasswordKey + Send,
+{
     use rand::RngCore;
     let mut rng = rand::rng();
     let mut key_salt = [0u8; 16];
     let mut package_key = [0u8; 32];
-    let mut verifier_salt = [0u8; 16];
     let mut verifier_input = [0u8; 16];
     let mut hmac_key = [0u8; 64];
     for field in [
         &mut key_salt[..],
         &mut package_key[..],
-        &mut verifier_salt[..],
         &mut verifier_input[..],
         &mut hmac_key[..],
     ] {
@@ -219,21 +265,21 @@ pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
     // stored (size field and ciphertext). A scoped thread reads and
     // encrypts blocks of segments while this one hashes and stores the
     // blocks before: AES on one core, HMAC and the compound file on the
-    // other. The password's spin (100,000 hashes, a fixed 50 ms) runs on
-    // a third thread from the start, so small workbooks do not wait for it
-    // after their last block.
+    // other. The password's key (its spin: 100,000 hashes, a fixed 50 ms)
+    // comes from a third thread from the start, so small workbooks do not
+    // wait for it after their last block.
     let mut mac = <HmacSha512 as KeyInit>::new_from_slice(&hmac_key)
         .map_err(|_| io::Error::other("agile: HMAC key length"))?;
-    let spun = {
+    let password_key = {
         let mut stream = compound.create_new_stream("/EncryptedPackage")?;
         let size = plain_len.to_le_bytes();
         stream.write_all(&size)?;
         mac.update(&size);
-        let (key_salt, package_key, verifier_salt) = (&key_salt, &package_key, &verifier_salt);
-        let spun = std::thread::scope(|scope| -> io::Result<[u8; 64]> {
+        let (key_salt, package_key) = (&key_salt, &package_key);
+        let password_key = std::thread::scope(|scope| -> io::Result<PasswordKey> {
             let spin = std::thread::Builder::new()
                 .name("agile-spin".into())
-                .spawn_scoped(scope, || spun_hash(verifier_salt, password))?;
+                .spawn_scoped(scope, password_key)?;
             let (full, filled) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
             let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
             let encryptor = std::thread::Builder::new()
@@ -250,10 +296,15 @@ pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
                             block.fill(0);
                             return Err(err);
                         }
+                        let mut sealed = Ok(());
                         for segment in block.chunks_mut(SEGMENT) {
                             let iv = derived_iv(key_salt, &index.to_le_bytes());
-                            cbc_encrypt(segment, package_key, &iv)?;
+                            sealed = sealed.and_then(|()| cbc_encrypt(segment, package_key, &iv));
                             index = index.wrapping_add(1);
+                        }
+                        if let Err(err) = sealed {
+                            block.fill(0);
+                            return Err(err);
                         }
                         remaining -= take as u64;
                         if full.send(block).is_err() {
@@ -276,16 +327,17 @@ pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
             let encrypted = encryptor
                 .join()
                 .map_err(|_| io::Error::other("agile: the encrypting thread panicked"))?;
-            let spun = spin
+            let password_key = spin
                 .join()
                 .map_err(|_| io::Error::other("agile: the password hashing thread panicked"))?;
             stored?;
             encrypted?;
-            Ok(spun)
+            Ok(password_key)
         })?;
         stream.flush()?;
-        spun
+        password_key
     };
+    let (verifier_salt, spun) = (password_key.verifier_salt, &password_key.spun);
     let mut hmac_value = [0u8; 64];
     hmac_value.copy_from_slice(mac.finalize().into_bytes().as_slice());
 
@@ -304,19 +356,19 @@ pub fn encrypt<R: Read + Send, W: Read + Write + Seek>(
     let mut encrypted_input = verifier_input;
     cbc_encrypt(
         &mut encrypted_input,
-        &verifier_key(&spun, &BLOCK_VERIFIER_INPUT),
+        &verifier_key(spun, &BLOCK_VERIFIER_INPUT),
         &verifier_salt,
     )?;
     let mut encrypted_value = sha512(&[&verifier_input]);
     cbc_encrypt(
         &mut encrypted_value,
-        &verifier_key(&spun, &BLOCK_VERIFIER_VALUE),
+        &verifier_key(spun, &BLOCK_VERIFIER_VALUE),
         &verifier_salt,
     )?;
     let mut encrypted_key = package_key;
     cbc_encrypt(
         &mut encrypted_key,
-        &verifier_key(&spun, &BLOCK_KEY_VALUE),
+        &verifier_key(spun, &BLOCK_KEY_VALUE),
         &verifier_salt,
     )?;
     package_key.fill(0);

@@ -15,7 +15,9 @@ const PENDING_LIMIT: usize = 64 * 1024;
 
 /// A reader-writer that holds back writes at consecutive offsets and hands
 /// them to `inner` as one write. Reads and [`SeekFrom::End`] write the
-/// pending bytes first, so they always see what was written.
+/// pending bytes first, so they always see what was written. Unlike
+/// `BufWriter` it does not write on drop: end with [`Coalescing::into_inner`]
+/// (or `flush`), whose errors are the caller's to see.
 #[derive(Debug)]
 pub(crate) struct Coalescing<W> {
     inner: W,
@@ -41,10 +43,19 @@ impl<W: Write + Seek> Coalescing<W> {
         })
     }
 
-    /// Writes what is pending and hands `inner` back.
+    /// Writes what is pending and hands `inner` back, at the position
+    /// callers saw.
     pub(crate) fn into_inner(mut self) -> io::Result<W> {
         self.write_pending()?;
+        self.seek_inner(self.position)?;
         Ok(self.inner)
+    }
+
+    /// The position after `len` more bytes, refused past `u64::MAX`.
+    fn advanced(&self, len: usize) -> io::Result<u64> {
+        self.position
+            .checked_add(len as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "position overflows"))
     }
 
     fn seek_inner(&mut self, to: u64) -> io::Result<()> {
@@ -80,14 +91,15 @@ impl<W: Write + Seek> Write for Coalescing<W> {
                 self.seek_inner(self.position)?;
                 self.inner_position = None;
                 let written = self.inner.write(buf)?;
-                self.position += written as u64;
+                self.position = self.advanced(written)?;
                 self.inner_position = Some(self.position);
                 return Ok(written);
             }
             self.pending_at = self.position;
         }
+        let end = self.advanced(buf.len())?;
         self.pending.extend_from_slice(buf);
-        self.position += buf.len() as u64;
+        self.position = end;
         Ok(buf.len())
     }
 
@@ -103,7 +115,7 @@ impl<W: Read + Write + Seek> Read for Coalescing<W> {
         self.seek_inner(self.position)?;
         self.inner_position = None;
         let read = self.inner.read(buf)?;
-        self.position += read as u64;
+        self.position = self.advanced(read)?;
         self.inner_position = Some(self.position);
         Ok(read)
     }

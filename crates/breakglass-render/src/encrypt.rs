@@ -91,11 +91,11 @@ pub fn seal_file(
     seal_file_with(plain, encryption, None, temp_dir)
 }
 
-/// [`seal_file`] with the passphrase's key id hashed ahead (see [`Sealer`]).
+/// [`seal_file`] with the passphrase's hashing done ahead (see [`Sealer`]).
 fn seal_file_with(
     mut plain: File,
     encryption: &Encryption,
-    key_id_ahead: Option<KeyIdAhead>,
+    ahead: Option<HashedAhead>,
     temp_dir: &Path,
 ) -> Result<(Sealed, File), SealError> {
     let io = |err: std::io::Error| SealError::Io(err.to_string());
@@ -108,7 +108,7 @@ fn seal_file_with(
         sealed_bytes = tracing::field::Empty,
     );
     let _entered = span.enter();
-    let (sealed, mut file) = seal_into(plain, len, encryption, key_id_ahead, temp_dir)?;
+    let (sealed, mut file) = seal_into(plain, len, encryption, ahead, temp_dir)?;
     file.rewind().map_err(io)?;
     if let Ok(meta) = file.metadata() {
         span.record("sealed_bytes", meta.len());
@@ -141,40 +141,58 @@ pub fn seal_and_hash(
     Sealer::new(encryption.clone()).seal_and_hash(plain, temp_dir)
 }
 
-/// The passphrase's key id being hashed on a thread of its own.
-type KeyIdAhead = std::thread::JoinHandle<String>;
+/// The passphrase's two fixed-cost hashes, each on a thread of its own:
+/// its key id and the agile password key.
+#[derive(Debug)]
+struct HashedAhead {
+    key_id: std::thread::JoinHandle<String>,
+    password_key: std::thread::JoinHandle<crate::agile::PasswordKey>,
+}
 
 /// [`seal_and_hash`] made ready before the workbook is written: with
 /// `encryption: password`, the passphrase's key id (600,000 PBKDF2 rounds,
-/// a fixed tenth of a second) is hashed meanwhile on a thread of its own,
-/// so it does not add to every run after the workbook is done.
+/// a tenth of a second) and its agile key (100,000 SHA-512 rounds, 50 ms)
+/// are hashed meanwhile on threads of their own, so these fixed costs do
+/// not add to every run after the workbook is done.
 #[derive(Debug)]
 pub struct Sealer {
     encryption: Encryption,
-    key_id: Option<KeyIdAhead>,
+    ahead: Option<HashedAhead>,
 }
 
 impl Sealer {
     /// Starts hashing the key id when `encryption` is a passphrase (a
     /// thread that cannot be started only means it is hashed later).
     pub fn new(encryption: Encryption) -> Self {
-        let key_id = match &encryption {
+        let ahead = match &encryption {
             Encryption::Password(Some(passphrase)) => {
-                let passphrase = passphrase.clone();
-                std::thread::Builder::new()
+                let for_id = passphrase.clone();
+                let for_key = passphrase.clone();
+                let key_id = std::thread::Builder::new()
                     .name("key-id".into())
-                    .spawn(move || passphrase_key_id(&passphrase))
-                    .ok()
+                    .spawn(move || passphrase_key_id(&for_id))
+                    .ok();
+                let password_key = std::thread::Builder::new()
+                    .name("password-key".into())
+                    .spawn(move || crate::agile::PasswordKey::derive(for_key.expose()))
+                    .ok();
+                match (key_id, password_key) {
+                    (Some(key_id), Some(password_key)) => Some(HashedAhead {
+                        key_id,
+                        password_key,
+                    }),
+                    _ => None,
+                }
             }
             _ => None,
         };
-        Self { encryption, key_id }
+        Self { encryption, ahead }
     }
 
     /// Protects `plain` as the settings say ([`seal_file`]), then measures
     /// and hashes the result ([`hash_open_file`]).
     pub fn seal_and_hash(self, plain: File, temp_dir: &Path) -> Result<SealedWorkbook, SealError> {
-        let (sealed, mut file) = seal_file_with(plain, &self.encryption, self.key_id, temp_dir)?;
+        let (sealed, mut file) = seal_file_with(plain, &self.encryption, self.ahead, temp_dir)?;
         let (size, sha256) =
             hash_open_file(&mut file).map_err(|err| SealError::ReadBack(err.to_string()))?;
         Ok(SealedWorkbook {
@@ -241,7 +259,7 @@ fn seal_into(
     mut plain: File,
     len: u64,
     encryption: &Encryption,
-    key_id_ahead: Option<KeyIdAhead>,
+    ahead: Option<HashedAhead>,
     temp_dir: &Path,
 ) -> Result<(Sealed, File), SealError> {
     let io = |err: std::io::Error| SealError::Io(err.to_string());
@@ -266,13 +284,22 @@ fn seal_into(
                 )
             })?;
             let out = unnamed()?;
-            // The key id's hashing (a fixed cost) runs beside the encryption
-            // when it was not started before the workbook was written.
+            // The passphrase's hashing (fixed costs) runs beside the
+            // encryption when it was not started before the workbook.
+            let (key_id_ahead, key_ahead) = match ahead {
+                Some(ahead) => (Some(ahead.key_id), Some(ahead.password_key)),
+                None => (None, None),
+            };
+            let password_key = move || {
+                key_ahead
+                    .and_then(|ahead| ahead.join().ok())
+                    .unwrap_or_else(|| crate::agile::PasswordKey::derive(passphrase.expose()))
+            };
             let (file, key_id) = std::thread::scope(|scope| {
                 let here = key_id_ahead
                     .is_none()
                     .then(|| scope.spawn(|| passphrase_key_id(passphrase)));
-                let file = crate::agile::encrypt(&mut plain, len, passphrase.expose(), out);
+                let file = crate::agile::encrypt_with(&mut plain, len, password_key, out);
                 let key_id = match (key_id_ahead, here) {
                     (Some(ahead), _) => ahead.join(),
                     (None, Some(here)) => here.join(),
