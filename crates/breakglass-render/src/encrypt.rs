@@ -161,8 +161,9 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// Starts hashing the key id when `encryption` is a passphrase (a
-    /// thread that cannot be started only means it is hashed later).
+    /// Starts hashing the key id and the agile password key when
+    /// `encryption` is a passphrase (a thread that cannot be started only
+    /// means they are hashed later).
     pub fn new(encryption: Encryption) -> Self {
         let ahead = match &encryption {
             Encryption::Password(Some(passphrase)) => {
