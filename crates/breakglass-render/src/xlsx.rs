@@ -15,7 +15,10 @@
 //! Deflating runs on a thread of its own ([`Compressor`]): the caller's
 //! thread produces the XML (and whatever feeds it: a snapshot, a merge of
 //! sorted runs) while the other core compresses the previous buffers, in
-//! order, through a short bounded queue, so memory stays flat.
+//! order, through a short bounded queue, so memory stays flat. A buffer
+//! goes over only when full (or at the end), whatever parts it holds:
+//! small sheets travel together, so a thousand tabs do not cost a thousand
+//! thread wake-ups.
 //!
 //! Every text cell is an inline string (`t="inlineStr"`), so no shared
 //! string table grows with the data. Text is escaped the way Excel and
@@ -58,39 +61,45 @@ const DEFLATE_LEVEL: i64 = 3;
 /// XML buffers queued for the compressor thread (each about [`FLUSH_AT`]).
 const QUEUE: usize = 4;
 
-/// One instruction for the compressor thread.
-enum Job {
-    /// Start the next zip entry.
-    Start(String),
-    /// Bytes of the open entry.
-    Data(Vec<u8>),
+/// One buffer for the compressor thread: bytes of the open entry, then of
+/// each entry `starts` begins at its offset (ascending) in `bytes`.
+struct Batch {
+    bytes: Vec<u8>,
+    starts: Vec<(usize, String)>,
 }
 
-/// A [`ZipWriter`] on a thread of its own, fed entries in order.
+/// A [`ZipWriter`] on a thread of its own, fed buffers in order; each
+/// buffer says where the entries it holds begin.
 struct Compressor<W> {
-    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    jobs: Option<std::sync::mpsc::SyncSender<Batch>>,
     /// Emptied buffers coming back for reuse.
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
     worker: Option<std::thread::JoinHandle<io::Result<W>>>,
+    /// Entries begun in the caller's buffer since the last batch went.
+    starts: Vec<(usize, String)>,
+    /// Batches handed over so far.
+    #[cfg(test)]
+    sent: usize,
 }
 
 impl<W: Write + Seek + Send + 'static> Compressor<W> {
     fn new(out: W, options: SimpleFileOptions) -> io::Result<Self> {
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Batch>(QUEUE);
         let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
         let worker = std::thread::Builder::new()
             .name("xlsx-deflate".into())
             .spawn(move || -> io::Result<W> {
                 let mut zip = ZipWriter::new(out);
-                for job in queue {
-                    match job {
-                        Job::Start(name) => zip.start_file(name, options)?,
-                        Job::Data(mut buf) => {
-                            zip.write_all(&buf)?;
-                            buf.clear();
-                            let _ = give_back.send(buf);
-                        }
+                for Batch { mut bytes, starts } in queue {
+                    let mut from = 0;
+                    for (at, name) in starts {
+                        zip.write_all(&bytes[from..at])?;
+                        zip.start_file(name, options)?;
+                        from = at;
                     }
+                    zip.write_all(&bytes[from..])?;
+                    bytes.clear();
+                    let _ = give_back.send(bytes);
                 }
                 Ok(zip.finish()?)
             })?;
@@ -98,28 +107,37 @@ impl<W: Write + Seek + Send + 'static> Compressor<W> {
             jobs: Some(jobs),
             spare,
             worker: Some(worker),
+            starts: Vec::new(),
+            #[cfg(test)]
+            sent: 0,
         })
     }
 
-    fn start_file(&mut self, name: String) -> io::Result<()> {
-        self.send(Job::Start(name))
+    /// Begins entry `name` at `buf`'s end (`buf`: what [`Self::write`] is
+    /// handed next).
+    fn start_file(&mut self, buf: &[u8], name: String) {
+        self.starts.push((buf.len(), name));
     }
 
-    /// Hands `buf`'s bytes to the compressor, leaving `buf` empty.
+    /// Hands `buf`'s bytes (and the entries begun in it) to the compressor,
+    /// leaving `buf` empty.
     fn write(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
-        if buf.is_empty() {
+        if buf.is_empty() && self.starts.is_empty() {
             return Ok(());
         }
         let empty = self
             .spare
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(buf.capacity()));
-        let full = std::mem::replace(buf, empty);
-        self.send(Job::Data(full))
-    }
-
-    fn send(&mut self, job: Job) -> io::Result<()> {
-        let sent = self.jobs.as_ref().map(|jobs| jobs.send(job));
+        let batch = Batch {
+            bytes: std::mem::replace(buf, empty),
+            starts: std::mem::take(&mut self.starts),
+        };
+        #[cfg(test)]
+        {
+            self.sent += 1;
+        }
+        let sent = self.jobs.as_ref().map(|jobs| jobs.send(batch));
         match sent {
             Some(Ok(())) => Ok(()),
             // The worker stopped: it failed; its error says why.
@@ -140,9 +158,10 @@ impl<W: Write + Seek + Send + 'static> Compressor<W> {
         }
     }
 
-    /// Waits for everything queued, writes the zip's directory and returns
-    /// the writer.
-    fn finish(mut self) -> io::Result<W> {
+    /// Hands over `buf`, waits for everything queued, writes the zip's
+    /// directory and returns the writer.
+    fn finish(mut self, buf: &mut Vec<u8>) -> io::Result<W> {
+        self.write(buf)?;
         self.join()
     }
 }
@@ -213,6 +232,9 @@ struct OpenSheet {
     row: u32,
     /// Bytes of this sheet's XML already handed to the compressor.
     flushed: u64,
+    /// Where this sheet's XML begins in the unsent buffer (after the end of
+    /// the sheets before it, until the buffer goes).
+    begins_at: usize,
     /// Its number in decimal, for cell references.
     row_digits: Vec<u8>,
     /// Inside `<row>`.
@@ -300,10 +322,11 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
             filter: None,
         });
         self.zip
-            .start_file(format!("xl/worksheets/sheet{part}.xml"))?;
+            .start_file(&self.buf, format!("xl/worksheets/sheet{part}.xml"));
         self.open = Some(OpenSheet {
             row: 0,
             flushed: 0,
+            begins_at: self.buf.len(),
             row_digits: Vec::with_capacity(8),
             in_row: false,
             column: 0,
@@ -413,9 +436,9 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
     /// Bytes of XML the open sheet has so far (0 if none is open); past
     /// [`SHEET_PART_LIMIT`] the caller should go on in a new sheet.
     pub(crate) fn sheet_bytes(&self) -> u64 {
-        self.open
-            .as_ref()
-            .map_or(0, |sheet| sheet.flushed + self.buf.len() as u64)
+        self.open.as_ref().map_or(0, |sheet| {
+            sheet.flushed + (self.buf.len() - sheet.begins_at) as u64
+        })
     }
 
     /// Ends the open row, handing the buffer to the compressor when full.
@@ -459,7 +482,7 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
             b"<pageMargins left=\"0.7\" right=\"0.7\" top=\"0.75\" bottom=\"0.75\" \
               header=\"0.3\" footer=\"0.3\"/></worksheet>",
         );
-        self.flush_buf()
+        self.flush_if_full()
     }
 
     /// Writes the parts that list the sheets and closes the package,
@@ -472,7 +495,7 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
         self.write_workbook(&order)?;
         self.write_workbook_rels()?;
         self.write_content_types()?;
-        self.zip.finish()
+        self.zip.finish(&mut self.buf)
     }
 
     /// Indices into `sheets` in tab order.
@@ -483,20 +506,22 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
         order
     }
 
+    /// Hands the whole buffer over.
     fn flush_buf(&mut self) -> io::Result<()> {
         if let Some(sheet) = self.open.as_mut() {
-            sheet.flushed += self.buf.len() as u64;
+            sheet.flushed += (self.buf.len() - sheet.begins_at) as u64;
+            sheet.begins_at = 0;
         }
         self.zip.write(&mut self.buf)
     }
 
-    /// Writes the buffer as the whole part `name`.
-    fn write_part(&mut self, name: &str) -> io::Result<()> {
-        self.zip.start_file(name.to_owned())?;
-        self.flush_buf()
+    /// Begins part `name`: what is appended to the buffer from here on.
+    fn begin_part(&mut self, name: &str) {
+        self.zip.start_file(&self.buf, name.to_owned());
     }
 
     fn write_root_rels(&mut self) -> io::Result<()> {
+        self.begin_part("_rels/.rels");
         let buf = &mut self.buf;
         buf.extend_from_slice(XML_DECLARATION.as_bytes());
         write!(
@@ -507,10 +532,11 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
              <Relationship Id=\"rId3\" Type=\"{NS_REL}/extended-properties\" Target=\"docProps/app.xml\"/>\
              </Relationships>"
         )?;
-        self.write_part("_rels/.rels")
+        self.flush_if_full()
     }
 
     fn write_styles(&mut self) -> io::Result<()> {
+        self.begin_part("xl/styles.xml");
         let buf = &mut self.buf;
         buf.extend_from_slice(XML_DECLARATION.as_bytes());
         write!(
@@ -532,11 +558,12 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
              <dxfs count=\"0\"/><tableStyles count=\"0\"/>\
              </styleSheet>"
         )?;
-        self.write_part("xl/styles.xml")
+        self.flush_if_full()
     }
 
     fn write_doc_props(&mut self, created: DateTime<Utc>) -> io::Result<()> {
         let stamp = created.format("%Y-%m-%dT%H:%M:%SZ");
+        self.begin_part("docProps/core.xml");
         let buf = &mut self.buf;
         buf.extend_from_slice(XML_DECLARATION.as_bytes());
         write!(
@@ -552,8 +579,7 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
              <dcterms:modified xsi:type=\"dcterms:W3CDTF\">{stamp}</dcterms:modified>\
              </cp:coreProperties>"
         )?;
-        self.write_part("docProps/core.xml")?;
-
+        self.begin_part("docProps/app.xml");
         let buf = &mut self.buf;
         buf.extend_from_slice(XML_DECLARATION.as_bytes());
         buf.extend_from_slice(
@@ -565,11 +591,11 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
               <SharedDoc>false</SharedDoc><HyperlinksChanged>false</HyperlinksChanged>\
               </Properties>",
         );
-        self.write_part("docProps/app.xml")
+        self.flush_if_full()
     }
 
     fn write_workbook(&mut self, order: &[usize]) -> io::Result<()> {
-        self.zip.start_file("xl/workbook.xml".into())?;
+        self.begin_part("xl/workbook.xml");
         self.buf.extend_from_slice(XML_DECLARATION.as_bytes());
         write!(
             self.buf,
@@ -612,11 +638,11 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
             self.buf.extend_from_slice(b"</definedNames>");
         }
         self.buf.extend_from_slice(b"</workbook>");
-        self.flush_buf()
+        self.flush_if_full()
     }
 
     fn write_workbook_rels(&mut self) -> io::Result<()> {
-        self.zip.start_file("xl/_rels/workbook.xml.rels".into())?;
+        self.begin_part("xl/_rels/workbook.xml.rels");
         self.buf.extend_from_slice(XML_DECLARATION.as_bytes());
         write!(self.buf, "<Relationships xmlns=\"{NS_PKG_REL}\">")?;
         for part in 1..=self.sheets.len() {
@@ -633,11 +659,11 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
             "<Relationship Id=\"rId{styles}\" Type=\"{NS_REL}/styles\" Target=\"styles.xml\"/>\
              </Relationships>"
         )?;
-        self.flush_buf()
+        self.flush_if_full()
     }
 
     fn write_content_types(&mut self) -> io::Result<()> {
-        self.zip.start_file("[Content_Types].xml".into())?;
+        self.begin_part("[Content_Types].xml");
         self.buf.extend_from_slice(XML_DECLARATION.as_bytes());
         self.buf.extend_from_slice(
             b"<Types xmlns=\"http://schemas.openxmlformats.org/package/2006/content-types\">\
@@ -656,9 +682,10 @@ impl<W: Write + Seek + Send + 'static> Package<W> {
             self.flush_if_full()?;
         }
         self.buf.extend_from_slice(b"</Types>");
-        self.flush_buf()
+        self.flush_if_full()
     }
 
+    /// Hands the buffer over once full.
     fn flush_if_full(&mut self) -> io::Result<()> {
         if self.buf.len() >= FLUSH_AT {
             self.flush_buf()?;
@@ -843,6 +870,86 @@ mod tests {
     fn widths_match_excel() {
         assert_eq!(stored_width(14.0), 14.7109375);
         assert_eq!(stored_width(60.0), 60.7109375);
+    }
+
+    /// Hundreds of small sheets go to the compressor a buffer at a time,
+    /// not a hand-over per part; larger sheets span buffers. Every part
+    /// reads back whole, in order, and `sheet_bytes` counts the open
+    /// sheet's XML only.
+    #[test]
+    fn small_sheets_share_buffers_and_every_part_is_whole() {
+        use std::io::Read;
+        let setup = SheetSetup {
+            widths: &[12.0],
+            freeze_header: true,
+            filter_columns: None,
+            selected: false,
+            placement: Placement::Next,
+        };
+        let tail = "</sheetData><pageMargins left=\"0.7\" right=\"0.7\" top=\"0.75\" \
+                    bottom=\"0.75\" header=\"0.3\" footer=\"0.3\"/></worksheet>";
+        // Sheets 200 and 300 span buffers, the others hold a few rows.
+        let rows_of = |sheet: usize| match sheet {
+            200 => 20_000,
+            300 => 3_000,
+            _ => 10 + sheet % 30,
+        };
+        let mut package = Package::new(io::Cursor::new(Vec::new()), Utc::now()).unwrap();
+        let mut written = Vec::new();
+        for sheet in 0..400usize {
+            package.start_sheet(&format!("s{sheet}"), &setup).unwrap();
+            let rows = rows_of(sheet);
+            for row in 1..=rows {
+                package.start_row(row as u32).unwrap();
+                package
+                    .text_cell(1, &format!("sheet {sheet} row {row}"), Style::Normal)
+                    .unwrap();
+                package.end_row().unwrap();
+            }
+            written.push(package.sheet_bytes() + tail.len() as u64);
+            package.end_sheet().unwrap();
+        }
+        let total: u64 = written.iter().sum();
+        let sent = package.zip.sent;
+        assert!(
+            sent as u64 <= total / FLUSH_AT as u64 + 1,
+            "{sent} hand-overs for {total} bytes of sheets"
+        );
+        assert!(written[200] > 4 * FLUSH_AT as u64 && written[300] > FLUSH_AT as u64);
+        let bytes = package.finish().unwrap().into_inner();
+
+        let mut zip = zip::ZipArchive::new(io::Cursor::new(bytes)).unwrap();
+        for (sheet, expected) in written.iter().enumerate() {
+            let mut part = zip
+                .by_name(&format!("xl/worksheets/sheet{}.xml", sheet + 1))
+                .unwrap();
+            let mut xml = String::new();
+            part.read_to_string(&mut xml).unwrap();
+            assert_eq!(xml.len() as u64, *expected, "sheet {sheet}");
+            assert!(xml.starts_with(XML_DECLARATION), "sheet {sheet}");
+            assert!(xml.ends_with(tail), "sheet {sheet}");
+            let last = rows_of(sheet);
+            assert!(
+                xml.contains(&format!("sheet {sheet} row {last}<")),
+                "sheet {sheet}"
+            );
+            assert!(!xml.contains(&format!("sheet {sheet} row {}<", last + 1)));
+        }
+        for fixed in ["_rels/.rels", "xl/workbook.xml", "[Content_Types].xml"] {
+            assert!(zip.by_name(fixed).is_ok(), "{fixed}");
+        }
+        // Parts in the order they were written.
+        let names: Vec<String> = (0..zip.len())
+            .map(|index| zip.by_index(index).unwrap().name().unwrap().into_owned())
+            .collect();
+        let sheets: Vec<&String> = names
+            .iter()
+            .filter(|name| name.starts_with("xl/worksheets/"))
+            .collect();
+        assert_eq!(sheets.len(), 400);
+        for (index, name) in sheets.iter().enumerate() {
+            assert_eq!(**name, format!("xl/worksheets/sheet{}.xml", index + 1));
+        }
     }
 
     #[test]
