@@ -51,6 +51,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = settings(&args)?;
     let run_id = RunId::generate();
     let source = AnySource::for_settings(&settings);
+    // Made ready first: with a passphrase, its two fixed-cost hashes run on
+    // the idle core while the inventory is read on the other.
+    let (sealer, generated) = sealer_for(&settings.encryption);
     let (progress, display) = Progress::start();
 
     let inventory = source
@@ -74,7 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         temp_dir: temp.path().to_path_buf(),
         max_rows_per_sheet: EXCEL_MAX_DATA_ROWS,
     };
-    let mut workbook = render_and_seal(sorted, options, &settings.encryption, &progress).await?;
+    let mut workbook = render_and_seal(sorted, options, sealer, generated, &progress).await?;
     let delivery =
         store_everywhere(&settings, &mut workbook, &run_id, collected_at, temp.path()).await?;
     progress.done();
@@ -184,17 +187,15 @@ struct RenderedWorkbook {
     generated: Option<breakglass_core::Secret>,
 }
 
-/// Writes the workbook (an unnamed file: it never has a name another
-/// process could open, and vanishes with this process whatever happens)
-/// and protects it before it goes anywhere.
-async fn render_and_seal(
-    sorted: breakglass_core::SortedRows,
-    options: RenderOptions,
+/// The sealer of this run, hashing ahead: a strong passphrase is made
+/// when `encryption: password` has none configured (handed back to be
+/// shown once).
+fn sealer_for(
     encryption: &Encryption,
-    progress: &Progress,
-) -> anyhow::Result<RenderedWorkbook> {
-    let dir = options.temp_dir.clone();
-    let progress = progress.clone();
+) -> (
+    breakglass_render::encrypt::Sealer,
+    Option<breakglass_core::Secret>,
+) {
     let mut encryption = encryption.clone();
     let mut generated = None;
     if encryption == Encryption::Password(None) {
@@ -202,9 +203,24 @@ async fn render_and_seal(
         generated = Some(passphrase.clone());
         encryption = Encryption::Password(Some(passphrase));
     }
-    // Made ready first: the passphrase's key id is hashed while the
-    // workbook is written.
-    let sealer = breakglass_render::encrypt::Sealer::new(encryption);
+    (
+        breakglass_render::encrypt::Sealer::new(encryption),
+        generated,
+    )
+}
+
+/// Writes the workbook (an unnamed file: it never has a name another
+/// process could open, and vanishes with this process whatever happens)
+/// and protects it with `sealer` before it goes anywhere.
+async fn render_and_seal(
+    sorted: breakglass_core::SortedRows,
+    options: RenderOptions,
+    sealer: breakglass_render::encrypt::Sealer,
+    generated: Option<breakglass_core::Secret>,
+    progress: &Progress,
+) -> anyhow::Result<RenderedWorkbook> {
+    let dir = options.temp_dir.clone();
+    let progress = progress.clone();
     let (report, plain) = tokio::task::spawn_blocking(move || {
         breakglass_render::render_stream(sorted, options, || progress.row_written())
     })

@@ -160,6 +160,25 @@ pub struct Sealer {
     ahead: Option<HashedAhead>,
 }
 
+/// Starts `work` on a thread of its own at the lowest CPU priority (nice
+/// 19, Linux; elsewhere the default): it runs on whatever core the render
+/// leaves idle and never slows it, and runs at full speed once the render
+/// waits for it.
+fn spawn_yielding<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            // On Linux the nice value is per thread: this one only. Best
+            // effort: at the default priority it is merely not in the shadow.
+            #[cfg(target_os = "linux")]
+            let _ = rustix::process::setpriority_process(None, 19);
+            work()
+        })
+}
+
 impl Sealer {
     /// Starts hashing the key id and the agile password key when
     /// `encryption` is a passphrase (a thread that cannot be started only
@@ -169,14 +188,11 @@ impl Sealer {
             Encryption::Password(Some(passphrase)) => {
                 let for_id = passphrase.clone();
                 let for_key = passphrase.clone();
-                let key_id = std::thread::Builder::new()
-                    .name("key-id".into())
-                    .spawn(move || passphrase_key_id(&for_id))
-                    .ok();
-                let password_key = std::thread::Builder::new()
-                    .name("password-key".into())
-                    .spawn(move || crate::agile::PasswordKey::derive(for_key.expose()))
-                    .ok();
+                let key_id = spawn_yielding("key-id", move || passphrase_key_id(&for_id)).ok();
+                let password_key = spawn_yielding("password-key", move || {
+                    crate::agile::PasswordKey::derive(for_key.expose())
+                })
+                .ok();
                 match (key_id, password_key) {
                     (Some(key_id), Some(password_key)) => Some(HashedAhead {
                         key_id,
@@ -433,6 +449,21 @@ pub fn generate_passphrase() -> Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hashes made ahead yield the CPU to the render: their threads run
+    /// at the lowest priority, and only they do.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_ahead_runs_at_the_lowest_priority() {
+        let caller = rustix::process::getpriority_process(None).unwrap();
+        let inside = spawn_yielding("probe", || rustix::process::getpriority_process(None))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(inside, 19);
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), caller);
+    }
 
     #[test]
     fn the_key_id_is_pbkdf2_sha256_over_a_per_file_salt() {
