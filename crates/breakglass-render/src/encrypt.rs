@@ -162,8 +162,8 @@ pub struct Sealer {
 
 /// Starts `work` on a thread of its own at the lowest CPU priority (nice
 /// 19, Linux; elsewhere the default): it runs on whatever core the render
-/// leaves idle and never slows it, and runs at full speed once the render
-/// waits for it.
+/// leaves idle and never slows it. Never waited for while running (see
+/// [`finished`]): on a busy host it may barely run at all.
 fn spawn_yielding<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
@@ -177,6 +177,12 @@ fn spawn_yielding<T: Send + 'static>(
             let _ = rustix::process::setpriority_process(None, 19);
             work()
         })
+}
+
+/// `handle` if its thread is done; a thread still running is let go (it
+/// ends on its own) and the caller hashes again at full priority.
+fn finished<T>(handle: std::thread::JoinHandle<T>) -> Option<std::thread::JoinHandle<T>> {
+    handle.is_finished().then_some(handle)
 }
 
 impl Sealer {
@@ -302,9 +308,12 @@ fn seal_into(
             })?;
             let out = unnamed()?;
             // The passphrase's hashing (fixed costs) runs beside the
-            // encryption when it was not started before the workbook.
+            // encryption when it was not started before the workbook, or
+            // has not finished: a thread at nice 19 may get almost no CPU
+            // on a busy host, so it is left behind (its result unused), not
+            // waited for.
             let (key_id_ahead, key_ahead) = match ahead {
-                Some(ahead) => (Some(ahead.key_id), Some(ahead.password_key)),
+                Some(ahead) => (finished(ahead.key_id), finished(ahead.password_key)),
                 None => (None, None),
             };
             let password_key = move || {
@@ -525,6 +534,56 @@ mod tests {
         let mut bytes = Vec::new();
         sealed.file.read_to_end(&mut bytes).unwrap();
         assert_eq!(bytes.len() as u64, sealed.size);
+        let mut back = Vec::new();
+        crate::agile::decrypt(std::io::Cursor::new(bytes), passphrase.expose(), &mut back).unwrap();
+        assert_eq!(back, plain_bytes);
+    }
+
+    /// Sealing never waits for a hash still running at nice 19 (on a busy
+    /// host it may get almost no CPU): it hashes again at full priority
+    /// and leaves the slow thread behind. Here the threads made ahead
+    /// cannot finish until the test lets them.
+    #[test]
+    fn sealing_does_not_wait_for_hashes_still_running_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain_bytes = b"PK\x03\x04 a workbook ".repeat(2_000);
+        let mut plain = tempfile::tempfile_in(dir.path()).unwrap();
+        plain.write_all(&plain_bytes).unwrap();
+        plain.rewind().unwrap();
+        let passphrase = Secret::new("correct horse battery staple");
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let stuck = std::sync::Arc::new(std::sync::Mutex::new(stuck));
+        let stuck_too = stuck.clone();
+        let for_key = passphrase.clone();
+        let sealer = Sealer {
+            encryption: Encryption::Password(Some(passphrase.clone())),
+            ahead: Some(HashedAhead {
+                key_id: std::thread::spawn(move || {
+                    let _ = stuck.lock().unwrap().recv();
+                    "never used".to_owned()
+                }),
+                password_key: std::thread::spawn(move || {
+                    let _ = stuck_too.lock().unwrap().recv();
+                    crate::agile::PasswordKey::derive(for_key.expose())
+                }),
+            }),
+        };
+        let temp = dir.path().to_path_buf();
+        let (done, sealed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(sealer.seal_and_hash(plain, &temp));
+        });
+        let outcome = sealed.recv_timeout(std::time::Duration::from_secs(60));
+        drop(release);
+        let mut sealed = outcome
+            .expect("sealing waited for the hashes made ahead")
+            .unwrap();
+        assert_eq!(
+            passphrase_matches(&passphrase, &sealed.sealed.key_id),
+            Some(true)
+        );
+        let mut bytes = Vec::new();
+        sealed.file.read_to_end(&mut bytes).unwrap();
         let mut back = Vec::new();
         crate::agile::decrypt(std::io::Cursor::new(bytes), passphrase.expose(), &mut back).unwrap();
         assert_eq!(back, plain_bytes);

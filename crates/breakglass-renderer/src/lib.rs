@@ -390,8 +390,8 @@ fn render_sealed(
             left: 0,
         }));
     }
-    // Made ready first: the passphrase's key id is hashed while the
-    // workbook is written.
+    // Made ready first: the passphrase's hashes use what CPU the render
+    // leaves (nice 19); sealing hashes again whatever is not done by then.
     let sealer = breakglass_render::encrypt::Sealer::new(encryption.clone());
     let mut builder =
         WorkbookBuilder::new(options).map_err(|err| StageFailure::retry(err.to_string()))?;
