@@ -1,7 +1,7 @@
 //! A local or mounted folder as destination.
 //!
 //! Every write goes to a hidden temp file in the same folder (so the final
-//! rename is atomic on one file system), is hashed while copied, fsynced,
+//! rename is atomic on one file system), is copied, fsynced, read back and
 //! checked against the expected size and SHA-256, and only then renamed
 //! into place; the folder is fsynced so the rename survives a crash. A
 //! reader therefore always sees a whole file, and a failed run leaves the
@@ -201,11 +201,12 @@ impl LocalFolder {
         let mut input = File::open(source).map_err(|err| self.fail("opening the workbook", err))?;
         // File to file: the kernel copies (copy_file_range) without the
         // bytes passing through here; the read-back below is the check.
-        let copied = std::io::copy(&mut input, output).map_err(|err| self.fail("writing", err))?;
+        let copied = std::io::copy(&mut input, output)
+            .map_err(|err| self.fail("copying the workbook", err))?;
         output
             .sync_all()
             .map_err(|err| self.fail("syncing the file", err))?;
-        // Verify what is on disk, not what we meant to write.
+        // Verify what the file holds once synced, not what we meant to write.
         let (stored_size, stored_sha) =
             hash_file(temp).map_err(|err| self.fail("reading back", err))?;
         if copied != size || stored_size != size || stored_sha != sha256 {
