@@ -162,8 +162,8 @@ pub struct Sealer {
 
 /// Starts `work` on a thread of its own at the lowest CPU priority (nice
 /// 19, Linux; elsewhere the default): it runs on whatever core the render
-/// leaves idle and never slows it. Never waited for while running (see
-/// [`finished`]): on a busy host it may barely run at all.
+/// leaves idle and never slows it. Never waited for alone (see [`Raced`]):
+/// on a busy host it may barely run at all.
 fn spawn_yielding<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
@@ -179,10 +179,49 @@ fn spawn_yielding<T: Send + 'static>(
         })
 }
 
-/// `handle` if its thread is done; a thread still running is let go (it
-/// ends on its own) and the caller hashes again at full priority.
-fn finished<T>(handle: std::thread::JoinHandle<T>) -> Option<std::thread::JoinHandle<T>> {
-    handle.is_finished().then_some(handle)
+/// A hash made ahead at nice 19, and when it was not done as sealing
+/// began, the same hash started again at full priority: the first to
+/// finish is used (both are valid; each draws its own salt), so sealing
+/// never waits on a thread a busy host may starve, nor throws away one
+/// that was nearly done on an idle one.
+struct Raced<T> {
+    ahead: std::thread::JoinHandle<T>,
+    again: Option<std::thread::JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> Raced<T> {
+    /// Races `ahead` against `hash` on a new thread, unless `ahead` is done.
+    fn start(ahead: std::thread::JoinHandle<T>, hash: impl FnOnce() -> T + Send + 'static) -> Self {
+        let again = if ahead.is_finished() {
+            None
+        } else {
+            // Without a thread, the one made ahead is all there is.
+            std::thread::Builder::new()
+                .name("hash-again".into())
+                .spawn(hash)
+                .ok()
+        };
+        Self { ahead, again }
+    }
+
+    /// The first result; the other thread is let go and ends on its own.
+    fn first(self) -> std::thread::Result<T> {
+        let Some(again) = self.again else {
+            return self.ahead.join();
+        };
+        loop {
+            if self.ahead.is_finished() {
+                match self.ahead.join() {
+                    Ok(value) => return Ok(value),
+                    Err(_) => return again.join(),
+                }
+            }
+            if again.is_finished() {
+                return again.join();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
 }
 
 impl Sealer {
@@ -308,17 +347,27 @@ fn seal_into(
             })?;
             let out = unnamed()?;
             // The passphrase's hashing (fixed costs) runs beside the
-            // encryption when it was not started before the workbook, or
-            // has not finished: a thread at nice 19 may get almost no CPU
-            // on a busy host, so it is left behind (its result unused), not
-            // waited for.
+            // encryption when it was not started before the workbook, and
+            // races the threads made ahead that have not finished (a thread
+            // at nice 19 may get almost no CPU on a busy host).
             let (key_id_ahead, key_ahead) = match ahead {
-                Some(ahead) => (finished(ahead.key_id), finished(ahead.password_key)),
+                Some(ahead) => {
+                    let for_id = passphrase.clone();
+                    let for_key = passphrase.clone();
+                    (
+                        Some(Raced::start(ahead.key_id, move || {
+                            passphrase_key_id(&for_id)
+                        })),
+                        Some(Raced::start(ahead.password_key, move || {
+                            crate::agile::PasswordKey::derive(for_key.expose())
+                        })),
+                    )
+                }
                 None => (None, None),
             };
             let password_key = move || {
                 key_ahead
-                    .and_then(|ahead| ahead.join().ok())
+                    .and_then(|raced| raced.first().ok())
                     .unwrap_or_else(|| crate::agile::PasswordKey::derive(passphrase.expose()))
             };
             let (file, key_id) = std::thread::scope(|scope| {
@@ -327,7 +376,7 @@ fn seal_into(
                     .then(|| scope.spawn(|| passphrase_key_id(passphrase)));
                 let file = crate::agile::encrypt_with(&mut plain, len, password_key, out);
                 let key_id = match (key_id_ahead, here) {
-                    (Some(ahead), _) => ahead.join(),
+                    (Some(raced), _) => raced.first(),
                     (None, Some(here)) => here.join(),
                     (None, None) => Ok(passphrase_key_id(passphrase)),
                 }
@@ -587,6 +636,40 @@ mod tests {
         let mut back = Vec::new();
         crate::agile::decrypt(std::io::Cursor::new(bytes), passphrase.expose(), &mut back).unwrap();
         assert_eq!(back, plain_bytes);
+    }
+
+    /// A race takes a hash made ahead when it is done, a hash started
+    /// again when the one ahead is stuck, and the one ahead when it ends
+    /// first though it was not done as the race began.
+    #[test]
+    fn a_race_takes_whichever_hash_is_done_first() {
+        let done = std::thread::spawn(|| 1);
+        while !done.is_finished() {
+            std::thread::yield_now();
+        }
+        let raced = Raced::start(done, || 2);
+        assert!(raced.again.is_none());
+        assert_eq!(raced.first().unwrap(), 1);
+
+        let (_keep, stuck) = std::sync::mpsc::channel::<()>();
+        let stuck = std::thread::spawn(move || {
+            let _ = stuck.recv();
+            1
+        });
+        assert_eq!(Raced::start(stuck, || 2).first().unwrap(), 2);
+
+        let (release, waiting) = std::sync::mpsc::channel::<()>();
+        let nearly = std::thread::spawn(move || {
+            let _ = waiting.recv();
+            1
+        });
+        let (_hold, slow) = std::sync::mpsc::channel::<()>();
+        let raced = Raced::start(nearly, move || {
+            let _ = slow.recv();
+            2
+        });
+        drop(release);
+        assert_eq!(raced.first().unwrap(), 1);
     }
 
     #[test]
