@@ -19,13 +19,13 @@
 # ratios the targets bound.
 #
 # BENCH_ROWS="20000 100000" BENCH_RUNS=1 scripts/bench.sh   # a quick look
-# About 13 minutes at the defaults on a 2-core machine once the release
-# build exists (the Python peer takes most of it: 75–86 s per run at 1M).
+# About 6 minutes at the defaults on a 2-core machine once the release
+# build exists (the Python peer takes half of it: 59–86 s per run at 1M).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 runs="${BENCH_RUNS:-3}"
-sizes="${BENCH_ROWS:-${BENCH_SIZES:-100000 1000000}}"
+sizes=$(printf '%s\n' ${BENCH_ROWS:-${BENCH_SIZES:-100000 1000000}} | sort -nu | tr '\n' ' ')
 largest=$(printf '%s\n' $sizes | sort -n | tail -1)
 target_dir="${CARGO_TARGET_DIR:-$here/target}"
 data="$target_dir/bench-data"
