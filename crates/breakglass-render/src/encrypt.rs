@@ -558,15 +558,22 @@ mod tests {
         }
     }
 
+    /// Some bytes standing in for a workbook, and an unnamed file holding
+    /// them, positioned at its start.
+    fn plain_workbook(dir: &Path) -> (Vec<u8>, File) {
+        let bytes = b"PK\x03\x04 a workbook ".repeat(2_000);
+        let mut file = tempfile::tempfile_in(dir).unwrap();
+        file.write_all(&bytes).unwrap();
+        file.rewind().unwrap();
+        (bytes, file)
+    }
+
     /// A sealer made ready before the workbook names the passphrase it
     /// seals with (the key id hashed ahead), and the file opens with it.
     #[test]
     fn a_sealer_made_ready_ahead_seals_with_its_own_passphrase() {
         let dir = tempfile::tempdir().unwrap();
-        let plain_bytes = b"PK\x03\x04 a workbook ".repeat(2_000);
-        let mut plain = tempfile::tempfile_in(dir.path()).unwrap();
-        plain.write_all(&plain_bytes).unwrap();
-        plain.rewind().unwrap();
+        let (plain_bytes, plain) = plain_workbook(dir.path());
         let passphrase = Secret::new("correct horse battery staple");
         let sealer = Sealer::new(Encryption::Password(Some(passphrase.clone())));
         let mut sealed = sealer.seal_and_hash(plain, dir.path()).unwrap();
@@ -590,15 +597,12 @@ mod tests {
 
     /// Sealing never waits for a hash still running at nice 19 (on a busy
     /// host it may get almost no CPU): it hashes again at full priority
-    /// and leaves the slow thread behind. Here the threads made ahead
-    /// cannot finish until the test lets them.
+    /// and takes whichever ends first. Here the threads made ahead cannot
+    /// finish until the test lets them.
     #[test]
     fn sealing_does_not_wait_for_hashes_still_running_ahead() {
         let dir = tempfile::tempdir().unwrap();
-        let plain_bytes = b"PK\x03\x04 a workbook ".repeat(2_000);
-        let mut plain = tempfile::tempfile_in(dir.path()).unwrap();
-        plain.write_all(&plain_bytes).unwrap();
-        plain.rewind().unwrap();
+        let (plain_bytes, plain) = plain_workbook(dir.path());
         let passphrase = Secret::new("correct horse battery staple");
         let (release, stuck) = std::sync::mpsc::channel::<()>();
         let stuck = std::sync::Arc::new(std::sync::Mutex::new(stuck));
