@@ -179,6 +179,19 @@ fn spawn_yielding<T: Send + 'static>(
         })
 }
 
+/// The key id hash of `passphrase`, to run on a thread of its own.
+fn key_id_of(passphrase: Secret) -> impl FnOnce() -> String + Send + 'static {
+    move || passphrase_key_id(&passphrase)
+}
+
+/// The agile password key hash of `passphrase`, to run on a thread of its
+/// own.
+fn password_key_of(
+    passphrase: Secret,
+) -> impl FnOnce() -> crate::agile::PasswordKey + Send + 'static {
+    move || crate::agile::PasswordKey::derive(passphrase.expose())
+}
+
 /// A hash made ahead at nice 19, and when it was not done as sealing
 /// began, the same hash started again at full priority: the first to
 /// finish is used (both are valid; each draws its own salt), so sealing
@@ -231,13 +244,9 @@ impl Sealer {
     pub fn new(encryption: Encryption) -> Self {
         let ahead = match &encryption {
             Encryption::Password(Some(passphrase)) => {
-                let for_id = passphrase.clone();
-                let for_key = passphrase.clone();
-                let key_id = spawn_yielding("key-id", move || passphrase_key_id(&for_id)).ok();
-                let password_key = spawn_yielding("password-key", move || {
-                    crate::agile::PasswordKey::derive(for_key.expose())
-                })
-                .ok();
+                let key_id = spawn_yielding("key-id", key_id_of(passphrase.clone())).ok();
+                let password_key =
+                    spawn_yielding("password-key", password_key_of(passphrase.clone())).ok();
                 match (key_id, password_key) {
                     (Some(key_id), Some(password_key)) => Some(HashedAhead {
                         key_id,
@@ -351,18 +360,13 @@ fn seal_into(
             // races the threads made ahead that have not finished (a thread
             // at nice 19 may get almost no CPU on a busy host).
             let (key_id_ahead, key_ahead) = match ahead {
-                Some(ahead) => {
-                    let for_id = passphrase.clone();
-                    let for_key = passphrase.clone();
-                    (
-                        Some(Raced::start(ahead.key_id, move || {
-                            passphrase_key_id(&for_id)
-                        })),
-                        Some(Raced::start(ahead.password_key, move || {
-                            crate::agile::PasswordKey::derive(for_key.expose())
-                        })),
-                    )
-                }
+                Some(ahead) => (
+                    Some(Raced::start(ahead.key_id, key_id_of(passphrase.clone()))),
+                    Some(Raced::start(
+                        ahead.password_key,
+                        password_key_of(passphrase.clone()),
+                    )),
+                ),
                 None => (None, None),
             };
             let password_key = move || {
@@ -508,19 +512,32 @@ pub fn generate_passphrase() -> Secret {
 mod tests {
     use super::*;
 
-    /// The hashes made ahead yield the CPU to the render: their threads run
-    /// at the lowest priority, and only they do.
+    /// The hashes a [`Sealer`] makes ahead yield the CPU to the render:
+    /// their threads run at the lowest priority, and only they do. Read
+    /// from the kernel's own view of the threads (`/proc/self/task`) while
+    /// the key id is hashed (600,000 rounds: seconds in a test build).
     #[cfg(target_os = "linux")]
     #[test]
     fn hashing_ahead_runs_at_the_lowest_priority() {
         let caller = rustix::process::getpriority_process(None).unwrap();
-        let inside = spawn_yielding("probe", || rustix::process::getpriority_process(None))
-            .unwrap()
-            .join()
-            .unwrap()
-            .unwrap();
-        assert_eq!(inside, 19);
+        let sealer = Sealer::new(Encryption::Password(Some(Secret::new(
+            "correct horse battery staple",
+        ))));
+        let mut niced = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().path();
+            let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            if name.trim() != "key-id" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+            // Fields after the name: state is field 3, nice field 19.
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            niced.push(after_name.split(' ').nth(16).unwrap().to_owned());
+        }
+        assert_eq!(niced, ["19"], "the key id's thread, at nice 19");
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), caller);
+        drop(sealer);
     }
 
     #[test]
