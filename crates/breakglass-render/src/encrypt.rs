@@ -523,17 +523,29 @@ mod tests {
         let sealer = Sealer::new(Encryption::Password(Some(Secret::new(
             "correct horse battery staple",
         ))));
-        let mut niced = Vec::new();
-        for task in std::fs::read_dir("/proc/self/task").unwrap() {
-            let task = task.unwrap().path();
-            let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-            if name.trim() != "key-id" {
-                continue;
+        // The thread names itself, then lowers its priority: looked at
+        // until both show, or for ten seconds.
+        let key_id_nice = || {
+            let mut seen = Vec::new();
+            for task in std::fs::read_dir("/proc/self/task").unwrap() {
+                let task = task.unwrap().path();
+                let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+                let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+                    continue;
+                };
+                if name.trim() == "key-id" {
+                    // Fields after the name: state is field 3, nice field 19.
+                    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+                    seen.push(after_name.split(' ').nth(16).unwrap().to_owned());
+                }
             }
-            let stat = std::fs::read_to_string(task.join("stat")).unwrap();
-            // Fields after the name: state is field 3, nice field 19.
-            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-            niced.push(after_name.split(' ').nth(16).unwrap().to_owned());
+            seen
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut niced = key_id_nice();
+        while niced != ["19"] && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            niced = key_id_nice();
         }
         assert_eq!(niced, ["19"], "the key id's thread, at nice 19");
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), caller);
