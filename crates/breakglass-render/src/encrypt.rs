@@ -541,13 +541,18 @@ mod tests {
             }
             seen
         };
+        // Every key id thread (other tests in this process may hash too).
+        let all_niced = |seen: &[String]| !seen.is_empty() && seen.iter().all(|n| n == "19");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut niced = key_id_nice();
-        while niced != ["19"] && std::time::Instant::now() < deadline {
+        while !all_niced(&niced) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(1));
             niced = key_id_nice();
         }
-        assert_eq!(niced, ["19"], "the key id's thread, at nice 19");
+        assert!(
+            all_niced(&niced),
+            "key id threads at nice {niced:?}, not 19"
+        );
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), caller);
         drop(sealer);
     }
