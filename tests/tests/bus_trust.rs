@@ -1071,6 +1071,47 @@ async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_v
     iso.cleanup_bus().await;
 }
 
+/// The collector hands a sorted run over and reads on while the server
+/// still acknowledges the previous run's chunks one by one (issue 13):
+/// with the server frozen (SIGSTOP), a run of several chunks is written
+/// whole and handed over; its reference comes once the server runs again,
+/// and the run reads back exactly. (A blocking store would wait for the
+/// server here.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_run_is_handed_over_without_waiting_for_the_servers_acks() {
+    use breakglass_bus::payload::RUN_CHUNK_SIZE;
+    let nats = breakglass_e2e::PrivateNats::start();
+    let iso = Isolation::new("runahead");
+    let bus = iso.connect_bus_at(&nats.url, 5, 1).await;
+    let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();
+    let body = pseudo_random(RUN_CHUNK_SIZE * 6 + 555);
+    nats.pause();
+    let (writer, writer_key, written) = (bus.clone(), key.clone(), body.clone());
+    let runtime = tokio::runtime::Handle::current();
+    let handed_over = tokio::task::spawn_blocking(move || {
+        writer.start_snapshot_run_blocking(
+            &runtime,
+            "ahead.1.snapshot.age",
+            &writer_key,
+            move |out| out.write_all(&written),
+        )
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(20), handed_over).await;
+    nats.resume();
+    let (pending, ()) = outcome
+        .expect("the run is handed over while the server is frozen")
+        .unwrap()
+        .unwrap();
+    let reference = pending.finish().await.unwrap();
+    let stored = bus.payload_store().await.unwrap();
+    let info = stored.info("ahead.1.snapshot.age").await.unwrap();
+    assert_eq!(
+        reference.size as usize, info.size,
+        "the reference measures the stored object"
+    );
+    assert_eq!(read_back(&bus, &key, &reference).await, body);
+}
+
 /// A snapshot's runs are fetched all at once, each into its own reader,
 /// so the renderer can merge them while they arrive: read a few bytes at a
 /// time from each in turn (as a merge does), every reader gets exactly its

@@ -210,10 +210,10 @@ impl Bus {
 
     /// Stores one run of a snapshot as [`Bus::store_snapshot_run_with`]
     /// does, with `fill` on the calling thread: for a caller that is on a
-    /// blocking thread already (the collector's reader, handing over a run
-    /// while it reads), so the rows it frees are freed on the thread that
-    /// made them. `runtime` runs the object store's `put` meanwhile. Blocks;
-    /// from an async worker, call it inside `tokio::task::block_in_place`.
+    /// blocking thread already, so the rows it frees are freed on the
+    /// thread that made them. `runtime` runs the object store's `put`
+    /// meanwhile. Blocks; from an async worker, call it inside
+    /// `tokio::task::block_in_place`.
     pub fn store_snapshot_run_blocking<T>(
         &self,
         runtime: &tokio::runtime::Handle,
@@ -221,7 +221,35 @@ impl Bus {
         key: &PayloadKey,
         fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
     ) -> Result<(v1::PayloadRef, T), BusError> {
-        self.store_in_chunks_blocking(runtime, name, key, RUN_CHUNK_SIZE, fill)
+        let (pending, value) =
+            self.start_in_chunks_blocking(runtime, name, key, RUN_CHUNK_SIZE, pipe::DEPTH, fill)?;
+        let reference = runtime.block_on(pending.finish())?;
+        Ok((reference, value))
+    }
+
+    /// Writes one run of a snapshot as [`Bus::store_snapshot_run_blocking`]
+    /// does, but returns once `fill` is done rather than once the server
+    /// has taken every chunk: the run waits in a pipe of up to
+    /// [`RUN_AHEAD_BYTES`] while the object store's `put` (one acknowledged
+    /// publish after another) drains it on `runtime`, so the collector
+    /// reads its next rows meanwhile. [`PendingPayload::finish`] hands back
+    /// the reference once the object is stored whole. A larger run blocks
+    /// only for the part beyond that.
+    pub fn start_snapshot_run_blocking<T>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        name: &str,
+        key: &PayloadKey,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
+    ) -> Result<(PendingPayload, T), BusError> {
+        self.start_in_chunks_blocking(
+            runtime,
+            name,
+            key,
+            RUN_CHUNK_SIZE,
+            RUN_AHEAD_BYTES.div_ceil(RUN_CHUNK_SIZE),
+            fill,
+        )
     }
 
     /// [`Bus::store_in_chunks_blocking`] on a blocking thread.
@@ -234,39 +262,54 @@ impl Bus {
     ) -> Result<(v1::PayloadRef, T), BusError> {
         let (bus, key, owned_name) = (self.clone(), key.clone(), name.to_owned());
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            bus.store_in_chunks_blocking(&runtime, &owned_name, &key, chunk_size, fill)
+        let (pending, value) = tokio::task::spawn_blocking(move || {
+            bus.start_in_chunks_blocking(&runtime, &owned_name, &key, chunk_size, pipe::DEPTH, fill)
         })
         .await
         .map_err(|err| BusError::Payload {
             name: name.into(),
             reason: task_failed("writing", &err),
-        })?
+        })??;
+        Ok((pending.finish().await?, value))
     }
 
-    /// Runs `fill` here, through the age encryptor into a pipe, while the
-    /// object store's `put` reads the pipe on `runtime`, hashing the
-    /// chunks; settles which error counts when either side fails.
-    fn store_in_chunks_blocking<T>(
+    /// Runs `fill` here, through the age encryptor into a pipe of `depth`
+    /// chunks, while the object store's `put` reads the pipe on `runtime`,
+    /// hashing the chunks. Returns when `fill` is done and its last chunk
+    /// is in the pipe; the put may still be running ([`PendingPayload`]).
+    /// When writing fails, waits for the put to stop and settles which
+    /// error counts.
+    fn start_in_chunks_blocking<T>(
         &self,
         runtime: &tokio::runtime::Handle,
         name: &str,
         key: &PayloadKey,
         chunk_size: usize,
+        depth: usize,
         fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
-    ) -> Result<(v1::PayloadRef, T), BusError> {
-        let fail = |reason: String| BusError::Payload {
-            name: name.into(),
-            reason,
-        };
-        let store = runtime.block_on(self.payload_store())?;
-        let (tx, rx) = pipe::pipe();
+    ) -> Result<(PendingPayload, T), BusError> {
+        let (tx, rx) = pipe::pipe_of_depth(depth);
         let mut metadata = self.chunked(name);
         let chunk_size = metadata.chunk_size.unwrap_or(chunk_size).min(chunk_size);
         metadata.chunk_size = Some(chunk_size);
+        let bus = self.clone();
+        // The store is looked up inside the put: writing never waits for
+        // the server while the pipe has room.
         let put = runtime.spawn(async move {
             let mut reader = pipe::StoreReader::new(rx);
-            let stored = store.put(metadata, &mut reader).await;
+            let stored = match bus.payload_store().await {
+                Ok(store) => store
+                    .put(metadata, &mut reader)
+                    .await
+                    .map(|_| ())
+                    .map_err(|err| {
+                        (
+                            err.kind() == object_store::PutErrorKind::ReadChunks,
+                            err.to_string(),
+                        )
+                    }),
+                Err(err) => Err((false, err.to_string())),
+            };
             // Dropping the reader (in digest) unblocks a writer still
             // sending after a failed put.
             (stored, reader.digest())
@@ -289,18 +332,28 @@ impl Bus {
                 Err(err)
             }
         };
-        let (stored, (size, sha256)) = runtime
-            .block_on(put)
-            .map_err(|err| fail(task_failed("storing", &err)))?;
-        match (stored, written) {
-            (Ok(_), Ok(value)) => Ok((self.payload_ref(name, size, sha256), value)),
-            // The put stopped reading the pipe on its own: its error is the
-            // cause, the writer's (a closed pipe) only the consequence.
-            (Err(err), _) if err.kind() != object_store::PutErrorKind::ReadChunks => {
-                Err(fail(format!("cannot store: {err}")))
+        let pending = PendingPayload {
+            reference: self.payload_ref(name, 0, String::new()),
+            put,
+        };
+        match written {
+            Ok(value) => Ok((pending, value)),
+            Err(cause) => {
+                let fail = |reason: String| BusError::Payload {
+                    name: name.into(),
+                    reason,
+                };
+                let (stored, _) = runtime
+                    .block_on(pending.put)
+                    .map_err(|err| fail(task_failed("storing", &err)))?;
+                Err(fail(match stored {
+                    // The put stopped reading the pipe on its own: its
+                    // error is the cause, the writer's (a closed pipe)
+                    // only the consequence.
+                    Err((false, reason)) => format!("cannot store: {reason}"),
+                    _ => format!("writing failed: {cause}"),
+                }))
             }
-            (_, Err(cause)) => Err(fail(format!("writing failed: {cause}"))),
-            (Err(err), Ok(_)) => Err(fail(format!("cannot store: {err}"))),
         }
     }
 
@@ -492,6 +545,49 @@ impl Bus {
             .await
             .map_err(|err| fail(format!("cannot fetch: {err}")))?;
         Ok((stream, format!("$O.{bucket}.C.{}", info.nuid), info.chunks))
+    }
+}
+
+/// How much of a snapshot run may wait in memory for the object store
+/// ([`Bus::start_snapshot_run_blocking`]): a run of the collector's 40,000
+/// rows is about 4 MiB encrypted, so a whole run is handed over while the
+/// server still acknowledges the previous one's chunks.
+pub const RUN_AHEAD_BYTES: usize = 8 * 1024 * 1024;
+
+/// What the put of a [`PendingPayload`] ends with: `Err((cut, reason))`,
+/// `cut` when it stopped because the writer did; then size and SHA-256 of
+/// the bytes it read.
+type PutOutcome = (Result<(), (bool, String)>, (u64, String));
+
+/// A payload written whole into its pipe ([`Bus::start_snapshot_run_blocking`])
+/// that the object store may still be taking in. Dropped unfinished, the
+/// put still runs to its end; nothing refers to the object then, and the
+/// bucket's TTL removes it.
+#[derive(Debug)]
+pub struct PendingPayload {
+    /// Bucket and name; size and hash come from the put.
+    reference: v1::PayloadRef,
+    put: tokio::task::JoinHandle<PutOutcome>,
+}
+
+impl PendingPayload {
+    /// Waits until the object is stored whole; its reference (size and
+    /// SHA-256 of the stored bytes).
+    pub async fn finish(self) -> Result<v1::PayloadRef, BusError> {
+        let Self { reference, put } = self;
+        let fail = |reason: String| BusError::Payload {
+            name: reference.name.clone(),
+            reason,
+        };
+        let (stored, (size, sha256)) = put
+            .await
+            .map_err(|err| fail(task_failed("storing", &err)))?;
+        stored.map_err(|(_, reason)| fail(format!("cannot store: {reason}")))?;
+        Ok(v1::PayloadRef {
+            size,
+            sha256,
+            ..reference
+        })
     }
 }
 

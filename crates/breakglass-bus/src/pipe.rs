@@ -34,17 +34,15 @@ pub(crate) enum Piece {
     Failed(String),
 }
 
-/// A new pipe of [`DEPTH`] chunks. Its buffers go round: the receiving
-/// end hands each emptied buffer back for the sending end to fill again,
-/// so a payload of any size is carried in a handful of allocations, and
-/// buffers are not freed, chunk after chunk, on another thread than the
-/// one that made them (which the allocator held on to for a while).
-pub(crate) fn pipe() -> (PipeSender, PipeReceiver) {
-    pipe_of_depth(DEPTH)
-}
-
-/// A new pipe of `depth` chunks in flight (at least one), for readers that
-/// hold many pipes at once (the renderer merging snapshot runs).
+/// A new pipe of `depth` chunks in flight (at least one): [`DEPTH`] as a
+/// rule, one for readers that hold many pipes at once (the renderer
+/// merging snapshot runs), more for a writer that hands a whole snapshot
+/// run over without waiting for the server. Its buffers go round: the
+/// receiving end hands each emptied buffer back for the sending end to
+/// fill again, so a payload of any size is carried in a handful of
+/// allocations, and buffers are not freed, chunk after chunk, on another
+/// thread than the one that made them (which the allocator held on to for
+/// a while).
 pub(crate) fn pipe_of_depth(depth: usize) -> (PipeSender, PipeReceiver) {
     let (tx, rx) = mpsc::channel(depth.max(1));
     let (spare_tx, spare_rx) = mpsc::unbounded_channel();
@@ -305,7 +303,7 @@ mod tests {
     #[tokio::test]
     async fn the_store_sees_the_end_only_of_a_finished_writer() {
         for how in ["finish", "fail", "drop"] {
-            let (tx, rx) = pipe();
+            let (tx, rx) = pipe_of_depth(DEPTH);
             let writer = tokio::task::spawn_blocking(move || {
                 let mut writer = ChunkWriter::new(tx, 1000);
                 writer.write_all(&[7u8; 2500]).unwrap();
@@ -337,7 +335,7 @@ mod tests {
     #[tokio::test]
     async fn the_consumer_sees_the_end_only_of_a_verified_fetch() {
         for how in ["end", "failed", "dropped"] {
-            let (tx, rx) = pipe();
+            let (tx, rx) = pipe_of_depth(DEPTH);
             let consumer = tokio::task::spawn_blocking(move || {
                 let mut read = Vec::new();
                 PayloadReader::new(rx).read_to_end(&mut read).map(|_| read)

@@ -5,7 +5,8 @@
 //! this crate only binds it to the bus: decode the trigger, collect, and
 //! store the snapshot encrypted to the payload key in the object store, in
 //! sorted runs (no temp file): each time the inventory's sort buffer fills
-//! while it is read, the run is encoded and stored at once ([`RunStore`]);
+//! while it is read, the run is encoded and handed to the object store at
+//! once ([`RunStore`]), which takes it in while the next rows are read;
 //! what no run took is the last run. Then publish `snapshot.ready`, listing
 //! the runs, sealed (breakglass-bus `envelope`) with
 //! `Nats-Msg-Id = snapshot-<run id>` so a redelivered trigger adds no
@@ -15,10 +16,10 @@
 
 use async_nats::jetstream;
 use breakglass_bus::payload::attempt_object_name;
-use breakglass_bus::payload::{PayloadKey, warning_to_proto, write_snapshot};
+use breakglass_bus::payload::{PayloadKey, PendingPayload, warning_to_proto, write_snapshot};
 use breakglass_bus::validate::MAX_SNAPSHOT_RUNS;
 use breakglass_bus::worker::{Attempt, Stage, StageFailure, decode, read_trigger};
-use breakglass_bus::{Bus, EventKind, worker};
+use breakglass_bus::{Bus, BusError, EventKind, worker};
 use breakglass_collect::{AnySource, RowCounter, Source};
 use breakglass_core::{DeviceRow, Inventory, RunId, RunSink, sorted_run_items};
 use breakglass_proto::v1;
@@ -62,15 +63,37 @@ impl Collector {
     }
 }
 
+/// The snapshot runs stored so far, in order, and the one the object store
+/// may still be taking in.
+#[derive(Default)]
+struct StoredRuns {
+    stored: Vec<v1::PayloadRef>,
+    pending: Option<PendingPayload>,
+}
+
+impl StoredRuns {
+    /// Every run handed over, once the last of them is stored whole.
+    async fn finish(&mut self) -> Result<Vec<v1::PayloadRef>, BusError> {
+        if let Some(pending) = self.pending.take() {
+            self.stored.push(pending.finish().await?);
+        }
+        Ok(std::mem::take(&mut self.stored))
+    }
+}
+
 /// Stores each sorted run the inventory hands over as a snapshot run
 /// payload, until the snapshot has all but one of the runs it may have;
 /// then declines, and the inventory spills to its temp files instead.
+/// A run is handed over once it is written (encoded and encrypted); the
+/// server takes its chunks in while the next rows are read, and the next
+/// run is handed over only once it has them all: one run waits at most
+/// ([`breakglass_bus::payload::RUN_AHEAD_BYTES`] of memory).
 struct RunStore {
     bus: Bus,
     key: PayloadKey,
     run_id: RunId,
     runtime: tokio::runtime::Handle,
-    stored: Arc<Mutex<Vec<v1::PayloadRef>>>,
+    runs: Arc<Mutex<StoredRuns>>,
 }
 
 impl RunSink for RunStore {
@@ -79,14 +102,15 @@ impl RunSink for RunStore {
         rows: &mut Vec<(u32, DeviceRow)>,
         names: &[String],
     ) -> std::io::Result<bool> {
-        let mut stored = self
-            .stored
+        let mut runs = self
+            .runs
             .lock()
             .map_err(|_| std::io::Error::other("a snapshot run store panicked"))?;
+        let handed_over = runs.stored.len() + usize::from(runs.pending.is_some());
         // The last run is the collector's own (what no run took). And
         // block_in_place needs a multi-threaded runtime (the service's);
         // on any other the runs stay in temp files, merged here.
-        if stored.len() + 1 >= MAX_SNAPSHOT_RUNS
+        if handed_over + 1 >= MAX_SNAPSHOT_RUNS
             || self.runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
         {
             return Ok(false);
@@ -99,16 +123,25 @@ impl RunSink for RunStore {
         // (CSV) or an async worker (SQL), which block_in_place hands its
         // other tasks off first. The run is encoded here, so its rows are
         // freed on the thread that made them.
-        let (reference, ()) = tokio::task::block_in_place(|| {
-            self.bus
-                .store_snapshot_run_blocking(&self.runtime, &name, &self.key, move |out| {
+        tokio::task::block_in_place(|| -> Result<(), BusError> {
+            if let Some(previous) = runs.pending.take() {
+                let reference = self.runtime.block_on(previous.finish())?;
+                runs.stored.push(reference);
+            }
+            let (pending, ()) = self.bus.start_snapshot_run_blocking(
+                &self.runtime,
+                &name,
+                &self.key,
+                move |out| {
                     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
                     write_snapshot(items.map(Ok), &mut out)?;
                     out.flush()
-                })
+                },
+            )?;
+            runs.pending = Some(pending);
+            Ok(())
         })
         .map_err(std::io::Error::other)?;
-        stored.push(reference);
         Ok(true)
     }
 }
@@ -148,14 +181,14 @@ impl Stage for Collector {
         let described = source.describe();
         // Each full sort buffer is stored as a run while the inventory is
         // read; the renderer merges the runs while it renders.
-        let stored_runs = Arc::new(Mutex::new(Vec::new()));
+        let stored_runs = Arc::new(Mutex::new(StoredRuns::default()));
         let inventory =
             Inventory::with_spill_rows(self.run_rows).with_run_sink(Box::new(RunStore {
                 bus: bus.clone(),
                 key: self.key.clone(),
                 run_id: run_id.clone(),
                 runtime: tokio::runtime::Handle::current(),
-                stored: stored_runs.clone(),
+                runs: stored_runs.clone(),
             }));
         let collected = async { source.collect_into(inventory, &RowCounter::new()).await }
             .instrument(tracing::info_span!("inventory query", source = %described))
@@ -195,11 +228,15 @@ impl Stage for Collector {
             )
             .await
             .map_err(|err| StageFailure::retry(format!("storing the snapshot failed: {err}")))?;
-        let mut runs = std::mem::take(
+        let mut handed_over = std::mem::take(
             &mut *stored_runs
                 .lock()
                 .map_err(|_| StageFailure::retry("a snapshot run store panicked"))?,
         );
+        let mut runs = handed_over
+            .finish()
+            .await
+            .map_err(|err| StageFailure::retry(format!("storing the snapshot failed: {err}")))?;
         runs.push(last_run);
         let ready = v1::SnapshotReady {
             runs,
