@@ -26,9 +26,10 @@ mod xlsx;
 
 use breakglass_core::{COLUMNS, DeviceRow, RowWarning};
 use chrono::{DateTime, Utc};
+use coalesce::Coalescing;
 use sheet_names::SheetNames;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use xlsx::{Package, Placement, SheetSetup, Style};
 
@@ -44,7 +45,9 @@ const WIDTHS: [f64; 12] = [
 /// Column widths of the Summary tab.
 const SUMMARY_WIDTHS: [f64; 4] = [34.0, 60.0, 12.0, 40.0];
 
-/// Buffer between the compressor and the file.
+/// Buffer between the compressor and the file: the bytes held back before
+/// a write, inside which each part's local header is patched in memory
+/// ([`Coalescing`]), not by a flush and seeks on the file.
 const FILE_BUFFER: usize = 256 * 1024;
 
 /// The tab that comes first and explains the file.
@@ -139,7 +142,7 @@ struct OpenProject {
 /// which needs the totals, is written last but listed first.
 pub struct WorkbookBuilder {
     /// Writes into an unnamed file in [`RenderOptions::temp_dir`].
-    package: Package<BufWriter<File>>,
+    package: Package<Coalescing<File>>,
     options: RenderOptions,
     max_rows: u32,
     /// Sheet XML after which a project goes on in a continuation tab.
@@ -164,10 +167,9 @@ impl WorkbookBuilder {
                 err,
             )
         })?;
-        let package = Package::new(
-            BufWriter::with_capacity(FILE_BUFFER, file),
-            options.generated_at,
-        )?;
+        let out = Coalescing::with_limit(file, FILE_BUFFER)
+            .map_err(|err| RenderError::io("starting the workbook file", err))?;
+        let package = Package::new(out, options.generated_at)?;
         let mut names = SheetNames::new();
         let summary_name = names.reserve(SUMMARY_SHEET);
         Ok(Self {
@@ -301,11 +303,10 @@ impl WorkbookBuilder {
         use std::io::Seek;
         self.end_project()?;
         self.write_summary()?;
-        let mut out = self.package.finish()?;
-        out.flush()?;
+        let out = self.package.finish()?;
         let mut file = out
             .into_inner()
-            .map_err(|err| RenderError::io("finishing the workbook", err.into_error()))?;
+            .map_err(|err| RenderError::io("finishing the workbook", err))?;
         file.rewind()?;
         Ok((self.report, file))
     }
