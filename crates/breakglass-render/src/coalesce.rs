@@ -172,16 +172,17 @@ impl<W: Write + Seek> Seek for Coalescing<W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::io::Cursor;
 
-    /// Counts the writes that reach the wrapped writer.
+    /// An in-memory file that counts the writes and seeks reaching it.
     #[derive(Debug, Default)]
-    struct Counted {
-        inner: Cursor<Vec<u8>>,
-        writes: usize,
+    pub(crate) struct Counted {
+        pub(crate) inner: Cursor<Vec<u8>>,
+        pub(crate) writes: usize,
+        pub(crate) seeks: usize,
     }
 
     impl Read for Counted {
@@ -200,6 +201,7 @@ mod tests {
     }
     impl Seek for Counted {
         fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+            self.seeks += 1;
             self.inner.seek(to)
         }
     }

@@ -872,6 +872,17 @@ mod tests {
         assert_eq!(stored_width(60.0), 60.7109375);
     }
 
+    /// A sheet of one column, its header frozen: the tests' plain tab.
+    fn one_column_setup() -> SheetSetup<'static> {
+        SheetSetup {
+            widths: &[12.0],
+            freeze_header: true,
+            filter_columns: None,
+            selected: false,
+            placement: Placement::Next,
+        }
+    }
+
     /// Hundreds of small sheets go to the compressor a buffer at a time,
     /// not a hand-over per part; larger sheets span buffers. Every part
     /// reads back whole, in order, and `sheet_bytes` counts the open
@@ -879,13 +890,7 @@ mod tests {
     #[test]
     fn small_sheets_share_buffers_and_every_part_is_whole() {
         use std::io::Read;
-        let setup = SheetSetup {
-            widths: &[12.0],
-            freeze_header: true,
-            filter_columns: None,
-            selected: false,
-            placement: Placement::Next,
-        };
+        let setup = one_column_setup();
         let tail = "</sheetData><pageMargins left=\"0.7\" right=\"0.7\" top=\"0.75\" \
                     bottom=\"0.75\" header=\"0.3\" footer=\"0.3\"/></worksheet>";
         // Sheets 200 and 300 span buffers, the others hold a few rows.
@@ -952,31 +957,6 @@ mod tests {
         }
     }
 
-    /// Counts the writes and the seeks that reach the file.
-    #[derive(Default)]
-    struct CountedFile {
-        bytes: io::Cursor<Vec<u8>>,
-        writes: usize,
-        seeks: usize,
-    }
-
-    impl Write for CountedFile {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.writes += 1;
-            self.bytes.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Seek for CountedFile {
-        fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
-            self.seeks += 1;
-            self.bytes.seek(to)
-        }
-    }
-
     /// The `zip` crate patches each part's local header after its data;
     /// under the workbook's [`crate::coalesce::Coalescing`] that happens in
     /// memory, so a thousand small tabs reach the file in a few large
@@ -984,17 +964,12 @@ mod tests {
     /// seeks per part), and the workbook still reads back whole.
     #[test]
     fn a_thousand_small_tabs_reach_the_file_in_a_few_writes() {
+        use crate::coalesce::tests::Counted;
         use std::io::Read;
         let limit = 256 * 1024;
-        let out = crate::coalesce::Coalescing::with_limit(CountedFile::default(), limit).unwrap();
+        let out = crate::coalesce::Coalescing::with_limit(Counted::default(), limit).unwrap();
         let mut package = Package::new(out, Utc::now()).unwrap();
-        let setup = SheetSetup {
-            widths: &[12.0],
-            freeze_header: true,
-            filter_columns: None,
-            selected: false,
-            placement: Placement::Next,
-        };
+        let setup = one_column_setup();
         for sheet in 0..1_000u32 {
             package.start_sheet(&format!("s{sheet}"), &setup).unwrap();
             package.start_row(1).unwrap();
@@ -1005,7 +980,7 @@ mod tests {
             package.end_sheet().unwrap();
         }
         let file = package.finish().unwrap().into_inner().unwrap();
-        let size = file.bytes.get_ref().len();
+        let size = file.inner.get_ref().len();
         let blocks = size.div_ceil(limit);
         assert!(
             file.writes <= 3 * blocks + 10 && file.seeks <= 3 * blocks + 10,
@@ -1013,7 +988,7 @@ mod tests {
             file.writes,
             file.seeks
         );
-        let mut zip = zip::ZipArchive::new(file.bytes).unwrap();
+        let mut zip = zip::ZipArchive::new(file.inner).unwrap();
         for sheet in [0u32, 499, 999] {
             let mut xml = String::new();
             zip.by_name(&format!("xl/worksheets/sheet{}.xml", sheet + 1))
