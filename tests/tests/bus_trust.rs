@@ -1112,6 +1112,47 @@ async fn a_snapshot_run_is_handed_over_without_waiting_for_the_servers_acks() {
     assert_eq!(read_back(&bus, &key, &reference).await, body);
 }
 
+/// A run whose writer fails is given up at once, not after the server has
+/// taken the chunks already queued (up to `RUN_AHEAD_BYTES`): with the
+/// server frozen, the writer's own error comes back, and once the server
+/// runs again nothing is stored under the name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_run_is_given_up_without_waiting_for_the_server() {
+    use breakglass_bus::payload::RUN_CHUNK_SIZE;
+    let nats = breakglass_e2e::PrivateNats::start();
+    let iso = Isolation::new("runfails");
+    let bus = iso.connect_bus_at(&nats.url, 5, 1).await;
+    let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();
+    let body = pseudo_random(RUN_CHUNK_SIZE * 3);
+    nats.pause();
+    let writer = bus.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let given_up = tokio::task::spawn_blocking(move || {
+        writer
+            .start_snapshot_run_blocking(&runtime, "fails.1.snapshot.age", &key, move |out| {
+                out.write_all(&body)?;
+                Err::<(), _>(std::io::Error::other("the inventory went away"))
+            })
+            .map(|_| ())
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(20), given_up).await;
+    nats.resume();
+    let err = outcome
+        .expect("the failed run is given up while the server is frozen")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fails.1.snapshot.age") && err.contains("the inventory went away"),
+        "{err}"
+    );
+    let store = bus.payload_store().await.unwrap();
+    assert!(
+        store.info("fails.1.snapshot.age").await.is_err(),
+        "a run whose writer failed must not be stored"
+    );
+}
+
 /// A snapshot's runs are fetched all at once, each into its own reader,
 /// so the renderer can merge them while they arrive: read a few bytes at a
 /// time from each in turn (as a merge does), every reader gets exactly its

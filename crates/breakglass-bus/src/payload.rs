@@ -208,33 +208,17 @@ impl Bus {
             .await
     }
 
-    /// Stores one run of a snapshot as [`Bus::store_snapshot_run_with`]
+    /// Writes one run of a snapshot as [`Bus::store_snapshot_run_with`]
     /// does, with `fill` on the calling thread: for a caller that is on a
-    /// blocking thread already, so the rows it frees are freed on the
-    /// thread that made them. `runtime` runs the object store's `put`
-    /// meanwhile. Blocks; from an async worker, call it inside
-    /// `tokio::task::block_in_place`.
-    pub fn store_snapshot_run_blocking<T>(
-        &self,
-        runtime: &tokio::runtime::Handle,
-        name: &str,
-        key: &PayloadKey,
-        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
-    ) -> Result<(v1::PayloadRef, T), BusError> {
-        let (pending, value) =
-            self.start_in_chunks_blocking(runtime, name, key, RUN_CHUNK_SIZE, pipe::DEPTH, fill)?;
-        let reference = runtime.block_on(pending.finish())?;
-        Ok((reference, value))
-    }
-
-    /// Writes one run of a snapshot as [`Bus::store_snapshot_run_blocking`]
-    /// does, but returns once `fill` is done rather than once the server
-    /// has taken every chunk: the run waits in a pipe of up to
-    /// [`RUN_AHEAD_BYTES`] while the object store's `put` (one acknowledged
-    /// publish after another) drains it on `runtime`, so the collector
-    /// reads its next rows meanwhile. [`PendingPayload::finish`] hands back
-    /// the reference once the object is stored whole. A larger run blocks
-    /// only for the part beyond that.
+    /// blocking thread already (the collector's reader), so the rows it
+    /// frees are freed on the thread that made them. Returns once `fill`
+    /// is done, not once the server has taken every chunk: the run waits
+    /// in a pipe of up to [`RUN_AHEAD_BYTES`] while the object store's
+    /// `put` (one acknowledged publish after another) drains it on
+    /// `runtime`, so the collector reads its next rows meanwhile; a larger
+    /// run blocks only for the part beyond that. [`PendingPayload::finish`]
+    /// hands back the reference once the object is stored whole. Blocks;
+    /// from an async worker, call it inside `tokio::task::block_in_place`.
     pub fn start_snapshot_run_blocking<T>(
         &self,
         runtime: &tokio::runtime::Handle,
@@ -252,7 +236,8 @@ impl Bus {
         )
     }
 
-    /// [`Bus::store_in_chunks_blocking`] on a blocking thread.
+    /// [`Bus::start_in_chunks_blocking`] on a blocking thread, then waits
+    /// for the put.
     async fn store_in_chunks_with<T: Send + 'static>(
         &self,
         name: &str,
@@ -316,7 +301,7 @@ impl Bus {
         });
         let recipient = key.identity.to_public();
         let mut chunks = pipe::ChunkWriter::new(tx, chunk_size);
-        let written = (|| {
+        let written = (|| -> std::io::Result<T> {
             let encryptor =
                 age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
                     .map_err(std::io::Error::other)?;
@@ -325,36 +310,49 @@ impl Bus {
             encrypting.finish()?;
             Ok(value)
         })();
-        let written = match written {
-            Ok(value) => chunks.finish().map(|()| value),
-            Err(err) => {
-                chunks.fail(&err);
-                Err(err)
-            }
-        };
-        let pending = PendingPayload {
-            reference: self.payload_ref(name, 0, String::new()),
-            put,
-        };
-        match written {
-            Ok(value) => Ok((pending, value)),
-            Err(cause) => {
-                let fail = |reason: String| BusError::Payload {
+        let reference = self.payload_ref(name, 0, String::new());
+        let cause = match written {
+            Ok(value) => match chunks.finish() {
+                Ok(()) => {
+                    let pending = PendingPayload {
+                        reference,
+                        put: Some(put),
+                    };
+                    return Ok((pending, value));
+                }
+                Err(cause) => cause,
+            },
+            // The writer failed on its own while the put still reads: the
+            // put is stopped at once, not after it has published the
+            // chunks still queued (up to a whole run). Without its end in
+            // the pipe it could never name the object anyway.
+            Err(cause) if cause.kind() != std::io::ErrorKind::BrokenPipe && !put.is_finished() => {
+                put.abort();
+                drop(chunks);
+                let _ = runtime.block_on(put);
+                return Err(BusError::Payload {
                     name: name.into(),
-                    reason,
-                };
-                let (stored, _) = runtime
-                    .block_on(pending.put)
-                    .map_err(|err| fail(task_failed("storing", &err)))?;
-                Err(fail(match stored {
-                    // The put stopped reading the pipe on its own: its
-                    // error is the cause, the writer's (a closed pipe)
-                    // only the consequence.
-                    Err((false, reason)) => format!("cannot store: {reason}"),
-                    _ => format!("writing failed: {cause}"),
-                }))
+                    reason: format!("writing failed: {cause}"),
+                });
             }
-        }
+            Err(cause) => {
+                chunks.fail(&cause);
+                cause
+            }
+        };
+        let fail = |reason: String| BusError::Payload {
+            name: name.into(),
+            reason,
+        };
+        let (stored, _) = runtime
+            .block_on(put)
+            .map_err(|err| fail(task_failed("storing", &err)))?;
+        Err(fail(match stored {
+            // The put stopped reading the pipe on its own: its error is the
+            // cause, the writer's (a closed pipe) only the consequence.
+            Err((false, reason)) => format!("cannot store: {reason}"),
+            _ => format!("writing failed: {cause}"),
+        }))
     }
 
     /// The object metadata for storing `name` in chunks of
@@ -560,25 +558,30 @@ pub const RUN_AHEAD_BYTES: usize = 8 * 1024 * 1024;
 type PutOutcome = (Result<(), (bool, String)>, (u64, String));
 
 /// A payload written whole into its pipe ([`Bus::start_snapshot_run_blocking`])
-/// that the object store may still be taking in. Dropped unfinished, the
-/// put still runs to its end; nothing refers to the object then, and the
-/// bucket's TTL removes it.
+/// that the object store may still be taking in. Dropped unfinished, its
+/// put is stopped: nothing refers to the object, and the chunks already
+/// sent stay unnamed until the bucket's TTL removes them.
 #[derive(Debug)]
+#[must_use = "the payload is stored only once `finish` says so"]
 pub struct PendingPayload {
     /// Bucket and name; size and hash come from the put.
     reference: v1::PayloadRef,
-    put: tokio::task::JoinHandle<PutOutcome>,
+    /// The put; taken by [`PendingPayload::finish`].
+    put: Option<tokio::task::JoinHandle<PutOutcome>>,
 }
 
 impl PendingPayload {
     /// Waits until the object is stored whole; its reference (size and
     /// SHA-256 of the stored bytes).
-    pub async fn finish(self) -> Result<v1::PayloadRef, BusError> {
-        let Self { reference, put } = self;
+    pub async fn finish(mut self) -> Result<v1::PayloadRef, BusError> {
+        let put = self.put.take();
+        let name = self.reference.name.clone();
         let fail = |reason: String| BusError::Payload {
-            name: reference.name.clone(),
+            name: name.clone(),
             reason,
         };
+        // Taken only here, and `finish` consumes the value.
+        let put = put.ok_or_else(|| fail("the store was already finished".into()))?;
         let (stored, (size, sha256)) = put
             .await
             .map_err(|err| fail(task_failed("storing", &err)))?;
@@ -586,8 +589,16 @@ impl PendingPayload {
         Ok(v1::PayloadRef {
             size,
             sha256,
-            ..reference
+            ..self.reference.clone()
         })
+    }
+}
+
+impl Drop for PendingPayload {
+    fn drop(&mut self) {
+        if let Some(put) = self.put.take() {
+            put.abort();
+        }
     }
 }
 
