@@ -18,8 +18,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 /// [`Coalescing::with_limit`] says otherwise.
 const PENDING_LIMIT: usize = 64 * 1024;
 
-/// A reader-writer that holds back writes at consecutive offsets and hands
-/// them to `inner` as one write. Reads and [`SeekFrom::End`] write the
+/// A reader-writer that holds back writes at consecutive offsets, and
+/// writes that land inside those held back (overwritten in place), and
+/// hands them to `inner` as one write. Reads and [`SeekFrom::End`] write the
 /// pending bytes first, so they always see what was written. Unlike
 /// `BufWriter` it does not write on drop: end with [`Coalescing::into_inner`]
 /// (or `flush`), whose errors are the caller's to see.
