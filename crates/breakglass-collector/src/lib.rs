@@ -207,17 +207,6 @@ impl Stage for Collector {
             "inventory read"
         );
         let projects = collected.project_totals();
-        // The run still being taken in is finished first: its failure is
-        // known before the last run is written, and its pipe is freed.
-        let mut handed_over = std::mem::take(
-            &mut *stored_runs
-                .lock()
-                .map_err(|_| StageFailure::retry("a snapshot run store panicked"))?,
-        );
-        let mut runs = handed_over
-            .finish()
-            .await
-            .map_err(|err| StageFailure::retry(format!("storing the snapshot failed: {err}")))?;
         // The rows no run took (the last buffer, and any past the most runs
         // a snapshot may have, merged here) are the last run: sorted,
         // encoded and encrypted on a blocking thread straight into the
@@ -237,6 +226,17 @@ impl Stage for Collector {
                     Ok(summary)
                 },
             )
+            .await
+            .map_err(|err| StageFailure::retry(format!("storing the snapshot failed: {err}")))?;
+        // The run handed over last has been taken in meanwhile, on a task
+        // of its own; a failure of it shows here and the stage retries.
+        let mut handed_over = std::mem::take(
+            &mut *stored_runs
+                .lock()
+                .map_err(|_| StageFailure::retry("a snapshot run store panicked"))?,
+        );
+        let mut runs = handed_over
+            .finish()
             .await
             .map_err(|err| StageFailure::retry(format!("storing the snapshot failed: {err}")))?;
         runs.push(last_run);
