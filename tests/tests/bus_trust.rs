@@ -1071,6 +1071,29 @@ async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_v
     iso.cleanup_bus().await;
 }
 
+/// Starts storing a snapshot run named `name` while the test's own
+/// server is frozen (SIGSTOP), as the collector does
+/// (`start_snapshot_run_blocking`, `fill` writing it); the server runs
+/// again before this returns. `None` when writing the run did not return
+/// within 20 s, that is, it waited for the frozen server.
+async fn start_run_while_frozen<T: Send + 'static>(
+    nats: &breakglass_e2e::PrivateNats,
+    bus: &Bus,
+    key: &PayloadKey,
+    name: &'static str,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<T> + Send + 'static,
+) -> Option<Result<(breakglass_bus::payload::PendingPayload, T), breakglass_bus::BusError>> {
+    let (writer, key) = (bus.clone(), key.clone());
+    let runtime = tokio::runtime::Handle::current();
+    nats.pause();
+    let started = tokio::task::spawn_blocking(move || {
+        writer.start_snapshot_run_blocking(&runtime, name, &key, fill)
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(20), started).await;
+    nats.resume();
+    outcome.ok().map(|joined| joined.unwrap())
+}
+
 /// The collector hands a sorted run over and reads on while the server
 /// still acknowledges the previous run's chunks one by one (issue 13):
 /// with the server frozen (SIGSTOP), a run of several chunks is written
@@ -1085,22 +1108,13 @@ async fn a_snapshot_run_is_handed_over_without_waiting_for_the_servers_acks() {
     let bus = iso.connect_bus_at(&nats.url, 5, 1).await;
     let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();
     let body = pseudo_random(RUN_CHUNK_SIZE * 6 + 555);
-    nats.pause();
-    let (writer, writer_key, written) = (bus.clone(), key.clone(), body.clone());
-    let runtime = tokio::runtime::Handle::current();
-    let handed_over = tokio::task::spawn_blocking(move || {
-        writer.start_snapshot_run_blocking(
-            &runtime,
-            "ahead.1.snapshot.age",
-            &writer_key,
-            move |out| out.write_all(&written),
-        )
-    });
-    let outcome = tokio::time::timeout(Duration::from_secs(20), handed_over).await;
-    nats.resume();
-    let (pending, ()) = outcome
+    let written = body.clone();
+    let (pending, ()) =
+        start_run_while_frozen(&nats, &bus, &key, "ahead.1.snapshot.age", move |out| {
+            out.write_all(&written)
+        })
+        .await
         .expect("the run is handed over while the server is frozen")
-        .unwrap()
         .unwrap();
     let reference = pending.finish().await.unwrap();
     let stored = bus.payload_store().await.unwrap();
@@ -1124,24 +1138,14 @@ async fn a_failed_run_is_given_up_without_waiting_for_the_server() {
     let bus = iso.connect_bus_at(&nats.url, 5, 1).await;
     let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();
     let body = pseudo_random(RUN_CHUNK_SIZE * 3);
-    nats.pause();
-    let writer = bus.clone();
-    let runtime = tokio::runtime::Handle::current();
-    let given_up = tokio::task::spawn_blocking(move || {
-        writer
-            .start_snapshot_run_blocking(&runtime, "fails.1.snapshot.age", &key, move |out| {
-                out.write_all(&body)?;
-                Err::<(), _>(std::io::Error::other("the inventory went away"))
-            })
-            .map(|_| ())
-    });
-    let outcome = tokio::time::timeout(Duration::from_secs(20), given_up).await;
-    nats.resume();
-    let err = outcome
-        .expect("the failed run is given up while the server is frozen")
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+    let err = start_run_while_frozen(&nats, &bus, &key, "fails.1.snapshot.age", move |out| {
+        out.write_all(&body)?;
+        Err::<(), _>(std::io::Error::other("the inventory went away"))
+    })
+    .await
+    .expect("the failed run is given up while the server is frozen")
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("fails.1.snapshot.age") && err.contains("the inventory went away"),
         "{err}"
