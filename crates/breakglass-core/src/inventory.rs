@@ -168,12 +168,10 @@ impl Inventory {
         if self.buffer.capacity() == 0 {
             // Reserved whole, once: grown by doubling, the buffer's rows
             // were copied about twice over and twice its pages touched
-            // before the first run was full (about 20 ms of every
-            // run-once). Untouched, the reservation costs no memory.
-            self.buffer.reserve_exact(
-                self.spill_rows
-                    .min(crate::spill::DEFAULT_SPILL_ROWS.max(self.fallback_spill_rows)),
-            );
+            // before the first run was full (20-50 ms of every run-once).
+            // Untouched, the reservation costs no memory.
+            self.buffer
+                .reserve_exact(self.spill_rows.min(crate::spill::DEFAULT_SPILL_ROWS));
         }
         self.buffer.push((index, row));
         if self.buffer.len() >= self.spill_rows {
