@@ -1157,6 +1157,65 @@ async fn a_failed_run_is_given_up_without_waiting_for_the_server() {
     );
 }
 
+/// A run whose writer panics is given up as one that fails: the put is
+/// stopped, and the chunks still queued in the pipe are never published.
+/// With the server frozen the put waits on its first chunk's ack; the
+/// writer queues four chunks and panics. Once the server runs again, at
+/// most that first chunk reaches the bucket (it was on the wire), and no
+/// object is stored under the name. (A put left running publishes the
+/// queued chunks after the panic, then fails on the cut pipe.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_writer_panics_is_given_up_without_publishing_its_queue() {
+    use breakglass_bus::payload::RUN_CHUNK_SIZE;
+    let nats = breakglass_e2e::PrivateNats::start();
+    let iso = Isolation::new("runpanics");
+    let bus = iso.connect_bus_at(&nats.url, 5, 1).await;
+    let key = PayloadKey::parse(&PayloadKey::generate()).unwrap();
+    bus.payload_store().await.unwrap();
+    let stream_name = format!("OBJ_{}", bus.subjects().payload_bucket());
+    let chunks_stored = || async {
+        let mut stream = bus.jetstream().get_stream(&stream_name).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    };
+    let before = chunks_stored().await;
+    let body = pseudo_random(RUN_CHUNK_SIZE * 4);
+    let (writer, writer_key) = (bus.clone(), key.clone());
+    let runtime = tokio::runtime::Handle::current();
+    nats.pause();
+    let started = tokio::task::spawn_blocking(move || {
+        writer.start_snapshot_run_blocking(
+            &runtime,
+            "panics.1.snapshot.age",
+            &writer_key,
+            move |out| {
+                out.write_all(&body)?;
+                out.flush()?;
+                if !body.is_empty() {
+                    panic!("render bug");
+                }
+                Ok(())
+            },
+        )
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(20), started).await;
+    nats.resume();
+    let joined = outcome.expect("a panicking writer returns while the server is frozen");
+    assert!(joined.unwrap_err().is_panic(), "the writer's panic unwinds");
+    // A put left running publishes a chunk per ack: on loopback, all
+    // four are in long before this.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let published = chunks_stored().await - before;
+    assert!(
+        published <= 1,
+        "{published} chunks of a panicked run were published after it was given up"
+    );
+    let store = bus.payload_store().await.unwrap();
+    assert!(
+        store.info("panics.1.snapshot.age").await.is_err(),
+        "a run whose writer panicked must not be stored"
+    );
+}
+
 /// A snapshot's runs are fetched all at once, each into its own reader,
 /// so the renderer can merge them while they arrive: read a few bytes at a
 /// time from each in turn (as a merge does), every reader gets exactly its

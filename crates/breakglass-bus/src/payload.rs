@@ -299,6 +299,13 @@ impl Bus {
             // sending after a failed put.
             (stored, reader.digest())
         });
+        // Held from here on, so a `fill` that panics stops the put as it
+        // unwinds (the guard's drop), as a failing one does below: the
+        // chunks still queued are never published.
+        let mut pending = PendingPayload {
+            reference: self.payload_ref(name, 0, String::new()),
+            put: Some(put),
+        };
         let recipient = key.identity.to_public();
         let mut chunks = pipe::ChunkWriter::new(tx, chunk_size);
         let written = (|| -> std::io::Result<T> {
@@ -310,26 +317,23 @@ impl Bus {
             encrypting.finish()?;
             Ok(value)
         })();
-        let reference = self.payload_ref(name, 0, String::new());
         let cause = match written {
             Ok(value) => match chunks.finish() {
-                Ok(()) => {
-                    let pending = PendingPayload {
-                        reference,
-                        put: Some(put),
-                    };
-                    return Ok((pending, value));
-                }
+                Ok(()) => return Ok((pending, value)),
                 Err(cause) => cause,
             },
             // The writer failed on its own while the put still reads: the
             // put is stopped at once, not after it has published the
             // chunks still queued (up to a whole run). Without its end in
             // the pipe it could never name the object anyway.
-            Err(cause) if cause.kind() != std::io::ErrorKind::BrokenPipe && !put.is_finished() => {
-                put.abort();
-                drop(chunks);
-                let _ = runtime.block_on(put);
+            Err(cause)
+                if cause.kind() != std::io::ErrorKind::BrokenPipe && !pending.put_finished() =>
+            {
+                if let Some(put) = pending.take_put() {
+                    put.abort();
+                    drop(chunks);
+                    let _ = runtime.block_on(put);
+                }
                 return Err(BusError::Payload {
                     name: name.into(),
                     reason: format!("writing failed: {cause}"),
@@ -344,6 +348,9 @@ impl Bus {
             name: name.into(),
             reason,
         };
+        let put = pending
+            .take_put()
+            .ok_or_else(|| fail("the store was already finished".into()))?;
         let (stored, _) = runtime
             .block_on(put)
             .map_err(|err| fail(task_failed("storing", &err)))?;
@@ -571,6 +578,17 @@ pub struct PendingPayload {
 }
 
 impl PendingPayload {
+    /// Whether the put has ended (or was taken); a put that ended before
+    /// its writer did stopped on its own.
+    fn put_finished(&self) -> bool {
+        self.put.as_ref().is_none_or(|put| put.is_finished())
+    }
+
+    /// The put, no longer stopped when `self` is dropped.
+    fn take_put(&mut self) -> Option<tokio::task::JoinHandle<PutOutcome>> {
+        self.put.take()
+    }
+
     /// Waits until the object is stored whole; its reference (size and
     /// SHA-256 of the stored bytes).
     pub async fn finish(mut self) -> Result<v1::PayloadRef, BusError> {
