@@ -2,8 +2,9 @@
 # make bench: one table of breakglass beside the Python/XlsxWriter peer
 # (../shared/peer_xlsxwriter.py) on the same synthetic inventory.
 #
-# Rows of the table (medians of BENCH_RUNS runs, default 3; the machines are
-# noisy): the peer; `run-once` with `encryption: none` and `password` at
+# Rows of the table (medians of BENCH_RUNS runs, default 3, and of
+# BENCH_ROUNDS rounds, default 5, for run-once and the pipeline; the
+# machines are noisy): the peer; `run-once` with `encryption: none` and `password` at
 # every size of BENCH_ROWS (default "100000 1000000") over 1,000 projects,
 # and at the largest size over 10,000 projects; the NATS pipeline
 # (`trigger --wait` with collector, renderer and uploader running) at the
@@ -16,7 +17,11 @@
 # says what the targets of issue #13 compare. The run-once cases take turns
 # round by round, and each pipeline run follows a run-once it is compared
 # with: a 2-core VM's speed drifts by 10-15% over minutes, more than the
-# ratios the targets bound.
+# ratios the targets bound. So each ratio a target bounds is taken within
+# a round (or a pipeline run and the run-once beside it), from runs made
+# seconds apart, and the note gives the median of those paired ratios
+# (the walls' medians come from different rounds and can disagree with it
+# by a few percent).
 #
 # BENCH_ROWS="20000 100000" BENCH_RUNS=1 scripts/bench.sh   # a quick look
 # About 6 minutes at the defaults on a 2-core machine once the release
@@ -25,6 +30,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 runs="${BENCH_RUNS:-3}"
+rounds="${BENCH_ROUNDS:-5}"
 sizes=$(printf '%s\n' ${BENCH_ROWS:-${BENCH_SIZES:-100000 1000000}} | sort -nu | tr '\n' ' ')
 largest=$(printf '%s\n' $sizes | sort -n | tail -1)
 target_dir="${CARGO_TARGET_DIR:-$here/target}"
@@ -58,6 +64,11 @@ fi
 [[ -z "$peer_python" ]] && echo "bench: the Python peer is not available; measuring breakglass alone" >&2
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# paired_median "a1 a2 ..." "b1 b2 ..." [scale] -> the median of scale*ai/bi
+paired_median() {
+  awk -v a="$1" -v b="$2" -v k="${3:-1}" 'BEGIN{n=split(a,x," "); split(b,y," ")
+    for (i=1;i<=n;i++) printf "%.6f\n", k*x[i]/y[i]}' | median
+}
 
 # measure command... -> "median_seconds median_peak_kib"
 measure() {
@@ -120,20 +131,21 @@ for rows in $sizes; do
   fi
 done
 
-# run-once: every (rows, projects, mode) once per round, rounds one after
-# another, so the ratios the targets ask for (password ÷ none, per row at
-# each size, 10,000 ÷ 1,000 projects) compare runs made minutes apart at
-# most, not a machine before and after its speed drifted. A case at a
-# tenth of the largest size or less runs several times per round (at most
-# 5: largest ÷ rows): its median then rests on 5x BENCH_RUNS runs, since one
-# run of half a second moves by 10-15% with the machine, as much as the
-# per-row bound it is checked against. One untimed run first loads the
-# binary. (An inventory is generated when its arguments are made, before
-# the timing starts.)
+# run-once: every (rows, projects, mode) once per round, BENCH_ROUNDS
+# rounds one after another. The ratios the targets ask for (password ÷
+# none, time per row at each size, 10,000 ÷ 1,000 projects) are taken
+# within each round, from runs made seconds apart, and their median over
+# the rounds is reported: not a machine before and after its speed
+# drifted. A case at a tenth of the largest size or less runs several
+# times per round (at most 5: largest ÷ rows) and counts in its round by
+# their median, since one run of half a second moves by 10-15% with the
+# machine, as much as the per-row bound it is checked against. One untimed
+# run first loads the binary. (An inventory is generated when its
+# arguments are made, before the timing starts.)
 cases=()
 for rows in $sizes; do cases+=("$rows:1000:none" "$rows:1000:password"); done
 cases+=("$largest:10000:none" "$largest:10000:password")
-declare -A times mems took prev_rows
+declare -A times mems took prev_rows per_round
 run_once_args() { # rows projects mode -> args in the array `args`
   args=(run-once --inventory "$(inventory "$1" "$2")" --out "$work/out-$3-$1-$2" --encryption "$3")
   [[ $3 == password ]] && args+=(--config "$work/password.conf")
@@ -143,15 +155,17 @@ IFS=: read -r rows projects mode <<<"${cases[0]}"
 run_once_args "$rows" "$projects" "$mode"
 # (A failure shows in the timed runs, with its message.)
 "$bg" "${args[@]}" >/dev/null 2>&1 || true
-for _ in $(seq "$runs"); do
+for _ in $(seq "$rounds"); do
   for case in "${cases[@]}"; do
     IFS=: read -r rows projects mode <<<"$case"
     repeat=$(( largest / rows )); (( repeat > 5 )) && repeat=5
     run_once_args "$rows" "$projects" "$mode"
+    this_round=""
     for _ in $(seq "$repeat"); do
       read -r t m < <(measure_once "$bg" "${args[@]}")
-      times[$case]+="$t "; mems[$case]+="$m "
+      times[$case]+="$t "; mems[$case]+="$m "; this_round+="$t "
     done
+    per_round[$case]+="$(printf '%s\n' $this_round | median) "
   done
 done
 for case in "${cases[@]}"; do
@@ -161,18 +175,24 @@ for case in "${cases[@]}"; do
   if [[ $projects == 1000 ]]; then
     took[$mode:$rows]=$t
     note=$(awk -v r="$rows" -v t="$t" 'BEGIN{printf "%.2f us/row", t/r*1e6}')
-    # Growth, apart from fixed costs: the cost of each row added since the
-    # smaller size, and the fixed part that line implies.
+    # Growth, apart from fixed costs: time per row against the smaller
+    # size (paired by round), the cost of each row added since, and the
+    # fixed part that line implies.
     if [[ -n "${prev_rows[$mode]:-}" ]]; then
-      note+=$(awk -v r0="${prev_rows[$mode]}" -v t0="${took[$mode:${prev_rows[$mode]}]}" -v r="$rows" -v t="$t" \
+      r0=${prev_rows[$mode]}
+      note+=$(paired_median "${per_round[$case]}" "${per_round[$r0:1000:$mode]}" "$(awk -v a="$r0" -v b="$rows" 'BEGIN{print a/b}')" |
+        awk -v r0="$r0" '{printf "; per row %.2fx of %d rows", $1, r0}')
+      note+=$(awk -v r0="$r0" -v t0="${took[$mode:$r0]}" -v r="$rows" -v t="$t" \
         'BEGIN{m=(t-t0)/(r-r0); printf "; %.2f us per row added since %d, fixed %.0f ms", m*1e6, r0, (t0-m*r0)*1e3}')
     fi
     prev_rows[$mode]=$rows
     if [[ $mode == password ]]; then
-      note=$(awk -v a="$t" -v b="${took[none:$rows]}" 'BEGIN{printf "%.2fx none; ", a/b}')$note
+      note=$(paired_median "${per_round[$case]}" "${per_round[$rows:1000:none]}" |
+        awk '{printf "%.2fx none; ", $1}')$note
     fi
   else
-    note=$(awk -v a="$t" -v b="${took[$mode:$rows]}" 'BEGIN{printf "%.2fx of 1,000 projects", a/b}')
+    note=$(paired_median "${per_round[$case]}" "${per_round[$rows:1000:$mode]}" |
+      awk '{printf "%.2fx of 1,000 projects", $1}')
   fi
   row run-once "$mode" "$rows" "$projects" "$t" "$m" "$(stat -c %s "$(newest "$work/out-$mode-$rows-$projects")")" "$note"
 done
@@ -250,9 +270,8 @@ EOF
     # Each trigger right after a run-once on the same inventory: the ratio
     # compares runs made under the same machine conditions.
     pipeline_times=""; beside=""
-    args=(run-once --inventory "$csv" --out "$work/out-$mode-beside" --encryption "$mode")
-    [[ $mode == password ]] && args+=(--config "$work/password.conf")
-    for _ in $(seq "$runs"); do
+    run_once_args "$largest" 1000 "$mode"
+    for _ in $(seq "$rounds"); do
       read -r t m < <(measure_once "$bg" "${args[@]}")
       beside+="$t "
       read -r t m < <(measure_once "$bg" trigger --config "$conf" --wait --timeout 600)
@@ -269,7 +288,8 @@ EOF
     done
     for pid in "${service_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
     service_pids=()
-    ratio=$(awk -v a="$t" -v b="$alone" 'BEGIN{printf "%.2fx run-once (%.2f s beside it); ", a/b, b}')
+    ratio=$(paired_median "$pipeline_times" "$beside" |
+      awk -v b="$alone" '{printf "%.2fx run-once (%.2f s beside it); ", $1, b}')
     row pipeline "$mode" "$largest" 1000 "$t" "$worst" "$(stat -c %s "$(newest "$work/pipeline-out-$mode")")" \
       "${ratio}peak MiB per service: ${peaks% }"
   done
