@@ -23,9 +23,9 @@
 # (the walls' medians come from different rounds and can disagree with it
 # by a few percent).
 #
-# BENCH_ROWS="20000 100000" BENCH_RUNS=1 scripts/bench.sh   # a quick look
-# About 6 minutes at the defaults on a 2-core machine once the release
-# build exists (the Python peer takes half of it: 59–86 s per run at 1M).
+# BENCH_ROWS="20000 100000" BENCH_RUNS=1 BENCH_ROUNDS=1 scripts/bench.sh   # a quick look
+# About 10 minutes at the defaults on a 2-core machine once the release
+# build exists (the Python peer takes half of it: 59–87 s per run at 1M).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
