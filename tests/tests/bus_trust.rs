@@ -1159,11 +1159,13 @@ async fn a_failed_run_is_given_up_without_waiting_for_the_server() {
 
 /// A run whose writer panics is given up as one that fails: the put is
 /// stopped, and the chunks still queued in the pipe are never published.
-/// With the server frozen the put waits on its first chunk's ack; the
-/// writer queues four chunks and panics. Once the server runs again, at
-/// most that first chunk reaches the bucket (it was on the wire), and no
-/// object is stored under the name. (A put left running publishes the
-/// queued chunks after the panic, then fails on the cut pipe.)
+/// With the server frozen the put cannot get going; the writer queues
+/// three chunks (age holds back its last 64 KiB block until it is
+/// finished, which a panicking writer never is) and panics. Once the
+/// server runs again, at most one chunk (one already on the wire) reaches
+/// the bucket, and no object is stored under the name. (A put left
+/// running publishes the queued chunks after the panic, then fails on the
+/// cut pipe.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_whose_writer_panics_is_given_up_without_publishing_its_queue() {
     use breakglass_bus::payload::RUN_CHUNK_SIZE;
@@ -1202,7 +1204,7 @@ async fn a_run_whose_writer_panics_is_given_up_without_publishing_its_queue() {
     let joined = outcome.expect("a panicking writer returns while the server is frozen");
     assert!(joined.unwrap_err().is_panic(), "the writer's panic unwinds");
     // A put left running publishes a chunk per ack: on loopback, all
-    // four are in long before this.
+    // three are in long before this.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let published = chunks_stored().await - before;
     assert!(

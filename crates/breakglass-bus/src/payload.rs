@@ -277,6 +277,9 @@ impl Bus {
         let mut metadata = self.chunked(name);
         let chunk_size = metadata.chunk_size.unwrap_or(chunk_size).min(chunk_size);
         metadata.chunk_size = Some(chunk_size);
+        // Made before the guard below, so it is dropped after it: a panic
+        // stops the put before the pipe closes under it.
+        let mut chunks = pipe::ChunkWriter::new(tx, chunk_size);
         let bus = self.clone();
         // The store is looked up inside the put: writing never waits for
         // the server while the pipe has room.
@@ -307,7 +310,6 @@ impl Bus {
             put: Some(put),
         };
         let recipient = key.identity.to_public();
-        let mut chunks = pipe::ChunkWriter::new(tx, chunk_size);
         let written = (|| -> std::io::Result<T> {
             let encryptor =
                 age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
