@@ -1075,14 +1075,21 @@ async fn a_streamed_payload_is_stored_only_whole_and_read_to_its_end_only_when_v
 /// server is frozen (SIGSTOP), as the collector does
 /// (`start_snapshot_run_blocking`, `fill` writing it); the server runs
 /// again before this returns. `None` when writing the run did not return
-/// within 20 s, that is, it waited for the frozen server.
+/// within 20 s, that is, it waited for the frozen server; an `Err` inside
+/// when the writing thread panicked.
+#[allow(clippy::type_complexity)]
 async fn start_run_while_frozen<T: Send + 'static>(
     nats: &breakglass_e2e::PrivateNats,
     bus: &Bus,
     key: &PayloadKey,
     name: &'static str,
     fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<T> + Send + 'static,
-) -> Option<Result<(breakglass_bus::payload::PendingPayload, T), breakglass_bus::BusError>> {
+) -> Option<
+    Result<
+        Result<(breakglass_bus::payload::PendingPayload, T), breakglass_bus::BusError>,
+        tokio::task::JoinError,
+    >,
+> {
     let (writer, key) = (bus.clone(), key.clone());
     let runtime = tokio::runtime::Handle::current();
     nats.pause();
@@ -1091,7 +1098,7 @@ async fn start_run_while_frozen<T: Send + 'static>(
     });
     let outcome = tokio::time::timeout(Duration::from_secs(20), started).await;
     nats.resume();
-    outcome.ok().map(|joined| joined.unwrap())
+    outcome.ok()
 }
 
 /// The collector hands a sorted run over and reads on while the server
@@ -1115,6 +1122,7 @@ async fn a_snapshot_run_is_handed_over_without_waiting_for_the_servers_acks() {
         })
         .await
         .expect("the run is handed over while the server is frozen")
+        .unwrap()
         .unwrap();
     let reference = pending.finish().await.unwrap();
     let stored = bus.payload_store().await.unwrap();
@@ -1144,6 +1152,7 @@ async fn a_failed_run_is_given_up_without_waiting_for_the_server() {
     })
     .await
     .expect("the failed run is given up while the server is frozen")
+    .unwrap()
     .unwrap_err()
     .to_string();
     assert!(
@@ -1181,27 +1190,16 @@ async fn a_run_whose_writer_panics_is_given_up_without_publishing_its_queue() {
     };
     let before = chunks_stored().await;
     let body = pseudo_random(RUN_CHUNK_SIZE * 4);
-    let (writer, writer_key) = (bus.clone(), key.clone());
-    let runtime = tokio::runtime::Handle::current();
-    nats.pause();
-    let started = tokio::task::spawn_blocking(move || {
-        writer.start_snapshot_run_blocking(
-            &runtime,
-            "panics.1.snapshot.age",
-            &writer_key,
-            move |out| {
-                out.write_all(&body)?;
-                out.flush()?;
-                if !body.is_empty() {
-                    panic!("render bug");
-                }
-                Ok(())
-            },
-        )
-    });
-    let outcome = tokio::time::timeout(Duration::from_secs(20), started).await;
-    nats.resume();
-    let joined = outcome.expect("a panicking writer returns while the server is frozen");
+    let joined = start_run_while_frozen(&nats, &bus, &key, "panics.1.snapshot.age", move |out| {
+        out.write_all(&body)?;
+        out.flush()?;
+        if !body.is_empty() {
+            panic!("render bug");
+        }
+        Ok(())
+    })
+    .await
+    .expect("a panicking writer returns while the server is frozen");
     assert!(joined.unwrap_err().is_panic(), "the writer's panic unwinds");
     // A put left running publishes a chunk per ack: on loopback, all
     // three are in long before this.
